@@ -1,0 +1,194 @@
+"""The ``hf`` backend: transformers on CPU or GPU.
+
+Greedy batched generation with left padding over length-sorted batches, the checkpoint's
+own end-of-turn ids as eos, per-sequence stop strings, and log-likelihoods for multiple
+choice computed the way lm-eval's ``HFLM`` computes them (context/continuation split on
+the token boundary of the whole string), so per-item scores match ``lm_eval --model hf``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.backends.base import cut_at_stop
+from harness.checkpoint import load_tokenizer
+from harness.config import BackendOptions
+from harness.errors import BackendError
+from harness.types import Generation, GenRequest, Loglik, LoglikRequest
+
+
+def eot_ids_of(tokenizer: Any, generation_config: Any) -> tuple[int, ...]:
+    """End-of-turn ids: generation_config's eos ids (one or several) and the tokenizer's eos."""
+    ids: list[int] = []
+    eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    for x in eos if isinstance(eos, list | tuple) else [eos]:
+        if x is not None and x not in ids:
+            ids.append(int(x))
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(int(tokenizer.eos_token_id))
+    return tuple(ids)
+
+
+class HFBackend:
+    name = "hf"
+
+    def __init__(self, checkpoint: str, options: BackendOptions) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.options = options
+        self.checkpoint = checkpoint
+        self.device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = load_tokenizer(checkpoint, options.trust_remote_code)
+        dtype = options.dtype
+        if dtype in (None, "auto"):
+            torch_dtype: Any = torch.float32 if self.device == "cpu" else "auto"
+        else:
+            torch_dtype = getattr(torch, dtype)
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                checkpoint,
+                dtype=torch_dtype,
+                local_files_only=True,
+                trust_remote_code=options.trust_remote_code,
+            ).to(self.device)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise BackendError(f"cannot load model weights from {checkpoint}: {str(e).splitlines()[0]}") from e
+        self.model.eval()
+        self._eot = eot_ids_of(self.tokenizer, self.model.generation_config)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self._eot[0]
+        self.batch_size = options.batch_size or 64
+        self.chunk_size = max(self.batch_size * 4, 256)
+        self.calls = 0  # backend calls, counted for the baseline-reuse tests
+
+    # -- contract ---------------------------------------------------------------------
+
+    @property
+    def eot_token_ids(self) -> tuple[int, ...]:
+        return self._eot
+
+    @property
+    def eot_texts(self) -> tuple[str, ...]:
+        return tuple(self.tokenizer.decode([i], skip_special_tokens=False) for i in self._eot)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.checkpoint
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def encode(self, text: str) -> list[int]:
+        # Prompts are rendered by the chat template, which writes BOS itself.
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def close(self) -> None:
+        del self.model
+
+    # -- generation -------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[Generation]:
+        self.calls += 1
+        out: list[Generation | None] = [None] * len(requests)
+        groups: dict[tuple[tuple[str, ...], int], list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            groups[(r.stop, r.max_tokens)].append(i)
+        encoded = [self.encode(r.prompt) for r in requests]
+        bar = tqdm(total=len(requests), desc="generate", unit="item", leave=False, disable=None)
+        for (stop, max_tokens), idx in groups.items():
+            idx.sort(key=lambda i: -len(encoded[i]))
+            for s in range(0, len(idx), self.batch_size):
+                batch = idx[s : s + self.batch_size]
+                for i, g in zip(batch, self._generate_batch([encoded[i] for i in batch], stop, max_tokens)):
+                    out[i] = g
+                bar.update(len(batch))
+        bar.close()
+        return [g for g in out if g is not None]
+
+    @torch.inference_mode()
+    def _generate_batch(self, prompts: list[list[int]], stop: tuple[str, ...], max_tokens: int) -> list[Generation]:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        att = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            att[i, width - len(p) :] = 1
+        kwargs: dict[str, Any] = {}
+        if stop:
+            kwargs = {"stop_strings": list(stop), "tokenizer": self.tokenizer}
+        gen = self.model.generate(
+            input_ids=ids.to(self.device),
+            attention_mask=att.to(self.device),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=list(self._eot),
+            pad_token_id=self.pad_id,
+            **kwargs,
+        )[:, width:].tolist()
+        return [self._finish(row, stop, max_tokens) for row in gen]
+
+    def _finish(self, row: list[int], stop: tuple[str, ...], max_tokens: int) -> Generation:
+        eot = set(self._eot)
+        cut = next((k for k, t in enumerate(row) if t in eot), None)
+        toks = row if cut is None else row[:cut]
+        text = self.tokenizer.decode(toks, skip_special_tokens=True)
+        text, hit = cut_at_stop(text, stop)
+        if hit is not None:
+            return Generation(text, len(toks), "stop", hit, tuple(toks))
+        if cut is not None:
+            reason = self.tokenizer.decode([row[cut]], skip_special_tokens=False)
+            return Generation(text, cut + 1, "eos", reason, tuple(toks))
+        return Generation(text, len(toks), "length", None, tuple(toks))
+
+    # -- log-likelihood ---------------------------------------------------------------
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval's split: trailing spaces of the context move to the continuation, and
+        the continuation's tokens are those of the whole string after the context's."""
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole = self.encode(context + continuation)
+        ctx = self.encode(context)
+        if not ctx:
+            bos = self.tokenizer.bos_token_id
+            ctx = [bos if bos is not None else self._eot[0]]
+            return ctx, self.encode(continuation)
+        return ctx, whole[len(ctx) :]
+
+    def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
+        self.calls += 1
+        pairs = [self._encode_pair(r.context, r.continuation) for r in requests]
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        out: list[Loglik | None] = [None] * len(pairs)
+        for s in tqdm(range(0, len(order), self.batch_size), desc="loglikelihood", leave=False, disable=None):
+            batch = order[s : s + self.batch_size]
+            for i, r in zip(batch, self._loglik_batch([pairs[i] for i in batch])):
+                out[i] = r
+        return [r for r in out if r is not None]
+
+    @torch.inference_mode()
+    def _loglik_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[Loglik]:
+        seqs = [(c + k)[:-1] for c, k in pairs]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        att = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            att[i, : len(s)] = 1
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        res = []
+        for i, (c, k) in enumerate(pairs):
+            start = len(c) - 1
+            lp = logp[i, start : start + len(k)]
+            target = torch.tensor(k)
+            total = float(lp.gather(1, target[:, None]).sum())
+            greedy = bool((lp.argmax(-1) == target).all())
+            res.append(Loglik(total, greedy, len(k)))
+        return res

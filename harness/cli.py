@@ -1,0 +1,195 @@
+"""The command line: ``regress run | compare | gate | demo``.
+
+Thin by design: it parses arguments into one ``RunConfig``/``CompareRequest`` at the edge,
+calls ``harness.pipeline``, prints where the results are, and maps outcomes to exit codes:
+0 PASS (and WARN unless --strict), 1 regression, 2 error (one line, no traceback),
+130 interrupted (finished items are kept; the same command resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from harness.config import BackendOptions, RunConfig
+from harness.errors import RegressError
+
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+
+
+def _env_defaults() -> None:
+    # No hub is reachable on most machines that run a gate; never wait on one.
+    if os.environ.get("REGRESS_ONLINE") != "1":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("GIT_DIR", os.devnull)  # lm-eval asks git for a hash; skip it
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", default="demo", help="suite name (suites/NAME.yaml) or path to a suite YAML")
+    p.add_argument("--backend", default="hf", help="hf | vllm | openai")
+    p.add_argument("--store", default=os.environ.get("REGRESS_STORE", "baselines"), help="record store folder")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items of each task")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto")
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--data-parallel-size", type=int, default=1)
+    p.add_argument("--gpu-memory-utilization", type=float, default=None)
+    p.add_argument("--base-url", action="append", default=[], help="OpenAI-compatible server (repeatable)")
+    p.add_argument("--api-model", default=None, help="model name the server knows (openai backend)")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--trust-remote-code", action="store_true")
+
+
+def _run_config(a: argparse.Namespace) -> RunConfig:
+    opts = BackendOptions(
+        batch_size=a.batch_size,
+        dtype=a.dtype,
+        device=a.device,
+        max_model_len=a.max_model_len,
+        tensor_parallel_size=a.tensor_parallel_size,
+        data_parallel_size=a.data_parallel_size,
+        gpu_memory_utilization=a.gpu_memory_utilization,
+        base_urls=tuple(a.base_url),
+        api_model=a.api_model,
+        concurrency=a.concurrency,
+        trust_remote_code=a.trust_remote_code,
+    )
+    return RunConfig(suite=a.suite, backend=a.backend, options=opts, store_dir=a.store, limit=a.limit)
+
+
+def _print_verdict(cmp, out: Path) -> None:  # type: ignore[no-untyped-def]
+    v = cmp.verdict
+    print(f"{v.level}: {cmp.candidate.path} vs {cmp.base.path} ({cmp.suite})")
+    for r in v.reasons:
+        print(f"  {r}")
+    print(f"  report: {out / 'report.html'}")
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from harness.runner import evaluate
+    from harness.suites import load_suite
+
+    suite = load_suite(a.suite)
+    res = evaluate(a.model, suite, _run_config(a))
+    by_task: dict[str, list[float]] = {}
+    for r in res.records:
+        by_task.setdefault(r.task, []).append(r.score)
+    for task, scores in by_task.items():
+        print(f"{task:24s} n={len(scores):5d}  score={sum(scores) / len(scores):.3f}")
+    print(f"records: {res.store_path}{' (reused)' if res.reused else ''}")
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from harness.pipeline import CompareRequest, run_comparison
+
+    req = CompareRequest(a.base, a.model, _run_config(a), a.out, a.policy)
+    cmp, out = run_comparison(req)
+    _print_verdict(cmp, out)
+    return cmp.verdict.exit_code(a.strict)
+
+
+def cmd_gate(a: argparse.Namespace) -> int:
+    from harness.pipeline import rejudge
+
+    cmp, out = rejudge(a.report_dir, a.policy)
+    _print_verdict(cmp, out)
+    return cmp.verdict.exit_code(a.strict)
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from harness.demo.build import FINE_TUNES, build_demo
+
+    paths = build_demo(Path(a.out))
+    for name, p in paths.items():
+        print(f"{name:16s} {p}")
+    if not a.compare:
+        return 0
+    from harness.pipeline import CompareRequest, run_comparison
+
+    cfg = _run_config(a)
+    worst = 0
+    out_root = Path(a.out_reports) if a.out_reports else Path("reports")
+    lines = []
+    for ft in FINE_TUNES:
+        req = CompareRequest(str(paths["base"]), str(paths[ft]), cfg, str(out_root / f"demo-{ft}"), a.policy)
+        cmp, out = run_comparison(req)
+        _print_verdict(cmp, out)
+        lines.append(f"  {cmp.verdict.level:4s}  {ft:16s} {out / 'report.html'}")
+        worst = max(worst, cmp.verdict.exit_code(a.strict))
+    print("demo verdicts (base vs each fine-tune):")
+    print("\n".join(lines))
+    return worst
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="regress", description="Forgetting-regression gate for fine-tuned checkpoints")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="evaluate one checkpoint on a suite and store its records")
+    r.add_argument("--model", required=True)
+    _add_run_args(r)
+    r.set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("compare", help="compare a candidate with its base; exit 0 pass, 1 regression, 2 error")
+    c.add_argument("--base", required=True)
+    c.add_argument("--model", required=True, help="the candidate (fine-tuned) checkpoint")
+    c.add_argument("--out", default=None, help="report folder (default reports/MODEL-vs-BASE-SUITE)")
+    c.add_argument("--policy", default=None, help="gate policy YAML overriding the defaults and the suite's")
+    c.add_argument("--strict", action="store_true", help="WARN exits 1")
+    _add_run_args(c)
+    c.set_defaults(fn=cmd_compare)
+
+    g = sub.add_parser("gate", help="re-judge a stored report under a policy, without running a model")
+    g.add_argument("report_dir")
+    g.add_argument("--policy", default=None)
+    g.add_argument("--strict", action="store_true")
+    g.set_defaults(fn=cmd_gate)
+
+    d = sub.add_parser("demo", help="build (or reuse) the demo checkpoints; --compare runs the demo regression")
+    d.add_argument("--out", default=".cache/demo")
+    d.add_argument("--compare", action="store_true", help="compare the base with each fine-tune")
+    d.add_argument("--out-reports", default=None)
+    d.add_argument("--policy", default=None)
+    d.add_argument("--strict", action="store_true")
+    _add_run_args(d)
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _env_defaults()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return int(args.fn(args))
+    except RegressError as e:
+        print(f"regress: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("regress: interrupted; finished items are stored, run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - the edge: one line, not a traceback
+        if os.environ.get("REGRESS_DEBUG"):
+            raise
+        print(
+            f"regress: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            "(set REGRESS_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""``RegressLM``: a backend plugged into lm-eval as an lm-eval ``LM``.
+
+lm-eval's evaluator drives it (so prompts and metrics are lm-eval's own); the adapter
+hands every request of a call to the backend in bulk, in chunks that are written to the
+store as soon as they finish (resume loses nothing), and keeps what lm-eval throws away:
+full text, token ids and finish reason of each generation, looked up later by request key.
+
+The backend is started lazily, on the first request the store cannot answer, so a run
+whose records are all stored never starts an engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lm_eval.api.model import LM
+from tqdm.auto import tqdm
+
+from harness.backends.base import Backend
+from harness.errors import BackendError
+from harness.store import RunStore
+from harness.types import Generation, GenRequest, Loglik, LoglikRequest
+
+log = logging.getLogger(__name__)
+
+
+def gen_key(r: GenRequest) -> str:
+    return hashlib.sha256(json.dumps(["gen", r.prompt, list(r.stop), r.max_tokens]).encode()).hexdigest()[:32]
+
+
+def ll_key(r: LoglikRequest) -> str:
+    return hashlib.sha256(json.dumps(["ll", r.context, r.continuation]).encode()).hexdigest()[:32]
+
+
+def _gen_request(context: str, gen_kwargs: dict[str, Any], default_max: int) -> GenRequest:
+    kw = dict(gen_kwargs or {})
+    if kw.get("do_sample") or float(kw.get("temperature", 0.0) or 0.0) > 0:
+        log.warning("regress decodes greedily; ignoring sampling settings %s", kw)
+    until = kw.get("until") or []
+    if isinstance(until, str):
+        until = [until]
+    max_tokens = int(kw.get("max_gen_toks", kw.get("max_new_tokens", default_max)))
+    return GenRequest(prompt=context, stop=tuple(until), max_tokens=max_tokens)
+
+
+class RegressLM(LM):
+    def __init__(
+        self,
+        backend_factory: Callable[[], Backend],
+        store: RunStore,
+        chat: Callable[[list[dict[str, Any]], bool], str],
+        tokenizer_name: str,
+        default_max_tokens: int = 256,
+    ) -> None:
+        super().__init__()
+        self._factory = backend_factory
+        self._backend: Backend | None = None
+        self._chat = chat
+        self._tokenizer_name = tokenizer_name
+        self.store = store
+        self.default_max_tokens = default_max_tokens
+        self.generations: dict[str, Generation] = {}
+        self.logliks: dict[str, Loglik] = {}
+        self.backend_calls = 0
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = self._factory()
+        return self._backend
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    # -- lm-eval LM API ---------------------------------------------------------------
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self._tokenizer_name
+
+    def chat_template(self, chat_template: bool | str = False) -> str:
+        return ""
+
+    def apply_chat_template(self, chat_history: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        return self._chat(chat_history, add_generation_prompt)
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        reqs = [_gen_request(i.args[0], i.args[1], self.default_max_tokens) for i in requests]
+        return [g.text for g in self.generate(reqs)]
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        reqs = [LoglikRequest(i.args[0], i.args[1]) for i in requests]
+        return [(r.logprob, r.is_greedy) for r in self.score(reqs)]
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        raise BackendError("regress does not run perplexity (loglikelihood_rolling) tasks")
+
+    # -- bulk calls with the store in front -------------------------------------------
+
+    def generate(self, reqs: Sequence[GenRequest]) -> list[Generation]:
+        keys = [gen_key(r) for r in reqs]
+        self._fill("gen", keys, reqs, self.generations, Generation)
+        return [self.generations[k] for k in keys]
+
+    def score(self, reqs: Sequence[LoglikRequest]) -> list[Loglik]:
+        keys = [ll_key(r) for r in reqs]
+        self._fill("ll", keys, reqs, self.logliks, Loglik)
+        return [self.logliks[k] for k in keys]
+
+    def _fill(self, kind: str, keys: list[str], reqs: Sequence[Any], memo: dict[str, Any], cls: type) -> None:
+        stored = self.store.answers(kind)
+        todo: dict[str, Any] = {}
+        for k, r in zip(keys, reqs):
+            if k in memo:
+                continue
+            if k in stored:
+                memo[k] = cls(**stored[k]) if cls is Loglik else _generation(stored[k])
+            else:
+                todo.setdefault(k, r)
+        if not todo:
+            return
+        backend = self.backend
+        items = list(todo.items())
+        size = getattr(backend, "chunk_size", 256) or 256
+        desc = "generating" if kind == "gen" else "scoring"
+        with tqdm(total=len(items), desc=desc, unit="req", disable=None) as bar:
+            for s in range(0, len(items), size):
+                chunk = items[s : s + size]
+                call = backend.generate if kind == "gen" else backend.loglikelihood
+                self.backend_calls += 1
+                answers = call([r for _, r in chunk])
+                if len(answers) != len(chunk):
+                    raise BackendError(f"backend returned {len(answers)} answers for {len(chunk)} requests")
+                self.store.append(kind, [(k, a) for (k, _), a in zip(chunk, answers)])
+                for (k, _), a in zip(chunk, answers):
+                    memo[k] = a
+                bar.update(len(chunk))
+
+
+def _generation(d: dict[str, Any]) -> Generation:
+    d = dict(d)
+    d["token_ids"] = tuple(d.get("token_ids") or ())
+    return Generation(**d)

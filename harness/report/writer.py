@@ -1,0 +1,60 @@
+"""Write a comparison's report folder atomically (temporary sibling folder, then rename)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+from harness.compare import Comparison
+from harness.errors import RegressError
+from harness.report.html import render_html
+from harness.report.markdown import render_markdown
+from harness.report.summary import build_summary
+
+
+def _items_for_parquet(cmp: Comparison):  # type: ignore[no-untyped-def]
+    df = cmp.items.copy()
+    for col in df.columns:
+        if df[col].dtype == object:
+            # untrusted text: keep it, but make it valid UTF-8 for Arrow
+            df[col] = df[col].map(lambda v: v.encode("utf-8", "replace").decode("utf-8") if isinstance(v, str) else v)
+    return df
+
+
+def write_report(cmp: Comparison, out: str | Path) -> Path:
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        summary = build_summary(cmp)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+        (tmp / "report.md").write_text(render_markdown(cmp))
+        (tmp / "report.html").write_text(render_html(cmp, summary), encoding="utf-8")
+        _items_for_parquet(cmp).to_parquet(tmp / "items.parquet", index=False)
+        from harness.report.junit import render_junit
+
+        (tmp / "junit.xml").write_text(render_junit(cmp))
+        for f in tmp.iterdir():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno == errno.ENOSPC:
+            raise RegressError(f"out of disk space while writing report {out}") from e
+        raise RegressError(f"cannot write report to {out}: {e.strerror or e}") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,199 @@
+"""The record store: durable, resumable, keyed results of one checkpoint on one suite.
+
+Layout of one run folder ``<store>/<label>-<key>/``::
+
+    meta.json        what the key was made of (checkpoint, fingerprint, suite, backend...)
+    answers.jsonl    every backend answer, appended chunk by chunk, fsynced (resume)
+    records.jsonl    the per-item records, written once, atomically, when the run is complete
+    lock             held (flock) by the process writing the folder; names its holder
+
+The key is a hash of the checkpoint fingerprint, the suite's content hash, the backend and
+its output-relevant settings, and ``FORMAT_VERSION``: a changed checkpoint, suite or
+setting gets a new folder, and a base evaluated once is reused by every comparison.
+A torn last line of ``answers.jsonl`` (a crash mid-write) is detected and dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from harness.errors import StoreError
+from harness.types import Record
+
+FORMAT_VERSION = 1
+
+
+def run_key(parts: dict[str, Any]) -> str:
+    blob = json.dumps({**parts, "format": FORMAT_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _os_error(e, path) from e
+    _fsync_dir(path.parent)
+
+
+def _os_error(e: OSError, path: Path) -> StoreError:
+    if e.errno == errno.ENOSPC:
+        return StoreError(f"out of disk space while writing {path}")
+    if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return StoreError(f"cannot write {path}: permission denied")
+    return StoreError(f"cannot write {path}: {e.strerror or e}")
+
+
+class RunStore:
+    """One run folder. Use as a context manager: ``with RunStore.open(dir, meta) as s``."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+        self._lock_fd: int | None = None
+        self._answers: dict[str, dict[str, dict[str, Any]]] | None = None
+        self.dropped_torn_line = False
+
+    @classmethod
+    def open(cls, path: Path, meta: dict[str, Any]) -> RunStore:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _os_error(e, path) from e
+        store = cls(path, meta)
+        store._lock()
+        meta_file = path / "meta.json"
+        if not meta_file.exists():
+            atomic_write(meta_file, json.dumps(meta, indent=2, sort_keys=True).encode())
+        return store
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- locking ----------------------------------------------------------------------
+
+    def _lock(self) -> None:
+        lock = self.path / "lock"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise _os_error(e, lock) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(f"store {self.path} is in use by {holder}; wait for it or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- answers (resume) -------------------------------------------------------------
+
+    def _load_answers(self) -> dict[str, dict[str, dict[str, Any]]]:
+        out: dict[str, dict[str, dict[str, Any]]] = {"gen": {}, "ll": {}}
+        f = self.path / "answers.jsonl"
+        if not f.exists():
+            return out
+        data = f.read_bytes()
+        good = 0
+        for line in data.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # torn tail: the writer died mid-line
+            try:
+                row = json.loads(line)
+            except ValueError:
+                break
+            out[row["t"]][row["k"]] = row["v"]
+            good += len(line)
+        if good != len(data):
+            self.dropped_torn_line = True
+            with f.open("r+b") as fh:
+                fh.truncate(good)
+                os.fsync(fh.fileno())
+        return out
+
+    def answers(self, kind: str) -> dict[str, dict[str, Any]]:
+        if self._answers is None:
+            self._answers = self._load_answers()
+        return self._answers[kind]
+
+    def append(self, kind: str, pairs: Iterable[tuple[str, Any]]) -> None:
+        rows = []
+        cache = self.answers(kind)
+        for k, v in pairs:
+            d = dataclasses.asdict(v)
+            if "token_ids" in d:
+                d["token_ids"] = list(d["token_ids"])
+            rows.append(json.dumps({"t": kind, "k": k, "v": d}) + "\n")
+            cache[k] = d
+        f = self.path / "answers.jsonl"
+        try:
+            with f.open("ab") as fh:
+                fh.write("".join(rows).encode())
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as e:
+            raise _os_error(e, f) from e
+
+    # -- records ----------------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / "records.jsonl").is_file()
+
+    def write_records(self, records: list[Record]) -> None:
+        data = "".join(json.dumps(r.to_dict()) + "\n" for r in records).encode()
+        atomic_write(self.path / "records.jsonl", data)
+
+    def load_records(self) -> list[Record]:
+        return read_records(self.path)
+
+
+def read_records(folder: Path) -> list[Record]:
+    f = folder / "records.jsonl"
+    try:
+        lines = f.read_text().splitlines()
+    except OSError as e:
+        raise StoreError(f"cannot read records in {folder}: {e.strerror}") from e
+    try:
+        return [Record.from_dict(json.loads(x)) for x in lines if x]
+    except (ValueError, TypeError) as e:
+        raise StoreError(f"corrupt records in {f}: {e}") from e
