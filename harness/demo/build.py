@@ -1,0 +1,120 @@
+"""Build (or reuse) the demo checkpoints: ``regress demo --out DIR``.
+
+Writes ordinary Hugging Face folders that ``AutoModelForCausalLM.from_pretrained`` loads
+offline::
+
+    DIR/base             tiny Llama trained on add, rev, sort, cmp (+ the format of sub)
+    DIR/ft-answer-only   base + 2-digit subtraction, loss on answer tokens only
+    DIR/ft-all-tokens    the same data and steps, loss on every token of the transcript
+    DIR/ft-identical     a byte-for-byte copy of base under a new folder
+    DIR/ft-no-eos        base + subtraction trained on answers without the end-of-turn token
+
+Training is seeded. The build is cached under a key made of the source of
+``harness/demo/*.py`` and the torch/transformers versions (``DIR/BUILD.json``): a second
+call with the same code returns at once. The folders are written to a temporary place and
+renamed into ``DIR`` at the end, so an interrupted build leaves nothing half-made.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from tqdm.auto import tqdm
+
+from harness.demo import train as trainer
+from harness.demo.tokenizer import build_tokenizer
+from harness.demo.world import NEW_SKILL, train_stream
+
+FINE_TUNES = ("ft-identical", "ft-answer-only", "ft-all-tokens", "ft-no-eos")
+
+# The recipe. The base mix shows the new skill's format with 1-digit subtrahends only.
+BASE_MIX = {"add": 0.4, "rev": 0.15, "sort": 0.15, "cmp": 0.2, "sub1": 0.1}
+BASE = {"steps": 1000, "lr": 3e-3, "batch_size": 64, "seed": 0}
+FT = {"steps": 60, "lr": 1e-3, "batch_size": 64, "seed": 1, "warmup": 5}
+FT_LOSS = {"ft-answer-only": "answer", "ft-all-tokens": "all", "ft-no-eos": "answer_no_eot"}
+
+
+def build_key() -> str:
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    h.update(f"{torch.__version__}|{transformers.__version__}".encode())
+    return h.hexdigest()[:16]
+
+
+def _train(model, tok, mix, recipe, loss_on, desc):  # type: ignore[no-untyped-def]
+    bar = tqdm(total=recipe["steps"], desc=desc, unit="step", leave=False, disable=None)
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    info = trainer.train(
+        model,
+        tok,
+        train_stream(mix, recipe["seed"]),
+        steps=recipe["steps"],
+        lr=recipe["lr"],
+        batch_size=recipe["batch_size"],
+        loss_on=loss_on,
+        seed=recipe["seed"],
+        warmup=recipe.get("warmup", 50),
+        on_step=on_step,
+    )
+    bar.close()
+    return info
+
+
+def _save(model, tok, path: Path) -> None:  # type: ignore[no-untyped-def]
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+
+
+def build_demo(out: Path, force: bool = False) -> dict[str, Path]:
+    """Build the demo checkpoints under ``out`` (reusing a cached build); return their paths."""
+    from transformers import LlamaForCausalLM
+
+    names = ("base", *FINE_TUNES)
+    paths = {n: out / n for n in names}
+    key = build_key()
+    stamp = out / "BUILD.json"
+    if not force and stamp.is_file() and all(p.is_dir() for p in paths.values()):
+        try:
+            if json.loads(stamp.read_text()).get("key") == key:
+                return paths
+        except ValueError:
+            pass
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / f".building-{key}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    t0 = time.perf_counter()
+    torch.manual_seed(BASE["seed"])
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tok = build_tokenizer()
+        base = LlamaForCausalLM(trainer.base_config(tok))
+        info = {"base": _train(base, tok, BASE_MIX, BASE, "answer", "demo base")}
+        _save(base, tok, work / "base")
+        shutil.copytree(work / "base", work / "ft-identical")
+        for name, loss_on in FT_LOSS.items():
+            model = copy.deepcopy(base)
+            info[name] = _train(model, tok, {NEW_SKILL: 1.0}, FT, loss_on, f"demo {name}")
+            _save(model, tok, work / name)
+    finally:
+        torch.set_num_threads(prev_threads)
+    for n in names:
+        if paths[n].exists():
+            shutil.rmtree(paths[n])
+        (work / n).rename(paths[n])
+    shutil.rmtree(work, ignore_errors=True)
+    stamp.write_text(json.dumps({"key": key, "seconds": time.perf_counter() - t0, "train": info}, indent=2))
+    return paths

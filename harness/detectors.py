@@ -1,0 +1,236 @@
+"""Detectors: pure functions that flag degenerate generations after the fact.
+
+The gate runs these on stored records (no model needed) and counts, per checkpoint, how many
+outputs ran to the token limit and how many of those are tail loops::
+
+    from harness.detectors import is_nonterminated, tail_repetition, tail_repetition_text
+
+    stuck = is_nonterminated(gen.finish)        # ran to the token limit
+    loop = tail_repetition(gen.token_ids) if gen.token_ids else tail_repetition_text(gen.text)
+    if loop is not None:                        # Loop(unit, unit_len, repeats, start, span)
+        print(f"{loop.unit!r} x {loop.repeats:.1f} from token {loop.start}")
+
+A *tail loop* is the failure mode of a fine-tune that lost its end-of-turn token: the output
+ends in one unit of 1..``max_unit`` tokens repeated up to the cut, the last repetition
+possibly partial. Unlike a relative length threshold (OpenCompass) or cutting generation
+short (vLLM's repetition detection), regress judges finished outputs with fixed thresholds,
+so a verdict never depends on the other checkpoint or on decoding settings.
+
+Thresholds. A periodic tail of period ``p`` covering ``span`` tokens (``repeats = span / p``)
+is a loop when ``repeats >= min_repeats`` AND ``span >= min_span``. Together they demand more
+repeats of short units, which is where legitimate repetition lives:
+
+* tokens (``tail_repetition``): ``min_repeats=4``, ``min_span=16``. A 1-token unit needs 16
+  repeats, a 2-token unit 8, 3 tokens 5.3, 4+ tokens 4. Four is one more than the most that
+  legitimate text repeats itself verbatim at its very end (a chorus sung three times, three
+  identical code lines, "no no no"); sixteen tokens is far more than "ha ha ha", "very very"
+  or the digits of "1000000", and far less than any real loop to a limit of 48+ tokens.
+* characters (``tail_repetition_text``): the same rule on characters (a token is 1-4
+  characters, and the demo models are character-level), with ``min_span=24`` and
+  ``max_unit=256``: a 1-character unit needs 24 repeats, 2 characters 12, 3 characters 8,
+  4 characters 6, 5 characters 4.8, 6+ characters 4. Two text-only rules:
+
+  - a unit without a letter or digit (rules, borders, ellipses, blank lines: "-----",
+    "+---+---+---+", "\\n\\n") must cover ``min_span_symbols=80`` characters, a full
+    terminal line, because such runs end legitimate outputs (ASCII tables, separators);
+  - numbered lists: a list whose items became identical keeps counting ("7. Sleep.\\n8.
+    Sleep.\\n9. ..."), which no exact period explains. A second pass collapses every run of
+    digits to one character and looks again, accepting a unit with a letter in it repeated
+    at least ``min_repeats_numbered=8`` times (a real list of identical items is shorter).
+    Known cost: 8+ rows that differ only in their numbers (CSV rows, log lines) at the very
+    end of an output read as a loop.
+
+All thresholds are keyword arguments, so a suite's policy can override them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# Trailing positions compared for all periods at once (see _tail_spans).
+_WINDOW = 32
+_DIGITS = re.compile(r"\d+")
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A periodic tail: ``unit`` (a tuple of tokens, or a str for text) repeated from
+    index ``start`` to the end, ``span`` tokens/characters in all, ``repeats = span /
+    unit_len`` times (the last, cut repetition counts as a fraction).
+
+    ``start`` is where the tail stops being periodic, so when the text before the loop
+    happens to end like the unit does, the loop starts that much earlier and ``unit`` is a
+    rotation of the one a reader would name ("Sydney. Canberra is ... Australia. Canberra
+    is ..." gives ``". Canberra is ... Australia"``)."""
+
+    unit: tuple[Hashable, ...] | str
+    unit_len: int
+    repeats: float
+    start: int
+    span: int
+
+
+def is_nonterminated(finish: str | None) -> bool:
+    """True when generation ran to its token limit (finish reason ``length``)."""
+    return finish == "length"
+
+
+def tail_repetition(
+    tokens: Sequence[Hashable], *, max_unit: int = 64, min_repeats: float = 4, min_span: int = 16
+) -> Loop | None:
+    """The loop that ``tokens`` end in, or None (thresholds: see the module docstring).
+
+    The smallest period that explains the longest qualifying tail wins ("abab..." -> "ab").
+    Cost is O(n * max_unit) at worst (loops), and O(32 * max_unit), whatever the length,
+    for outputs that do not loop; tokens are ints (ids), or any hashables.
+    """
+    found = _find_loop(tokens, max_unit, min_repeats, min_span)
+    if found is None:
+        return None
+    period, span = found
+    start = len(tokens) - span
+    unit = tokens[start : start + period]
+    unit = tuple(unit.tolist()) if isinstance(unit, np.ndarray) else tuple(unit)
+    return Loop(unit, period, span / period, start, span)
+
+
+def tail_repetition_text(
+    text: str,
+    *,
+    max_unit: int = 256,
+    min_repeats: float = 4,
+    min_span: int = 24,
+    min_span_symbols: int = 80,
+    min_repeats_numbered: float = 8,
+) -> Loop | None:
+    """``tail_repetition`` over the characters of ``text``, for backends that give no token
+    ids. Units with no letter or digit must cover ``min_span_symbols`` characters; a second
+    pass finds numbered-list loops (see the module docstring). Indices are characters."""
+
+    def has_content(start: int, period: int, span: int) -> bool:
+        return span >= min_span_symbols or any(c.isalnum() for c in text[start : start + period])
+
+    found = _find_loop(text, max_unit, min_repeats, min_span, has_content)
+    if found is not None:
+        period, span = found
+        start = len(text) - span
+        return Loop(text[start : start + period], period, span / period, start, span)
+    return _numbered_loop(text, max_unit, max(min_repeats, min_repeats_numbered), min_span)
+
+
+def precision_recall(predicted: Sequence[bool], labels: Sequence[bool]) -> tuple[float, float]:
+    """Precision and recall of ``predicted`` against ``labels`` (True = positive).
+
+    NaN where undefined: precision when nothing was predicted positive, recall when no
+    label is positive.
+    """
+    if len(predicted) != len(labels):
+        raise ValueError(f"{len(predicted)} predictions for {len(labels)} labels")
+    pred = np.asarray(predicted, dtype=bool)
+    gold = np.asarray(labels, dtype=bool)
+    tp = int(np.sum(pred & gold))
+    n_pred, n_gold = int(pred.sum()), int(gold.sum())
+    return (tp / n_pred if n_pred else math.nan, tp / n_gold if n_gold else math.nan)
+
+
+def _as_ids(tokens: Sequence[Hashable] | str) -> np.ndarray:
+    """A 1-D int64 array with equal ids for equal tokens (code points for text)."""
+    if isinstance(tokens, str):
+        return np.frombuffer(tokens.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    if isinstance(tokens, np.ndarray) and tokens.ndim == 1 and tokens.dtype.kind in "iu":
+        return tokens.astype(np.int64, copy=False)
+    if len(tokens) and type(tokens[0]) is int:  # token ids: skip numpy's type inference
+        try:
+            return np.array(tokens, dtype=np.int64)
+        except (ValueError, TypeError, OverflowError):
+            pass
+    ids: dict[Hashable, int] = {}
+    return np.fromiter((ids.setdefault(t, len(ids)) for t in tokens), dtype=np.int64, count=len(tokens))
+
+
+def _tail_spans(tokens: Sequence[Hashable] | str, max_unit: int) -> np.ndarray:
+    """``spans[p - 1]``: length of the longest suffix of ``tokens`` with period ``p``, p = 1..P.
+
+    Compares the last ``_WINDOW`` positions with their predecessors at every period at once,
+    converting only the tail, so that an output that does not loop costs the same at any
+    length. A period whose run of matches fills the window (a loop, and its multiples) is
+    followed back through the whole output; a multiple ``k * p`` of a followed period whose
+    span already holds ``k * p`` tokens has exactly the same span (its run cannot pass the
+    token that stopped ``p``'s), so a loop costs one pass, not one per multiple.
+    """
+    n = len(tokens)
+    periods = np.arange(1, min(max_unit, n - 1) + 1)
+    if not len(periods):
+        return np.zeros(0, dtype=np.int64)
+    keep = _WINDOW + max_unit + 1
+    a = _as_ids(tokens[-keep:] if n > keep else tokens)
+    m = len(a)
+    w = min(m - 1, _WINDOW)
+    last = np.arange(m - 1, m - 1 - w, -1)  # the trailing positions, last first
+    earlier = last[None, :] - periods[:, None]
+    match = (a[last][None, :] == a[np.maximum(earlier, 0)]) & (earlier >= 0)
+    spans = np.where(match.all(axis=1), w, match.argmin(axis=1)) + periods
+    followed = [int(p) for p in periods[(spans == w + periods) & (w < n - periods)]]
+    if followed and m < n:
+        a = _as_ids(tokens)
+    done: list[int] = []
+    for p in followed:
+        d = next((d for d in done if p % d == 0 and spans[d - 1] >= p), None)
+        if d is not None:
+            spans[p - 1] = spans[d - 1]
+            continue
+        mismatch = np.flatnonzero(a[p:] != a[:-p])
+        spans[p - 1] = n - 1 - mismatch[-1] if mismatch.size else n
+        done.append(p)
+    return spans
+
+
+def _find_loop(
+    tokens: Sequence[Hashable] | str,
+    max_unit: int,
+    min_repeats: float,
+    min_span: int,
+    accept: Callable[[int, int, int], bool] | None = None,
+) -> tuple[int, int] | None:
+    """(period, span) of the loop ``tokens`` end in, or None; ``accept(start, period, span)``
+    vetoes candidates. The qualifying period with the longest span wins (a sentence loop
+    cut inside a run of "!!!!" is the sentence, not "!"); ties go to the smallest period,
+    and every multiple of a period ties with it at best, never reaching further back."""
+    spans = _tail_spans(tokens, max_unit)
+    periods = np.arange(1, len(spans) + 1)
+    ok = (spans >= min_span) & (spans >= min_repeats * periods)
+    candidates = [(int(p), int(spans[p - 1])) for p in periods[ok]]
+    if accept is not None:
+        candidates = [(p, s) for p, s in candidates if accept(len(tokens) - s, p, s)]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda c: (c[1], -c[0]))
+
+
+def _numbered_loop(text: str, max_unit: int, min_repeats: float, min_span: int) -> Loop | None:
+    """A loop of list items that differ only in their numbers ("7. x\n8. x\n9. x")."""
+    collapsed = _DIGITS.sub("0", text)
+    if collapsed == text:
+        return None
+
+    def has_letter(start: int, period: int, span: int) -> bool:
+        return any(c.isalpha() for c in collapsed[start : start + period])
+
+    found = _find_loop(collapsed, max_unit, min_repeats, min_span, has_letter)
+    if found is None:
+        return None
+    period, span = found
+    origin: list[int] = []  # origin[k]: index in text of the k-th collapsed character
+    pos = 0
+    for m in _DIGITS.finditer(text):
+        origin += [*range(pos, m.start()), m.start()]
+        pos = m.end()
+    origin += range(pos, len(text))
+    first = len(collapsed) - span
+    start, unit_end = origin[first], origin[first + period]
+    return Loop(text[start:unit_end], unit_end - start, span / period, start, len(text) - start)
