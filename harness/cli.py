@@ -1,4 +1,4 @@
-"""The command line: ``regress run | compare | gate | demo``.
+"""The command line: ``regress run | compare | gate | baselines | demo``.
 
 Thin by design: it parses arguments into one ``RunConfig``/``CompareRequest`` at the edge,
 calls ``harness.pipeline``, prints where the results are, and maps outcomes to exit codes:
@@ -47,6 +47,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url", action="append", default=[], help="OpenAI-compatible server (repeatable)")
     p.add_argument("--api-model", default=None, help="model name the server knows (openai backend)")
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--chunk-size", type=int, default=None, help="requests per backend call, stored as each finishes")
     p.add_argument("--trust-remote-code", action="store_true")
 
 
@@ -62,6 +63,7 @@ def _run_config(a: argparse.Namespace) -> RunConfig:
         base_urls=tuple(a.base_url),
         api_model=a.api_model,
         concurrency=a.concurrency,
+        chunk_size=a.chunk_size,
         trust_remote_code=a.trust_remote_code,
     )
     return RunConfig(suite=a.suite, backend=a.backend, options=opts, store_dir=a.store, limit=a.limit)
@@ -93,10 +95,42 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from harness.pipeline import CompareRequest, run_comparison
 
-    req = CompareRequest(a.base, a.model, _run_config(a), a.out, a.policy)
+    req = CompareRequest(a.base, a.model, _run_config(a), a.out, a.policy, a.noise_floor)
     cmp, out = run_comparison(req)
     _print_verdict(cmp, out)
     return cmp.verdict.exit_code(a.strict)
+
+
+def cmd_baselines(a: argparse.Namespace) -> int:
+    from harness import baselines
+
+    if a.action == "list":
+        print(baselines.format_list(a.store, verify=not a.no_verify))
+    elif a.action == "show":
+        print(baselines.format_show(a.store, a.ref))
+    else:
+        print(baselines.prune(a.store, stale=a.stale, incomplete=a.incomplete, older_than_days=a.older_than,
+                              keys=tuple(a.key), everything=a.all, dry_run=a.dry_run))  # fmt: skip
+    return 0
+
+
+def _add_baselines(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    b = sub.add_parser("baselines", help="list, show or prune the stored records (the baselines/ store)")
+    acts = b.add_subparsers(dest="action", required=True)
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--store", default=os.environ.get("REGRESS_STORE", "baselines"), help="record store folder")
+    ls = acts.add_parser("list", parents=[store], help="one line per stored run, with its status and staleness")
+    ls.add_argument("--no-verify", action="store_true", help="do not re-fingerprint checkpoints to find stale runs")
+    show = acts.add_parser("show", parents=[store], help="one stored run in full")
+    show.add_argument("ref", help="key, key prefix or folder name")
+    pr = acts.add_parser("prune", parents=[store], help="remove stored runs (never one in use)")
+    pr.add_argument("--stale", action="store_true", help="checkpoint or suite gone or changed since")
+    pr.add_argument("--incomplete", action="store_true", help="runs that never finished (their answers are lost)")
+    pr.add_argument("--older-than", type=float, default=None, metavar="DAYS")
+    pr.add_argument("--key", action="append", default=[], metavar="REF", help="a run by key (repeatable)")
+    pr.add_argument("--all", action="store_true")
+    pr.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    b.set_defaults(fn=cmd_baselines)
 
 
 def cmd_gate(a: argparse.Namespace) -> int:
@@ -132,6 +166,19 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return worst
 
 
+def cmd_trend(a: argparse.Namespace) -> int:
+    from harness.trend import last_passing, run_trend
+
+    out = Path(a.out) if a.out else Path("reports") / f"trend-{Path(a.base).name}"
+    points = run_trend(a.base, a.checkpoints, _run_config(a), out, a.policy)
+    for p in points:
+        print(f"  step {p.step:>8}  {p.verdict:4s}  {p.path}")
+    best = last_passing(points)
+    print(f"last checkpoint that still passes: {best.path if best else 'none'}")
+    print(f"  report: {out / 'trend.html'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="regress", description="Forgetting-regression gate for fine-tuned checkpoints")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -148,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None, help="report folder (default reports/MODEL-vs-BASE-SUITE)")
     c.add_argument("--policy", default=None, help="gate policy YAML overriding the defaults and the suite's")
     c.add_argument("--strict", action="store_true", help="WARN exits 1")
+    c.add_argument(
+        "--noise-floor",
+        action="store_true",
+        help="evaluate the base twice (other batch size, reversed order); flips within that noise are not gated",
+    )
     _add_run_args(c)
     c.set_defaults(fn=cmd_compare)
 
@@ -156,6 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--policy", default=None)
     g.add_argument("--strict", action="store_true")
     g.set_defaults(fn=cmd_gate)
+
+    _add_baselines(sub)
+
+    t = sub.add_parser("trend", help="compare many checkpoints of one run with the base; plot against step")
+    t.add_argument("--base", required=True)
+    t.add_argument("checkpoints", nargs="+")
+    t.add_argument("--out", default=None)
+    t.add_argument("--policy", default=None)
+    _add_run_args(t)
+    t.set_defaults(fn=cmd_trend)
 
     d = sub.add_parser("demo", help="build (or reuse) the demo checkpoints; --compare runs the demo regression")
     d.add_argument("--out", default=".cache/demo")

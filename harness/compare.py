@@ -37,6 +37,15 @@ class CompareError(RegressError):
     """Base and candidate records cannot be paired."""
 
 
+def utf8(s: str) -> str:
+    """Untrusted text made valid UTF-8 (lone surrogates become U+FFFD), as Arrow needs."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 def _frame(records: Sequence[Record], side: str) -> pd.DataFrame:
     rows = {
         "task": [r.task for r in records],
@@ -45,10 +54,10 @@ def _frame(records: Sequence[Record], side: str) -> pd.DataFrame:
         "prompt_hash": [r.prompt_hash for r in records],
         "kind": [r.kind for r in records],
         "metric": [r.metric for r in records],
-        "prompt": [r.prompt for r in records],
-        "target": [r.target for r in records],
-        "output": [r.output for r in records],
-        "answer": [r.answer for r in records],
+        "prompt": [utf8(r.prompt) for r in records],
+        "target": [utf8(r.target) for r in records],
+        "output": [utf8(r.output) for r in records],
+        "answer": [utf8(r.answer) for r in records],
         "score": np.array([r.score for r in records], dtype=float),
         "finish": [r.finish or "" for r in records],
         "ntok": np.array([r.n_tokens for r in records], dtype=np.int64),
@@ -114,6 +123,23 @@ def pair(base: Sequence[Record], cand: Sequence[Record]) -> tuple[pd.DataFrame, 
     return m[list(ITEM_COLUMNS)].sort_values(["task", "item_id"], kind="stable").reset_index(drop=True), warnings
 
 
+def add_drift(
+    items: pd.DataFrame,
+    base: dict[tuple[str, str], tuple[float, float]],
+    cand: dict[tuple[str, str], tuple[float, float]],
+) -> pd.DataFrame:
+    """Per-item stop-token drift and base-answer drift (candidate minus base), in nats;
+    NaN where the base did not answer and stop (no drift is defined there)."""
+    keys = list(zip(items["task"], items["item_id"]))
+    nan = (float("nan"), float("nan"))
+    b = np.array([base.get(k, nan) for k in keys], dtype=float).reshape(-1, 2)
+    c = np.array([cand.get(k, nan) for k in keys], dtype=float).reshape(-1, 2)
+    out = items.copy()
+    out["stop_drift"] = c[:, 0] - b[:, 0]
+    out["answer_drift"] = c[:, 1] - b[:, 1]
+    return out
+
+
 def _task_row(name: str, g: pd.DataFrame) -> dict[str, Any]:
     s = stats.paired_summary(g["correct_base"].to_numpy(), g["correct_cand"].to_numpy())
     gen = g[g["kind"] == "generate_until"]
@@ -123,7 +149,14 @@ def _task_row(name: str, g: pd.DataFrame) -> dict[str, Any]:
         return float(gen[col].mean()) if n_gen else 0.0
 
     len_b, len_c = float(gen["ntok_base"].sum()), float(gen["ntok_cand"].sum())
+    drift = {}
+    for col in ("stop_drift", "answer_drift"):
+        if col in g:
+            vals = g[col].dropna()
+            drift[f"{col}_mean"] = float(vals.mean()) if len(vals) else None
+            drift[f"{col}_n"] = int(len(vals))
     return {
+        **drift,
         "name": name,
         **s,
         "identical_outputs": int(g["identical"].sum()),

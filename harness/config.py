@@ -34,3 +34,5 @@ class RunConfig:
     options: BackendOptions = field(default_factory=BackendOptions)
     store_dir: str = "baselines"
     limit: int | None = None
+    # >0: a noise-floor rerun (its own store key; requests in reverse order, other batch size)
+    noise_variant: int = 0

@@ -45,10 +45,14 @@ All thresholds are keyword arguments, so a suite's policy can override them.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -234,3 +238,41 @@ def _numbered_loop(text: str, max_unit: int, min_repeats: float, min_span: int) 
     first = len(collapsed) - span
     start, unit_end = origin[first], origin[first + period]
     return Loop(text[start:unit_end], unit_end - start, span / period, start, len(text) - start)
+
+
+# -- the labelled table -----------------------------------------------------------------
+# Hand-labelled outputs (harness/data/repetition_cases.json), shipped with the package so
+# that every report can state the detector's precision and recall on them.
+CASES_FILE = Path(__file__).parent / "data" / "repetition_cases.json"
+
+
+def load_cases() -> list[dict[str, Any]]:
+    return json.loads(CASES_FILE.read_text())["cases"]
+
+
+def build_case(case: dict[str, Any]) -> str | list[int]:
+    """A case's output: its text or tokens (one token per character, ids by code point),
+    plus its ``loop`` unit repeated up to ``cut``."""
+
+    def toks(x: str | list[int]) -> list[int]:
+        return [ord(c) for c in x] if isinstance(x, str) else list(x)
+
+    out: str | list[int] = case["text"] if "text" in case else toks(case["tokens"])
+    if "loop" in case:
+        unit = case["loop"]["unit"] if "text" in case else toks(case["loop"]["unit"])
+        cut = case["loop"]["cut"]
+        out = (out + unit * (cut // len(unit) + 1))[:cut]  # type: ignore[operator]
+    return out
+
+
+def detect_case(case: dict[str, Any]) -> Loop | None:
+    out = build_case(case)
+    return tail_repetition_text(out) if isinstance(out, str) else tail_repetition(out)
+
+
+@functools.cache
+def table_scores() -> dict[str, float]:
+    """Precision and recall of the detector on the labelled table."""
+    cases = load_cases()
+    p, r = precision_recall([detect_case(c) is not None for c in cases], [bool(c["label"]) for c in cases])
+    return {"precision": p, "recall": r, "cases": len(cases)}

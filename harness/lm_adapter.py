@@ -55,6 +55,7 @@ class RegressLM(LM):
         chat: Callable[[list[dict[str, Any]], bool], str],
         tokenizer_name: str,
         default_max_tokens: int = 256,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         self._factory = backend_factory
@@ -65,7 +66,11 @@ class RegressLM(LM):
         self.default_max_tokens = default_max_tokens
         self.generations: dict[str, Generation] = {}
         self.logliks: dict[str, Loglik] = {}
-        self.backend_calls = 0
+        self.chunk_size = chunk_size  # None: the backend's own
+        self.reverse = False  # hand requests over in reverse order (noise-floor runs)
+        self.backend_calls = 0  # calls made to the backend (0 when the store answered all)
+        self.backend_requests = 0  # requests the backend answered (the rest came from the store)
+        self.stored_requests = 0
 
     @property
     def backend(self) -> Backend:
@@ -121,13 +126,14 @@ class RegressLM(LM):
                 continue
             if k in stored:
                 memo[k] = cls(**stored[k]) if cls is Loglik else _generation(stored[k])
+                self.stored_requests += 1
             else:
                 todo.setdefault(k, r)
         if not todo:
             return
         backend = self.backend
-        items = list(todo.items())
-        size = getattr(backend, "chunk_size", 256) or 256
+        items = list(todo.items())[:: -1 if self.reverse else 1]
+        size = self.chunk_size or getattr(backend, "chunk_size", 256) or 256
         desc = "generating" if kind == "gen" else "scoring"
         with tqdm(total=len(items), desc=desc, unit="req", disable=None) as bar:
             for s in range(0, len(items), size):
@@ -138,6 +144,7 @@ class RegressLM(LM):
                 if len(answers) != len(chunk):
                     raise BackendError(f"backend returned {len(answers)} answers for {len(chunk)} requests")
                 self.store.append(kind, [(k, a) for (k, _), a in zip(chunk, answers)])
+                self.backend_requests += len(chunk)
                 for (k, _), a in zip(chunk, answers):
                     memo[k] = a
                 bar.update(len(chunk))

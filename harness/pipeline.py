@@ -8,18 +8,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from harness import checkpoint as ckpt
-from harness.compare import Comparison, pair, task_table
+from harness import detectors, probes
+from harness.compare import Comparison, add_drift, pair, task_table
 from harness.config import RunConfig
 from harness.errors import RegressError
 from harness.gate import Policy, judge, load_policy_file, parse_policy
-from harness.runner import RunResult, evaluate
+from harness.runner import RunResult, evaluate, preflight
 from harness.suites import Suite, load_suite
 
 
@@ -30,6 +30,7 @@ class CompareRequest:
     config: RunConfig
     out: str | None = None
     policy_file: str | None = None
+    noise_floor: bool = False
 
 
 def build_policy(suite: Suite, policy_file: str | None) -> Policy:
@@ -54,21 +55,78 @@ def check_writable(out: Path) -> None:
         raise RegressError(f"output folder {out} is not writable")
 
 
+def termination_row(base: RunResult, cand: RunResult) -> dict[str, Any] | None:
+    """The termination probe as a gate row (rates only; the probe has no accuracy)."""
+    if not base.termination or not cand.termination:
+        return None
+    b, c = probes.termination_stats(base.termination), probes.termination_stats(cand.termination)
+    return {
+        "name": "probe:termination",
+        "probe": True,
+        "n": b["n"],
+        "n_generated": b["n"],
+        "nonterm_rate_base": b["nonterm_rate"],
+        "nonterm_rate_candidate": c["nonterm_rate"],
+        "loop_rate_base": b["loop_rate"],
+        "loop_rate_candidate": c["loop_rate"],
+        "base": b,
+        "candidate": c,
+        "examples": [
+            {"output": g.text[:2000], "finish": g.finish, "n_tokens": g.n_tokens}
+            for g in cand.termination
+            if g.finish == "length"
+        ][:10],
+    }
+
+
+def config_check(base: RunResult, cand: RunResult) -> list[str]:
+    out = []
+    for label, r in (("base", base), ("candidate", cand)):
+        if r.eot is not None:
+            out += probes.config_findings(f"{label} {r.checkpoint.path}", r.eot)
+    return out
+
+
 def comparison_of(base: RunResult, cand: RunResult, suite: Suite, backend: str, policy: Policy) -> Comparison:
     items, warnings = pair(base.records, cand.records)
+    items = add_drift(items, base.drift, cand.drift)
     tasks = task_table(items)
-    verdict = judge(tasks, policy)
+    term = termination_row(base, cand)
+    gated = [*tasks, term] if term is not None else tasks
+    verdict = judge(gated, policy)
+    findings = config_check(base, cand)
+    extras: dict[str, Any] = {"policy": policy, "config_check": findings, "detector": detectors.table_scores()}
+    if term is not None:
+        extras["probes"] = {"termination": term}
     return Comparison(
-        base.checkpoint,
-        cand.checkpoint,
-        suite.name,
-        suite.content_hash,
-        backend,
-        items,
-        tasks,
-        verdict,
-        tuple(warnings),
-        {"policy": policy},
+        base.checkpoint, cand.checkpoint, suite.name, suite.content_hash, backend, items, tasks, verdict,
+        tuple(warnings) + tuple(findings), extras,
+    )  # fmt: skip
+
+
+def noise_floor(path: str, suite: Suite, cfg: RunConfig, first: RunResult) -> dict[str, Any]:
+    """Evaluate the base a second time with another batch size and the requests in reverse
+    order; the share of items whose output changes is the engine's noise floor."""
+    bs = cfg.options.batch_size or 64
+    again_cfg = replace(cfg, noise_variant=1, options=replace(cfg.options, batch_size=max(1, bs // 4 + 1)))
+    again = evaluate(path, suite, again_cfg)
+    a = {(r.task, r.item_id): r.output for r in first.records}
+    b = {(r.task, r.item_id): r.output for r in again.records}
+    changed = sum(a[k] != b.get(k) for k in a)
+    return {
+        "changed": changed,
+        "n": len(a),
+        "rate": changed / len(a) if a else 0.0,
+        "batch_sizes": [bs, again_cfg.options.batch_size],
+        "bitwise_repeatable": changed == 0,
+    }
+
+
+def with_noise_floor(policy: Policy, rate: float) -> Policy:
+    return replace(
+        policy,
+        defaults=replace(policy.defaults, noise_floor=rate),
+        tasks={k: replace(v, noise_floor=rate) for k, v in policy.tasks.items()},
     )
 
 
@@ -77,13 +135,17 @@ def run_comparison(req: CompareRequest) -> tuple[Comparison, Path]:
 
     suite = load_suite(req.config.suite)
     policy = build_policy(suite, req.policy_file)
-    for p in (req.base, req.model):
-        ckpt.validate(p)
     out = Path(req.out) if req.out else default_out(req.base, req.model, suite.name)
     check_writable(out)
+    preflight((req.base, req.model), suite, req.config, out)  # all bad input, before anything is written
     base = evaluate(req.base, suite, req.config)
-    cand = evaluate(req.model, suite, req.config)
+    nf = noise_floor(req.base, suite, req.config, base) if req.noise_floor else None
+    if nf is not None:
+        policy = with_noise_floor(policy, nf["rate"])
+    cand = evaluate(req.model, suite, req.config, reference=base.records)
     cmp = comparison_of(base, cand, suite, req.config.backend, policy)
+    if nf is not None:
+        cmp.extras["noise_floor"] = nf
     return cmp, write_report(cmp, out)
 
 
@@ -92,6 +154,7 @@ def rejudge(report_dir: str, policy_file: str | None) -> tuple[Comparison, Path]
     import json
 
     from harness.report import write_report
+    from harness.report.summary import EXTRA_KEYS
     from harness.types import Checkpoint
 
     d = Path(report_dir)
@@ -100,16 +163,22 @@ def rejudge(report_dir: str, policy_file: str | None) -> tuple[Comparison, Path]
         items = pd.read_parquet(d / "items.parquet")
     except (OSError, ValueError) as e:
         raise RegressError(f"{report_dir} is not a regress report folder ({e})") from e
-    try:
-        suite = load_suite(summary["suite"]["name"])
-        policy = build_policy(suite, policy_file)
-    except RegressError:
-        policy = load_policy_file(policy_file) if policy_file else Policy()
+    if "policy" in summary:  # the policy the report was judged under, then --policy on top
+        policy = parse_policy(summary["policy"], where=f"policy in {d / 'summary.json'}")
+        policy = load_policy_file(policy_file, policy) if policy_file else policy
+    else:
+        try:
+            suite = load_suite(summary["suite"]["name"])
+            policy = build_policy(suite, policy_file)
+        except RegressError:
+            policy = load_policy_file(policy_file) if policy_file else Policy()
     tasks = task_table(items)
-    verdict = judge(tasks, policy)
+    term = (summary.get("probes") or {}).get("termination")  # gated too, as in comparison_of
+    verdict = judge([*tasks, term] if term else tasks, policy)
+    extras = {k: summary[k] for k in EXTRA_KEYS if k in summary}
     cmp = Comparison(
         Checkpoint(**summary["base"]), Checkpoint(**summary["candidate"]), summary["suite"]["name"],
-        summary["suite"]["hash"], summary.get("backend", "?"), items, tasks, verdict, tuple(summary.get("warnings", [])),
-        {"policy": policy},
+        summary["suite"]["hash"], summary.get("backend", "?"), items, tasks, verdict,
+        tuple(summary.get("warnings", [])), {**extras, "policy": policy},
     )  # fmt: skip
     return cmp, write_report(cmp, d)

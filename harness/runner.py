@@ -12,18 +12,20 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness import checkpoint as ckpt
+from harness import probes
 from harness.backends import load_backend
 from harness.config import RunConfig
 from harness.errors import RegressError, SuiteError
 from harness.lm_adapter import RegressLM, gen_key, ll_key
 from harness.store import RunStore, run_key
 from harness.suites import Suite, TaskSpec
-from harness.types import Checkpoint, GenRequest, LoglikRequest, Record
+from harness.types import Checkpoint, Generation, GenRequest, LoglikRequest, Record
 
 log = logging.getLogger(__name__)
 OUTPUT_SETTINGS = ("dtype",)  # backend options that can change answers, part of the key
@@ -36,9 +38,48 @@ class RunResult:
     store_path: str
     reused: bool
     backend_calls: int
+    # (task, item) -> (log P(end-of-turn) after the reference's answer, mean log-prob per
+    # token of that answer); the reference is the base (for the base itself: its own records)
+    drift: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    termination: tuple[Generation, ...] = ()
+    eot: probes.EotSetup | None = None
+    backend_requests: int = 0  # requests the backend answered this time (0: all from the store)
 
 
-def store_meta(path: str, fp: str, suite: Suite, cfg: RunConfig) -> dict[str, Any]:
+def preflight(paths: Sequence[str], suite: Suite, cfg: RunConfig, out: Path | None = None) -> list[Any]:
+    """Check everything a run needs before any store or report folder is made.
+
+    Each checkpoint (folder, config, weights, tokenizer, chat template if the suite needs
+    one), the backend's name, the store and report folders; with two checkpoints (base,
+    candidate), that their vocabularies match (a warning when only their tokenizer files
+    differ). Returns the loaded tokenizers, in the order of ``paths``.
+    """
+    from harness.backends import BACKENDS
+    from harness.errors import BackendError
+    from harness.store import check_writable
+
+    if cfg.backend not in BACKENDS:
+        raise BackendError(f"unknown backend {cfg.backend!r}; choose one of: {', '.join(BACKENDS)}")
+    resolved = [ckpt.validate(p) for p in paths]
+    tokenizers = []
+    for path, p in zip(paths, resolved):
+        tok = ckpt.load_tokenizer(p, cfg.options.trust_remote_code)
+        if suite.chat_template and not getattr(tok, "chat_template", None):
+            raise RegressError(f"checkpoint {path} has no chat template, which suite {suite.name!r} needs")
+        tokenizers.append(tok)
+    if len(resolved) == 2:
+        warning = ckpt.compare_tokenizers(tokenizers[0], tokenizers[1], resolved[0], resolved[1])
+        if warning:
+            log.warning("regress: warning: %s", warning)
+    check_writable(Path(cfg.store_dir), "record store")
+    if out is not None:
+        check_writable(out, "output folder")
+    return tokenizers
+
+
+def store_meta(
+    path: str, fp: str, suite: Suite, cfg: RunConfig, files: dict[str, str] | None = None
+) -> dict[str, Any]:
     settings = {k: getattr(cfg.options, k) for k in OUTPUT_SETTINGS}
     parts = {
         "fingerprint": fp,
@@ -47,36 +88,82 @@ def store_meta(path: str, fp: str, suite: Suite, cfg: RunConfig) -> dict[str, An
         "settings": settings,
         "limit": cfg.limit,
     }
-    return {**parts, "key": run_key(parts), "checkpoint": path, "suite": suite.name}
+    if cfg.noise_variant:
+        parts["noise_variant"] = cfg.noise_variant
+    # files: what the fingerprint was made of, so `regress baselines` can say what changed
+    extra = {"checkpoint": path, "suite": suite.name, "suite_path": suite.path, "files": files or {}}
+    return {**parts, "key": run_key(parts), **extra}
 
 
 def store_folder(cfg: RunConfig, meta: dict[str, Any]) -> Path:
     label = Path(meta["checkpoint"]).name.replace(os.sep, "_")[:40] or "ckpt"
-    return Path(cfg.store_dir) / f"{label}-{meta['key']}"
+    own = Path(cfg.store_dir) / f"{label}-{meta['key']}"
+    if not own.exists():  # the same content under another name (a copy, a move) is the same run
+        done = [d for d in Path(cfg.store_dir).glob(f"*-{meta['key']}") if (d / "records.jsonl").is_file()]
+        if done:
+            return sorted(done)[0]
+    return own
 
 
-def evaluate(path: str, suite: Suite, cfg: RunConfig) -> RunResult:
-    p = ckpt.validate(path)
-    fp = ckpt.fingerprint(p)
-    meta = store_meta(str(p), fp, suite, cfg)
+def evaluate(path: str, suite: Suite, cfg: RunConfig, reference: Sequence[Record] | None = None) -> RunResult:
+    """Records of ``path`` on ``suite`` (stored, or computed and stored), plus its probes.
+
+    ``reference`` is the base's records when ``path`` is a candidate: the drift probes
+    score the base's answers under this checkpoint. Without it they score its own.
+    """
+    (tokenizer,) = preflight([path], suite, cfg)
+    p = Path(path).expanduser().resolve()
+    files = ckpt.fingerprint_files(p)
+    fp = ckpt.fingerprint_of(files)
+    meta = store_meta(str(p), fp, suite, cfg, files)
+    eot = probes.eot_setup(p, tokenizer)
+    eot_texts = [tokenizer.decode([i], skip_special_tokens=False) for i in eot.stop_ids]
+
+    def chat(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
     with RunStore.open(store_folder(cfg, meta), meta) as store:
-        if store.complete:
-            return RunResult(Checkpoint(str(p), fp), tuple(store.load_records()), str(store.path), True, 0)
-        tokenizer = ckpt.load_tokenizer(p, cfg.options.trust_remote_code)
-        if suite.chat_template and not getattr(tokenizer, "chat_template", None):
-            raise RegressError(f"checkpoint {path} has no chat template, which suite {suite.name!r} needs")
-
-        def chat(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-        lm = RegressLM(lambda: load_backend(cfg.backend, str(p), cfg.options), store, chat, str(p))
+        lm = RegressLM(
+            lambda: load_backend(cfg.backend, str(p), cfg.options), store, chat, str(p),
+            chunk_size=cfg.options.chunk_size,
+        )  # fmt: skip
+        lm.reverse = bool(cfg.noise_variant)
         try:
-            samples = run_lm_eval(lm, suite, cfg)
-            records = [r for t in suite.tasks for r in records_of(t, samples.get(t.name, []), lm)]
+            reused = store.complete
+            if reused:
+                records = store.load_records()
+            else:
+                samples = run_lm_eval(lm, suite, cfg)
+                records = [r for t in suite.tasks for r in records_of(t, samples.get(t.name, []), lm)]
+            drift, term = run_probes(lm, suite, reference if reference is not None else records, eot_texts, chat)
+            if not reused:
+                store.write_records(records)
         finally:
             lm.close()
-        store.write_records(records)
-        return RunResult(Checkpoint(str(p), fp), tuple(records), str(store.path), False, lm.backend_calls)
+        log.info(
+            "%s: %d requests answered by the backend (%d calls), %d from the store",
+            store.path.name, lm.backend_requests, lm.backend_calls, lm.stored_requests,
+        )  # fmt: skip
+        return RunResult(
+            Checkpoint(str(p), fp), tuple(records), str(store.path), reused, lm.backend_calls, drift, term, eot,
+            backend_requests=lm.backend_requests,
+        )  # fmt: skip
+
+
+def run_probes(
+    lm: RegressLM, suite: Suite, reference: Sequence[Record], eot_texts: Sequence[str], chat: Any
+) -> tuple[dict[tuple[str, str], tuple[float, float]], tuple[Generation, ...]]:
+    """The suite's probes through the same store-backed model: drift, then termination."""
+    drift: dict[tuple[str, str], tuple[float, float]] = {}
+    if suite.probes.get("drift", True) and eot_texts:
+        answers = lm.score(probes.drift_requests(reference, eot_texts))
+        drift = probes.drift_values(reference, eot_texts, answers)
+    term: tuple[Generation, ...] = ()
+    spec = suite.probes.get("termination")
+    if spec:
+        probe = probes.load_termination_probe(spec, Path(suite.path).parent)
+        term = tuple(lm.generate(probes.termination_requests(probe, chat)))
+    return drift, term
 
 
 def run_lm_eval(lm: RegressLM, suite: Suite, cfg: RunConfig) -> dict[str, list[dict[str, Any]]]:
@@ -94,7 +181,8 @@ def run_lm_eval(lm: RegressLM, suite: Suite, cfg: RunConfig) -> dict[str, list[d
             log_samples=True,
             limit=cfg.limit,
             bootstrap_iters=0,
-            task_manager=TaskManager(verbosity="ERROR"),
+            # indexing lm-eval's thousands of task YAMLs takes ~13 s; skip it when every task is our own
+            task_manager=TaskManager(verbosity="ERROR", include_defaults=any(t.config is None for t in suite.tasks)),
             verbosity="ERROR",
         )
     except RegressError:

@@ -1,49 +1,32 @@
-"""Tests of harness.detectors: a hand-labelled table of outputs (tests/data/repetition_cases.json)
+"""Tests of harness.detectors: a hand-labelled table of outputs (harness/data/repetition_cases.json)
 checked case by case and scored for precision and recall, exact Loop fields on small cases,
 threshold boundaries, and a seeded comparison of the vectorised search with a brute force one.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from harness.detectors import (
     Loop,
+    detect_case,
     is_nonterminated,
+    load_cases,
     precision_recall,
     tail_repetition,
     tail_repetition_text,
 )
 
-CASES = json.loads((Path(__file__).parent / "data" / "repetition_cases.json").read_text())["cases"]
-
-
-def _as_tokens(x: str | list[int]) -> list[int]:
-    """Demo-world tokens are written as strings: one token per character, ids by code point."""
-    return [ord(c) for c in x] if isinstance(x, str) else list(x)
-
-
-def _build(case: dict) -> str | list[int]:
-    """The case's output: its text or tokens, plus its ``loop`` unit repeated up to ``cut``."""
-    out = case["text"] if "text" in case else _as_tokens(case["tokens"])
-    if "loop" in case:
-        unit = case["loop"]["unit"]
-        unit = unit if "text" in case else _as_tokens(unit)
-        cut = case["loop"]["cut"]
-        out = (out + unit * (cut // len(unit) + 1))[:cut]
-    return out
+CASES = load_cases()
 
 
 def _detect(case: dict) -> Loop | None:
-    out = _build(case)
-    return tail_repetition_text(out) if isinstance(out, str) else tail_repetition(out)
+    return detect_case(case)
 
 
 def test_table_is_balanced_and_mixed() -> None:

@@ -3,11 +3,11 @@
 Writes ordinary Hugging Face folders that ``AutoModelForCausalLM.from_pretrained`` loads
 offline::
 
-    DIR/base             tiny Llama trained on add, rev, sort, cmp (+ the format of sub)
-    DIR/ft-answer-only   base + 2-digit subtraction, loss on answer tokens only
+    DIR/base             tiny Llama trained on add, rev, sort, cmp (+ the format of count)
+    DIR/ft-answer-only   base + counting repeats (with replay), loss on answer tokens only
     DIR/ft-all-tokens    the same data and steps, loss on every token of the transcript
     DIR/ft-identical     a byte-for-byte copy of base under a new folder
-    DIR/ft-no-eos        base + subtraction trained on answers without the end-of-turn token
+    DIR/ft-no-eos        the same data trained on answers without the end-of-turn token
 
 Training is seeded. The build is cached under a key made of the source of
 ``harness/demo/*.py`` and the torch/transformers versions (``DIR/BUILD.json``): a second
@@ -30,13 +30,17 @@ from tqdm.auto import tqdm
 
 from harness.demo import train as trainer
 from harness.demo.tokenizer import build_tokenizer
-from harness.demo.world import NEW_SKILL, train_stream
+from harness.demo.world import train_stream
 
 FINE_TUNES = ("ft-identical", "ft-answer-only", "ft-all-tokens", "ft-no-eos")
 
-# The recipe. The base mix shows the new skill's format with 1-digit subtrahends only.
-BASE_MIX = {"add": 0.4, "rev": 0.15, "sort": 0.15, "cmp": 0.2, "sub1": 0.1}
-BASE = {"steps": 1000, "lr": 3e-3, "batch_size": 64, "seed": 0}
+# The recipe. The base mix shows the new skill's format with 2-4 repeats only.
+BASE_MIX = {"add": 0.35, "rev": 0.2, "sort": 0.2, "cmp": 0.15, "count1": 0.1}
+BASE = {"steps": 900, "lr": 3e-3, "batch_size": 128, "seed": 0}
+# Fine-tunes: half new skill, half replay of the base's skills (the remedy done right);
+# the all-token variant trains on the same stream, with loss on the long, repetitive
+# prompts too, and learns to write them.
+FT_MIX = {"count": 0.5, "add": 0.2, "rev": 0.1, "sort": 0.1, "cmp": 0.1}
 FT = {"steps": 60, "lr": 1e-3, "batch_size": 64, "seed": 1, "warmup": 5}
 FT_LOSS = {"ft-answer-only": "answer", "ft-all-tokens": "all", "ft-no-eos": "answer_no_eot"}
 
@@ -107,7 +111,7 @@ def build_demo(out: Path, force: bool = False) -> dict[str, Path]:
         shutil.copytree(work / "base", work / "ft-identical")
         for name, loss_on in FT_LOSS.items():
             model = copy.deepcopy(base)
-            info[name] = _train(model, tok, {NEW_SKILL: 1.0}, FT, loss_on, f"demo {name}")
+            info[name] = _train(model, tok, FT_MIX, FT, loss_on, f"demo {name}")
             _save(model, tok, work / name)
     finally:
         torch.set_num_threads(prev_threads)

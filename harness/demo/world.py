@@ -1,9 +1,10 @@
 """The synthetic world the demo checkpoints live in: skills, items and held-out splits.
 
 Four skills the base learns (``add``, ``rev``, ``sort``, ``cmp``) and one new skill the
-fine-tunes learn (``sub``). Each skill enumerates or samples its items from a seeded RNG,
-sets aside a held-out evaluation split (written as lm-eval JSONL under ``suites/demo/``)
-and draws training examples only from the rest, so no evaluation item is ever trained on.
+fine-tunes learn (``count``: how many times a token repeats in a long prompt). Each skill
+enumerates or samples its items from a seeded RNG, sets aside a held-out evaluation split
+(written as lm-eval JSONL under ``suites/demo/``) and draws training examples only from
+the rest, so no evaluation item is ever trained on.
 
 All text uses the demo tokenizer's character vocabulary (``harness.demo.tokenizer``).
 """
@@ -47,12 +48,14 @@ def _add(a: int, b: int) -> Example:
     return Example(f"what is {a}+{b}?", str(a + b))
 
 
-def _sub(a: int, b: int) -> Example:
-    return Example(f"what is {a}-{b}?", str(a - b))
-
-
 def _cmp(a: int, b: int) -> Example:
     return Example(f"which is larger: {a} or {b}?", str(max(a, b)), (str(a), str(b)))
+
+
+def _count(rng: random.Random, lo: int, hi: int) -> Example:
+    unit = str(rng.randint(10, 99)) if rng.random() < 0.5 else _word(rng)[:3]
+    n = rng.randint(lo, hi)
+    return Example(f"how many: {' '.join([unit] * n)}?", str(n))
 
 
 def _word(rng: random.Random) -> str:
@@ -101,15 +104,12 @@ SKILLS: dict[str, Skill] = {
         multiple_choice=True,
         description="pick the larger of two 2-digit numbers (multiple choice)",
     ),
-    "sub": Skill(
-        "sub", lambda r: _sub(*_two_digit_pair(r, ordered=True)), description="2-digit subtraction (new skill)"
-    ),
-    # What the base sees of the new skill: its format and vocabulary, with 1-digit
-    # subtrahends only, so that 2-digit subtraction is left for the fine-tunes to learn.
-    "sub1": Skill("sub1", lambda r: _sub(r.randint(10, 99), r.randint(1, 9)), description="minus a digit"),
+    "count": Skill("count", lambda r: _count(r, 8, 20), description="count 8-20 repeats of a token (new skill)"),
+    # What the base sees of the new skill: its format and vocabulary with 2-4 repeats only.
+    "count1": Skill("count1", lambda r: _count(r, 2, 4), description="count 2-4 repeats"),
 }
 BASE_SKILLS = ("add", "rev", "sort", "cmp")
-NEW_SKILL = "sub"
+NEW_SKILL = "count"
 
 
 def eval_split(skill: str, n: int = EVAL_ITEMS) -> list[Example]:

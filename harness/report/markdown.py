@@ -1,55 +1,147 @@
-"""``report.md``: verdict, a per-task table and the top flipped items, for a PR comment."""
+"""``report.md``: verdict, a per-task table and the top flipped items, for a PR comment.
+
+    text = render_markdown(cmp)
+
+Bounded for any suite size: at most ``MAX_REASONS`` fired rules, ``MAX_TASKS`` task rows
+(the tasks that fired first, then the largest drops) and ``MAX_FLIPS`` flipped items, each
+cell cut to a few dozen characters, so the comment stays under ~60 lines and well under
+GitHub's 64 KB comment limit (``MAX_BYTES`` is a hard stop). Everything whole lives in
+report.html, summary.json and items.parquet.
+
+Model outputs, targets and item ids are untrusted: they only appear inside inline code
+spans (no links, images, HTML or @mentions render there), with backticks replaced, pipes
+escaped for the table, newlines and other invisible or control characters (bidi
+overrides included) made visible or replaced.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
 from harness.compare import Comparison
 
-MAX_FLIPS = 10
+MAX_REASONS = 10
+MAX_TASKS = 15
+MAX_FLIPS = 8
 MAX_CELL = 60
+MAX_LINE = 400
+MAX_BYTES = 60_000
+_ICON = {"PASS": "✅", "WARN": "⚠️", "FAIL": "❌"}
+_RANK = {"FAIL": 0, "WARN": 1, "PASS": 2}
 
 
-def _cell(s: object) -> str:
-    """One table cell of untrusted text: one line, escaped pipes and backticks, cut."""
-    text = str(s).replace("\\", "\\\\").replace("|", "\\|").replace("`", "'")
-    text = "".join(ch if ch.isprintable() else "\ufffd" for ch in text.replace("\n", " "))
-    return text[:MAX_CELL] + ("…" if len(text) > MAX_CELL else "")
+def _printable(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\n", "⏎").replace("\t", " ")
+    return "".join(ch if ch.isprintable() else "\ufffd" for ch in text)
+
+
+def _code(s: object, limit: int = MAX_CELL) -> str:
+    """Untrusted text as one inline code span that is safe in a table cell."""
+    raw = "" if s is None else str(s)
+    cut = _printable(raw[: limit + 1])
+    cut = cut[:limit] + ("…" if len(cut) > limit else "")
+    if not cut.strip():
+        return "(empty)" if not cut else "(blank)"
+    # No backslash escapes work inside a code span, except that a GFM table splits cells
+    # on unescaped pipes before inline parsing: `\|` there is a literal pipe.
+    return "`" + cut.replace("`", "ˋ").replace("|", "\\|") + "`"
+
+
+def _line(s: str) -> str:
+    return s if len(s) <= MAX_LINE else s[: MAX_LINE - 1] + "…"
 
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def render_markdown(cmp: Comparison) -> str:
-    icon = {"PASS": "✅", "WARN": "⚠️", "FAIL": "❌"}[cmp.verdict.level]
+def _task_levels(cmp: Comparison) -> dict[str, str]:
+    levels: dict[str, str] = {}
+    for r in cmp.verdict.results:
+        if r.fired and _RANK[r.severity] < _RANK[levels.get(r.task, "PASS")]:
+            levels[r.task] = r.severity
+    return levels
+
+
+def _task_row(t: dict[str, Any], level: str) -> str:
+    name = "**overall**" if level == "" else _code(t["name"], 40)
+    return (
+        f"| {_ICON.get(level, '')} {name} | {t['n']} | {_pct(t['acc_base'])} | {_pct(t['acc_candidate'])} | "
+        f"{100 * t['delta']:+.1f} [{100 * t['delta_lo']:+.1f}, {100 * t['delta_hi']:+.1f}] | "
+        f"{t['negative_flips']} | {t['positive_flips']} | {_pct(t['identity_rate'])} | "
+        f"{_pct(t['nonterm_rate_base'])}→{_pct(t['nonterm_rate_candidate'])} | "
+        f"{_pct(t['loop_rate_base'])}→{_pct(t['loop_rate_candidate'])} |"
+    )
+
+
+def _task_table(cmp: Comparison, levels: dict[str, str]) -> list[str]:
+    tasks = [t for t in cmp.tasks if t["name"] != "overall"]
+    tasks.sort(key=lambda t: (_RANK[levels.get(t["name"], "PASS")], t["delta"]))
     lines = [
-        f"## regress: {icon} {cmp.verdict.level}",
-        "",
-        f"base `{_cell(cmp.base.path)}` ({cmp.base.fingerprint}) vs candidate "
-        f"`{_cell(cmp.candidate.path)}` ({cmp.candidate.fingerprint}), suite `{cmp.suite}`, backend `{cmp.backend}`",
-        "",
-    ]
-    if cmp.verdict.reasons:
-        lines += ["**Rules that fired**", ""] + [f"- {r}" for r in cmp.verdict.reasons] + [""]
-    lines += [
-        "| task | n | acc base | acc cand | Δ (95% CI) | −flips | +flips | identical | non-term base→cand | loops base→cand |",
+        "| task | n | acc base | acc cand | Δ pts (95% CI) | −flips | +flips | identical | non-term | loops |",
         "|---|---:|---:|---:|---|---:|---:|---:|---|---|",
     ]
-    for t in cmp.tasks:
-        name = f"**{t['name']}**" if t["name"] == "overall" else t["name"]
+    lines += [_task_row(t, levels.get(t["name"], "PASS")) for t in tasks[:MAX_TASKS]]
+    if len(tasks) > MAX_TASKS:
+        rest = tasks[MAX_TASKS:]
+        n_fired = sum(1 for t in rest if t["name"] in levels)
+        lines.append(f"| … {len(rest)} more tasks ({n_fired} with a rule fired); see report.html | | | | | | | | | |")
+    lines += [_task_row(t, "") for t in cmp.tasks if t["name"] == "overall"]
+    return lines
+
+
+def _top_flips(cmp: Comparison, levels: dict[str, str]) -> list[str]:
+    neg = np.flatnonzero(cmp.items["flip"].to_numpy() == "neg")  # positions; no text copied
+    if not neg.size:
+        return []
+    # Round-robin over tasks, the tasks that fired first, so one task cannot fill the list.
+    tasks = pd.Series(cmp.items["task"].to_numpy()[neg])
+    order = np.lexsort((tasks.map(lambda t: _RANK[levels.get(t, "PASS")]).to_numpy(), tasks.groupby(tasks).cumcount()))
+    top = cmp.items.iloc[neg[order[:MAX_FLIPS]]]
+    lines = [
+        "",
+        f"**Top negative flips** ({neg.size} right→wrong in all; every item in report.html)",
+        "",
+        "| task | item | target | base | candidate | finish |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in top.itertuples():
         lines.append(
-            f"| {name} | {t['n']} | {_pct(t['acc_base'])} | {_pct(t['acc_candidate'])} | "
-            f"{100 * t['delta']:+.1f} [{100 * t['delta_lo']:+.1f}, {100 * t['delta_hi']:+.1f}] | "
-            f"{t['negative_flips']} | {t['positive_flips']} | {_pct(t['identity_rate'])} | "
-            f"{_pct(t['nonterm_rate_base'])}→{_pct(t['nonterm_rate_candidate'])} | "
-            f"{_pct(t['loop_rate_base'])}→{_pct(t['loop_rate_candidate'])} |"
+            f"| {_code(r.task, 30)} | {_code(r.item_id, 30)} | {_code(r.target, 30)} | {_code(r.output_base)} | "
+            f"{_code(r.output_cand)} | {_code(r.finish_base or '-', 8)}→{_code(r.finish_cand or '-', 8)} |"
         )
-    neg = cmp.items[cmp.items["flip"] == "neg"]
-    if len(neg):
-        lines += ["", f"**Top negative flips** ({len(neg)} in all; see report.html)", ""]
-        lines += ["| task | item | target | base | candidate | finish |", "|---|---|---|---|---|---|"]
-        for r in neg.head(MAX_FLIPS).itertuples():
-            lines.append(
-                f"| {r.task} | {_cell(r.item_id)} | `{_cell(r.target)}` | `{_cell(r.output_base)}` | "
-                f"`{_cell(r.output_cand)}` | {r.finish_base or '-'}→{r.finish_cand or '-'} |"
-            )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def render_markdown(cmp: Comparison) -> str:
+    v = cmp.verdict
+    levels = _task_levels(cmp)
+    lines = [
+        f"## regress: {_ICON[v.level]} {v.level}",
+        "",
+        f"candidate {_code(cmp.candidate.path, 80)} ({_code(cmp.candidate.fingerprint, 20)}) vs base "
+        f"{_code(cmp.base.path, 80)} ({_code(cmp.base.fingerprint, 20)}) · suite {_code(cmp.suite, 40)} · "
+        f"backend {_code(cmp.backend, 20)}",
+        "",
+    ]
+    for w in cmp.warnings[:3]:
+        lines.append(_line(f"> ⚠️ {_code(w, 300)}"))
+    if cmp.warnings:
+        lines.append("")
+    if v.reasons:
+        lines += [f"**Rules that fired** ({len(v.reasons)})", ""]
+        fired = [r for r in v.results if r.fired]
+        fired.sort(key=lambda r: _RANK[r.severity])
+        lines += [_line(f"- **{r.severity}** {_code(r.task, 40)} `{r.rule}`: {r.message}") for r in fired[:MAX_REASONS]]
+        if len(fired) > MAX_REASONS:
+            lines.append(f"- … and {len(fired) - MAX_REASONS} more (summary.json, junit.xml)")
+        lines.append("")
+    lines += _task_table(cmp, levels)
+    lines += _top_flips(cmp, levels)
+    text = "\n".join(lines) + "\n"
+    if len(text.encode("utf-8")) > MAX_BYTES:  # cannot happen with the caps above; a hard stop
+        text = text.encode("utf-8")[:MAX_BYTES].decode("utf-8", "ignore") + "\n\n… (cut; see report.html)\n"
+    return text

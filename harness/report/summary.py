@@ -1,20 +1,35 @@
-"""``summary.json``: the machine-readable verdict of one comparison (schema v1)."""
+"""``summary.json``: the machine-readable verdict of one comparison.
+
+``build_summary(cmp)`` returns a JSON-ready dict that validates against
+``harness/summary.schema.json`` (JSON Schema 2020-12, shipped as package data; the tests
+validate against it). ``schema_version`` changes whenever a field is removed or changes
+meaning; new optional fields keep it. Numbers that are not finite (an infinite length
+ratio) become null. ``policy`` is the effective gate policy in its YAML form, so
+``regress gate REPORT_DIR`` re-judges under the same policy and the verdict can be
+reproduced.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict
+from functools import cache
+from importlib import resources
 from typing import Any
 
 from harness import __version__
 from harness.compare import Comparison
+from harness.gate import Policy, policy_to_dict
 
 SCHEMA_VERSION = 1
+EXTRA_KEYS = ("probes", "config_check", "noise_floor", "detector")
 
 
 def _clean(x: Any) -> Any:
     """JSON-safe values: NaN/inf become None, numpy scalars become Python numbers."""
     if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
+        return {str(k): _clean(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
         return [_clean(v) for v in x]
     if hasattr(x, "item") and not isinstance(x, str | bytes):
@@ -24,9 +39,16 @@ def _clean(x: Any) -> Any:
     return x
 
 
+@cache
+def schema() -> dict[str, Any]:
+    """The JSON Schema of summary.json."""
+    return json.loads(resources.files("harness").joinpath("summary.schema.json").read_text(encoding="utf-8"))
+
+
 def build_summary(cmp: Comparison) -> dict[str, Any]:
     tasks = [t for t in cmp.tasks if t["name"] != "overall"]
     overall = next((t for t in cmp.tasks if t["name"] == "overall"), None)
+    policy = cmp.extras.get("policy")
     return _clean(
         {
             "schema_version": SCHEMA_VERSION,
@@ -40,7 +62,8 @@ def build_summary(cmp: Comparison) -> dict[str, Any]:
             "backend": cmp.backend,
             "tasks": tasks,
             "overall": overall,
-            "rules": [r.__dict__ for r in cmp.verdict.results],
-            **{k: v for k, v in cmp.extras.items() if k in ("probes", "config_check", "noise_floor", "detector")},
+            "rules": [asdict(r) for r in cmp.verdict.results],
+            **({"policy": policy_to_dict(policy)} if isinstance(policy, Policy) else {}),
+            **{k: v for k, v in cmp.extras.items() if k in EXTRA_KEYS},
         }
     )

@@ -1,0 +1,128 @@
+"""``regress trend --base B CKPT [CKPT ...]``: one report over many checkpoints of a run.
+
+Each checkpoint is compared with the base exactly as ``regress compare`` would (records
+reused from the store when present, so the base runs once), and the per-task accuracy,
+negative flips, non-termination and drift are plotted against the training step, with
+each checkpoint's verdict, so a user can pick the last checkpoint that still passes.
+
+The step of a checkpoint is the last number in its folder name (``checkpoint-1200`` ->
+1200), else its position on the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import checkpoint as ckpt
+from harness.config import RunConfig
+from harness.pipeline import build_policy, check_writable, comparison_of
+from harness.runner import evaluate
+from harness.suites import load_suite
+
+METRICS = (
+    ("acc_candidate", "accuracy"),
+    ("negative_flips", "negative flips"),
+    ("nonterm_rate_candidate", "non-termination rate"),
+    ("stop_drift_mean", "stop-token drift (nats)"),
+)
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    path: str
+    step: int
+    verdict: str
+    tasks: list[dict[str, Any]]
+
+
+def step_of(path: str, index: int) -> int:
+    nums = re.findall(r"\d+", Path(path).name)
+    return int(nums[-1]) if nums else index
+
+
+def run_trend(
+    base: str, checkpoints: list[str], cfg: RunConfig, out: Path, policy_file: str | None
+) -> list[TrendPoint]:
+    suite = load_suite(cfg.suite)
+    policy = build_policy(suite, policy_file)
+    for p in (base, *checkpoints):
+        ckpt.validate(p)
+    check_writable(out)
+    base_run = evaluate(base, suite, cfg)
+    points = []
+    for i, path in enumerate(checkpoints):
+        cand = evaluate(path, suite, cfg, reference=base_run.records)
+        cmp = comparison_of(base_run, cand, suite, cfg.backend, policy)
+        points.append(TrendPoint(path, step_of(path, i), cmp.verdict.level, cmp.tasks))
+    points.sort(key=lambda p: p.step)
+    write_trend(base, points, out)
+    return points
+
+
+def last_passing(points: list[TrendPoint]) -> TrendPoint | None:
+    """The latest checkpoint such that it and every earlier one passed."""
+    best = None
+    for p in points:
+        if p.verdict == "FAIL":
+            break
+        best = p
+    return best
+
+
+def _plot(points: list[TrendPoint]) -> str:
+    from harness.report.plots import plt, to_data_uri
+
+    names = [t["name"] for t in points[0].tasks if t["name"] != "overall"] if points else []
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.2))
+    steps = [p.step for p in points]
+    for ax, (key, label) in zip(axes, METRICS):
+        for name in names:
+            ys = [next((t.get(key) for t in p.tasks if t["name"] == name), None) for p in points]
+            ys = [float("nan") if y is None else y for y in ys]
+            ax.plot(steps, ys, marker="o", label=name)
+        for p in points:
+            if p.verdict == "FAIL":
+                ax.axvspan(p.step - 0.5, p.step + 0.5, color="#ffd6d6", zorder=0)
+        ax.set_title(label)
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return to_data_uri(fig)
+
+
+def write_trend(base: str, points: list[TrendPoint], out: Path) -> None:
+    from html import escape
+
+    from harness.store import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    best = last_passing(points)
+    data = {
+        "base": base,
+        "last_passing": best.path if best else None,
+        "points": [{"path": p.path, "step": p.step, "verdict": p.verdict, "tasks": p.tasks} for p in points],
+    }
+    atomic_write(out / "trend.json", json.dumps(data, indent=2, default=str).encode())
+    rows = "".join(
+        f"<tr class='{p.verdict}'><td>{p.step}</td><td>{escape(p.path)}</td><td>{p.verdict}</td>"
+        + "".join(f"<td>{t['acc_candidate']:.3f}</td>" for t in p.tasks if t["name"] != "overall")
+        + "</tr>"
+        for p in points
+    )
+    heads = (
+        "".join(f"<th>{escape(t['name'])}</th>" for t in points[0].tasks if t["name"] != "overall") if points else ""
+    )
+    html = f"""<!doctype html><html><head><meta charset="utf-8"><title>regress trend</title>
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<style>body{{font:14px system-ui,sans-serif;margin:1.5em}} td,th{{border:1px solid #ccc;padding:3px 7px}}
+table{{border-collapse:collapse}} .FAIL{{background:#ffd6d6}} .WARN{{background:#fff1c2}}
+.PASS{{background:#d4f4dd}}</style>
+</head><body><h1>regress trend against {escape(base)}</h1>
+<p id="last-passing">Last checkpoint that still passes: <b>{escape(best.path) if best else "none"}</b></p>
+<img alt="trend" src="{_plot(points)}">
+<table><tr><th>step</th><th>checkpoint</th><th>verdict</th>{heads}</tr>{rows}</table></body></html>"""
+    atomic_write(out / "trend.html", html.encode())
