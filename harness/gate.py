@@ -1,28 +1,101 @@
 """Gate: turn a comparison into PASS / WARN / FAIL with every rule's numbers.
 
-A policy is a set of thresholds (defaults in ``DEFAULTS``), overridable by the suite's
-``policy:`` block and by ``--policy FILE`` (YAML), globally or per task::
+A policy is a set of thresholds with defaults in code (``Thresholds``), overridden by the
+suite's ``policy:`` block and then by ``--policy FILE`` (YAML), globally or per task::
 
-    max_acc_drop: 0.01            # FAIL: a significant accuracy drop larger than this
+    max_acc_drop: 0.01              # thresholds at the top level apply to every task
     tasks:
-      demo_sub: {max_acc_drop: 0.05}
-    severity: {identity: FAIL}    # which rules FAIL and which WARN
+      demo_count: {max_acc_drop: 0.05, min_identity_rate: 0.9}
+    severity: {identity: FAIL, stop_drift: "off"}   # FAIL, WARN or off, per rule
 
-Unknown keys and wrong types are rejected naming the key. ``judge(tasks, policy)``
-evaluates every rule on every task row from ``compare.task_table`` and returns the
-``Verdict``: its level, the reasons (the rules that fired, with numbers) and one
-``RuleResult`` per (task, rule) for junit. Exit codes: PASS 0, WARN 0 (1 with --strict),
-FAIL 1.
+Unknown keys, wrong types and out-of-range values are rejected with a one-line
+``PolicyError`` naming the file and the key. ``judge(tasks, policy)`` evaluates every rule
+on every task row of ``compare.task_table`` (the ``overall`` row is reported, not gated)
+and returns a ``Verdict``: the level, one reason per rule that fired (with its numbers
+and limit) and one ``RuleResult`` per (task, rule) for junit.xml. Exit codes: PASS 0,
+WARN 0 (1 with --strict), FAIL 1. ``policy_to_dict`` writes a policy back in the YAML
+form, so summary.json records the policy a verdict was reached under.
+
+Rules and defaults (``Thresholds``; severity in ``DEFAULT_SEVERITY``):
+
+=================  =====================================================  =======  =====
+rule               fires when (per task)                                  default  sev.
+=================  =====================================================  =======  =====
+acc_drop           accuracy drop > max_acc_drop and the drop is           0.01     FAIL
+                   significant (one-sided exact McNemar, Holm, < alpha)
+negative_flips     NFR's Wilson 95% lower bound - noise_floor >           0.02     FAIL
+                   max_negative_flip_rate, and (nfr_net_loss_only) the
+                   negative flips significantly outnumber positive ones
+nonterm            rise of non-termination (finish=length) rate >         0.01     FAIL
+                   max_nonterm_rise and significant
+loops              rise of tail-repetition rate > max_loop_rise and       0.01     FAIL
+                   significant
+stop_drift         mean stop-token drift (nats) < min_stop_drift          -1.0     WARN
+identity           byte-identical output rate < min_identity_rate         off      WARN
+inconclusive       the drop detectable with 80% power > max_detectable_   0.05     WARN
+                   drop, no drop detected and the delta's 95% CI does
+                   not rule one out (too small to prove anything)
+=================  =====================================================  =======  =====
+
+``alpha`` (0.05) is the false-alarm budget of each statistical rule family across the
+tasks of a suite; ``noise_floor`` (0.0) is the share of items whose output changes
+between two runs of the base alone, whose flips count as noise.
+
+Calibration choices (tests/test_calibration.py measures them on null and planted-drop
+comparisons):
+
+- One-sided tests. The gate only ever fires on a *loss*, so it tests "candidate worse"
+  one-sided: the exact binomial test of the discordant pairs, P(Bin(neg + pos, 1/2) >=
+  neg). A two-sided test at alpha would spend half its budget on improvements the gate
+  ignores (a 2.5% false-alarm rate bought with power lost). The report still shows the
+  two-sided McNemar p of ``compare``.
+- Holm across tasks, per rule family: the accuracy rules (acc_drop and negative_flips share
+  one test), non-termination and tail repetition. Each family's family-wise false-alarm
+  rate is at most alpha.
+- negative_flips is not an absolute count. On a null comparison (candidate drawn from the
+  same per-item distribution as the base, i.e. churn without forgetting) the NFR equals
+  the PFR in expectation and is as large as the churn itself, often several percent, so an
+  absolute "NFR > 2%" rule (even with NFR's Wilson lower bound above the limit) fires on
+  churn alone, nearly always. Without a run-to-run churn estimate the only distribution-free
+  evidence of forgetting is the asymmetry between right->wrong and wrong->right flips, so
+  by default the rule needs both: the NFR's Wilson lower bound above the limit (the flips
+  are many, not a small-task fluke) and significantly more negative than positive flips
+  (they are not churn). It adds to acc_drop the case of a significant net loss smaller than
+  max_acc_drop that hides heavy forgetting. Teams whose bar is "no item may get worse, even
+  if others get better" set ``nfr_net_loss_only: false`` (absolute mode) or
+  ``min_identity_rate``; those rules then measure churn by design.
+- Non-termination and loop rises are tested the same way (one-sided, Holm), from the two
+  rates' counts with the discordance taken at its maximum, which is conservative (the task
+  rows carry rates, not the per-item 2x2 table).
+- Inconclusive: the minimum detectable drop at 80% power uses the gate's own test (one
+  sided at alpha / number of tasks, the first Holm step) and the task's observed
+  discordance. A task that cannot detect ``max_detectable_drop`` makes the verdict at best
+  WARN "inconclusive", never a silent PASS (its severity can be FAIL, never off), unless
+  the question is settled anyway: a drop was detected (acc_drop reports it), or the
+  delta's 95% interval excludes a drop of that size (e.g. a task whose new skill brings
+  many positive flips: high churn, low power, but no drop possible). It is
+  deliberately separate from ``max_acc_drop``: detecting a 1-point drop needs ~10k items
+  per task at typical churn, so tying the two would make every suite inconclusive.
+- The point threshold ``max_acc_drop`` is a practical-significance floor, not the drop
+  the gate guarantees to catch; the significance test decides. Measured (synthetic items,
+  accuracy 0.8, ~10% churn): a 3-point drop in a 1,000-item task fires 84% of the time
+  (54% when it is one of five tasks, after Holm); nulls fire 3.6-4%. Power falls as churn
+  rises: at 1,000 items, 80% power for 3 points needs churn under ~12%.
+- A task's own setting beats a global one, whatever the layer; ``Policy.override`` sets a
+  value everywhere (the measured noise floor).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from scipy import stats as sps
+
+from harness import stats
 from harness.errors import PolicyError
 
 LEVELS = ("PASS", "WARN", "FAIL")
@@ -30,8 +103,11 @@ LEVELS = ("PASS", "WARN", "FAIL")
 
 @dataclass(frozen=True)
 class Thresholds:
+    """One task's limits; see the module docstring for each rule."""
+
     max_acc_drop: float = 0.01
     max_negative_flip_rate: float = 0.02
+    nfr_net_loss_only: bool = True
     max_nonterm_rise: float = 0.01
     max_loop_rise: float = 0.01
     min_stop_drift: float = -1.0
@@ -40,6 +116,23 @@ class Thresholds:
     alpha: float = 0.05
     noise_floor: float = 0.0
 
+
+# key -> (kind, low, high, low_open): kind is "rate" (a number in [low, high]), "real"
+# (any finite number), "bool"; optional keys also accept null.
+_SPEC: dict[str, tuple[str, float, float, bool]] = {
+    "max_acc_drop": ("rate", 0.0, 1.0, False),
+    "max_negative_flip_rate": ("rate", 0.0, 1.0, False),
+    "nfr_net_loss_only": ("bool", 0.0, 0.0, False),
+    "max_nonterm_rise": ("rate", 0.0, 1.0, False),
+    "max_loop_rise": ("rate", 0.0, 1.0, False),
+    "min_stop_drift": ("real", -math.inf, math.inf, False),
+    "min_identity_rate": ("rate", 0.0, 1.0, False),
+    "max_detectable_drop": ("rate", 0.0, 1.0, True),
+    "alpha": ("rate", 0.0, 0.25, True),
+    "noise_floor": ("rate", 0.0, 1.0, False),
+}
+_OPTIONAL = {f.name for f in fields(Thresholds) if "None" in str(f.type)}
+assert set(_SPEC) == {f.name for f in fields(Thresholds)}
 
 DEFAULT_SEVERITY = {
     "acc_drop": "FAIL",
@@ -50,20 +143,39 @@ DEFAULT_SEVERITY = {
     "identity": "WARN",
     "inconclusive": "WARN",
 }
+_NEVER_OFF = {"inconclusive"}  # a too-small task may never pass silently
 
 
 @dataclass(frozen=True)
 class Policy:
+    """Default thresholds, per-task overrides (only the keys a task sets), rule severities.
+
+    A task's own setting wins over the global one; a later layer (``--policy`` over the
+    suite's block over the code defaults) wins over an earlier one at the same level.
+    """
+
     defaults: Thresholds = field(default_factory=Thresholds)
-    tasks: dict[str, Thresholds] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     severity: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SEVERITY))
 
     def for_task(self, name: str) -> Thresholds:
-        return self.tasks.get(name, self.defaults)
+        own = self.tasks.get(name)
+        return replace(self.defaults, **own) if own else self.defaults
+
+    def override(self, **values: Any) -> Policy:
+        """The same policy with ``values`` set for every task (e.g. a measured noise floor)."""
+        unknown = set(values) - set(_SPEC)
+        if unknown:
+            raise PolicyError(f"override: unknown policy key {sorted(unknown)[0]!r}")
+        checked = {k: _value(k, v, "override") for k, v in values.items()}
+        tasks = {name: {k: v for k, v in own.items() if k not in checked} for name, own in self.tasks.items()}
+        return Policy(replace(self.defaults, **checked), tasks, dict(self.severity))
 
 
 @dataclass(frozen=True)
 class RuleResult:
+    """One rule on one task: whether it fired, the measured value, its limit, the numbers."""
+
     rule: str
     task: str
     severity: str
@@ -71,6 +183,7 @@ class RuleResult:
     value: float | None
     threshold: float | None
     message: str
+    p_value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -87,55 +200,77 @@ class Verdict:
 
 # -- policy parsing -------------------------------------------------------------------
 
-_FIELD_TYPES = {f.name: f.type for f in fields(Thresholds)}
+
+def _value(key: str, v: Any, where: str) -> Any:
+    kind, lo, hi, lo_open = _SPEC[key]
+    if v is None and key in _OPTIONAL:
+        return None
+    if kind == "bool":
+        if not isinstance(v, bool):
+            raise PolicyError(f"{where}: policy key {key!r} must be true or false, got {v!r}")
+        return v
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise PolicyError(f"{where}: policy key {key!r} must be a number, got {v!r}")
+    if v < lo or v > hi or (lo_open and v == lo):
+        bounds = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+        raise PolicyError(f"{where}: policy key {key!r} must be in {bounds}, got {v!r}")
+    return float(v)
 
 
-def _thresholds(raw: Any, base: Thresholds, where: str) -> Thresholds:
+def _overrides(raw: Any, where: str) -> dict[str, Any]:
+    """Checked threshold values of one mapping (the keys it sets, nothing else)."""
     if not isinstance(raw, dict):
         raise PolicyError(f"{where}: expected a mapping of thresholds, got {type(raw).__name__}")
-    vals: dict[str, Any] = {}
-    for k, v in raw.items():
-        if k not in _FIELD_TYPES:
-            raise PolicyError(f"{where}: unknown policy key {k!r}")
-        optional = "None" in str(_FIELD_TYPES[k])
-        if v is None and optional:
-            vals[k] = None
-            continue
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise PolicyError(f"{where}: policy key {k!r} must be a number, got {v!r}")
-        vals[k] = float(v)
-    return replace(base, **vals)
+    for k in raw:
+        if k not in _SPEC:
+            raise PolicyError(f"{where}: unknown policy key {k!r} (known: {', '.join(_SPEC)}, tasks, severity)")
+    return {k: _value(k, v, where) for k, v in raw.items()}
+
+
+def _severity(raw: Any, base: dict[str, str], where: str) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{where}: policy key 'severity' must map rule names to FAIL, WARN or off")
+    out = dict(base)
+    for rule, level in raw.items():
+        if rule not in DEFAULT_SEVERITY:
+            raise PolicyError(f"{where}: unknown rule {rule!r} in 'severity' (rules: {', '.join(DEFAULT_SEVERITY)})")
+        # YAML 1.1 reads a bare `off` as false; take it to mean "off".
+        lvl = "OFF" if level is False else level.upper() if isinstance(level, str) else ""
+        allowed = ("FAIL", "WARN") if rule in _NEVER_OFF else ("FAIL", "WARN", "off")
+        if lvl not in allowed and not (lvl == "OFF" and "off" in allowed):
+            raise PolicyError(f"{where}: severity.{rule} must be one of {', '.join(allowed)}, got {level!r}")
+        out[rule] = "off" if lvl == "OFF" else lvl
+    return out
 
 
 def parse_policy(raw: Any, base: Policy | None = None, where: str = "policy") -> Policy:
-    """Build a Policy from a mapping layered on ``base`` (defaults when None)."""
+    """Build a Policy from a mapping layered on ``base`` (the code defaults when None).
+
+    Top-level thresholds change the defaults, ``tasks.NAME`` overrides one task's keys,
+    ``severity`` maps rules to FAIL, WARN or off.
+    """
     base = base or Policy()
     if raw is None:
         return base
     if not isinstance(raw, dict):
         raise PolicyError(f"{where}: a policy must be a mapping, got {type(raw).__name__}")
     raw = dict(raw)
-    task_raw = raw.pop("tasks", None) or {}
-    sev_raw = raw.pop("severity", None) or {}
-    defaults = _thresholds(raw, base.defaults, where)
-    if not isinstance(task_raw, dict):
-        raise PolicyError(f"{where}: policy key 'tasks' must map task names to thresholds")
-    tasks = {k: replace(v) for k, v in base.tasks.items()}
-    for name, t in task_raw.items():
-        tasks[str(name)] = _thresholds(t, tasks.get(str(name), defaults), f"{where}: tasks.{name}")
-    if not isinstance(sev_raw, dict):
-        raise PolicyError(f"{where}: policy key 'severity' must map rule names to FAIL or WARN")
-    severity = dict(base.severity)
-    for rule, level in sev_raw.items():
-        if rule not in DEFAULT_SEVERITY:
-            raise PolicyError(f"{where}: unknown rule {rule!r} in 'severity' (rules: {', '.join(DEFAULT_SEVERITY)})")
-        if level not in ("FAIL", "WARN", "off"):
-            raise PolicyError(f"{where}: severity of {rule!r} must be FAIL, WARN or off, got {level!r}")
-        severity[rule] = level
+    task_raw = raw.pop("tasks", None)
+    sev_raw = raw.pop("severity", None)
+    defaults = replace(base.defaults, **_overrides(raw, where))
+    tasks = {name: dict(own) for name, own in base.tasks.items()}
+    if task_raw is not None:
+        if not isinstance(task_raw, dict):
+            raise PolicyError(f"{where}: policy key 'tasks' must map task names to thresholds")
+        for name, t in task_raw.items():
+            key = str(name)
+            tasks[key] = {**tasks.get(key, {}), **_overrides(t, f"{where}: tasks.{key}")}
+    severity = _severity(sev_raw, base.severity, where) if sev_raw is not None else dict(base.severity)
     return Policy(defaults, tasks, severity)
 
 
 def load_policy_file(path: str | Path, base: Policy | None = None) -> Policy:
+    """Read a YAML policy file and layer it on ``base``; errors name the file."""
     from harness.errors import SuiteError
     from harness.suites import read_yaml
 
@@ -149,6 +284,70 @@ def load_policy_file(path: str | Path, base: Policy | None = None) -> Policy:
     return parse_policy(raw, base, where=str(p))
 
 
+def policy_to_dict(policy: Policy) -> dict[str, Any]:
+    """The policy in its YAML form (``parse_policy`` of it gives the same policy back)."""
+    return {
+        **asdict(policy.defaults),
+        "tasks": {name: dict(own) for name, own in policy.tasks.items()},
+        "severity": dict(policy.severity),
+    }
+
+
+# -- the statistics the rules share ----------------------------------------------------
+
+
+def p_drop(neg: int, pos: int) -> float:
+    """One-sided exact McNemar p for "candidate worse": P(Bin(neg + pos, 1/2) >= neg)."""
+    total = neg + pos
+    return float(sps.binom.sf(neg - 1, total, 0.5)) if total and neg else 1.0
+
+
+def p_rise(k_base: int, k_cand: int, n: int) -> float:
+    """One-sided p that a 0/1 event (non-termination, loop) got more frequent, from counts.
+
+    Without the paired table, take the largest discordance the margins allow: the p-value
+    of the exact sign test grows with the discordance at a fixed difference, so this bound
+    is conservative (valid, a little less powerful than the paired test).
+    """
+    if k_cand <= k_base:
+        return 1.0
+    down = min(k_base, n - k_cand)  # base had it, candidate not
+    up = down + k_cand - k_base
+    return p_drop(up, down)
+
+
+def _has_accuracy(t: dict[str, Any]) -> bool:
+    """Task rows have paired accuracy; probe rows (e.g. termination) carry only rates."""
+    return "negative_flips" in t and "delta" in t
+
+
+def _evidence(tasks: list[dict[str, Any]], policy: Policy) -> dict[str, dict[str, float]]:
+    """Per task: Holm-adjusted one-sided p-values of each family, and the gate's MDD."""
+    out = {t["name"]: {"p_drop": 1.0, "p_nonterm": 1.0, "p_loop": 1.0} for t in tasks}
+    raw: dict[str, dict[str, float]] = {"p_drop": {}, "p_nonterm": {}, "p_loop": {}}
+    scored = [t for t in tasks if _has_accuracy(t)]
+    for t in scored:
+        if t["n"]:
+            raw["p_drop"][t["name"]] = p_drop(int(t["negative_flips"]), int(t["positive_flips"]))
+    for t in tasks:
+        n_gen = int(t.get("n_generated") or 0)
+        for key, fam in (("nonterm", "p_nonterm"), ("loop", "p_loop")):
+            if n_gen:
+                kb = round(t[f"{key}_rate_base"] * n_gen)
+                kc = round(t[f"{key}_rate_candidate"] * n_gen)
+                raw[fam][t["name"]] = p_rise(kb, kc, n_gen)
+    for fam, ps in raw.items():
+        for name, p in zip(ps, stats.holm(list(ps.values()))):
+            out[name][fam] = p
+    m = max(len(raw["p_drop"]), 1)
+    for t in scored:
+        alpha = policy.for_task(t["name"]).alpha
+        psi = (t["negative_flips"] + t["positive_flips"]) / t["n"] if t["n"] else 0.0
+        # one-sided at alpha / m is two-sided at 2 * alpha / m
+        out[t["name"]]["mdd_gate"] = stats.min_detectable_drop(int(t["n"]), psi, alpha=2 * alpha / m)
+    return out
+
+
 # -- rules ----------------------------------------------------------------------------
 
 
@@ -156,64 +355,93 @@ def _pts(x: float) -> str:
     return f"{100 * x:+.1f} pts"
 
 
-Rule = Callable[[dict[str, Any], Thresholds], tuple[bool, float | None, float | None, str] | None]
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
 
 
-def _acc_drop(t: dict[str, Any], th: Thresholds) -> tuple[bool, float, float, str]:
-    drop = -t["delta"]
-    sig = t.get("mcnemar_p_holm", t["mcnemar_p"]) < th.alpha
-    excess = t["negative_flips"] - t["positive_flips"]
-    beyond_noise = excess > th.noise_floor * t["n"]
-    fired = drop > th.max_acc_drop and sig and beyond_noise
+# A rule maps (task row with evidence, thresholds) to (fired, value, limit, message, p), or
+# None when it does not apply to the task.
+Outcome = tuple[bool, float | None, float | None, str, float | None]
+Rule = Callable[[dict[str, Any], Thresholds], Outcome | None]
+
+
+def _acc_drop(t: dict[str, Any], th: Thresholds) -> Outcome | None:
+    if not _has_accuracy(t):
+        return None
+    drop, p = -t["delta"], t["p_drop"]
+    beyond_noise = t["negative_flips"] - t["positive_flips"] > th.noise_floor * t["n"]
+    fired = drop > th.max_acc_drop and p < th.alpha and beyond_noise
     msg = (
         f"accuracy {t['acc_base']:.3f} -> {t['acc_candidate']:.3f} ({_pts(t['delta'])}, "
-        f"95% CI [{_pts(t['delta_lo'])}, {_pts(t['delta_hi'])}], McNemar p={t.get('mcnemar_p_holm', t['mcnemar_p']):.2g})"
+        f"95% CI [{_pts(t['delta_lo'])}, {_pts(t['delta_hi'])}]; one-sided McNemar p={p:.2g} (Holm), "
+        f"alpha {th.alpha:g}); limit: drop {_pts(-th.max_acc_drop)[1:]}"
     )
-    return fired, drop, th.max_acc_drop, msg
+    return fired, drop, th.max_acc_drop, msg, p
 
 
-def _negative_flips(t: dict[str, Any], th: Thresholds) -> tuple[bool, float, float, str]:
-    nfr = t["nfr"] - th.noise_floor
-    return (
-        nfr > th.max_negative_flip_rate,
-        t["nfr"],
-        th.max_negative_flip_rate,
-        f"{t['negative_flips']} of {t['n']} items flipped right->wrong (NFR {100 * t['nfr']:.1f}%)",
+def _negative_flips(t: dict[str, Any], th: Thresholds) -> Outcome | None:
+    if not _has_accuracy(t):
+        return None
+    lo = t["nfr_lo"] - th.noise_floor
+    p = t["p_drop"]
+    many = lo > th.max_negative_flip_rate
+    net = p < th.alpha
+    fired = many and (net or not th.nfr_net_loss_only)
+    msg = (
+        f"{t['negative_flips']} of {t['n']} items right->wrong (NFR {_pct(t['nfr'])}, 95% CI "
+        f"[{_pct(t['nfr_lo'])}, {_pct(t['nfr_hi'])}]) vs {t['positive_flips']} wrong->right "
+        f"(PFR {_pct(t['pfr'])}; one-sided p={p:.2g} (Holm)); limit: NFR lower bound "
+        f"{_pct(th.max_negative_flip_rate)}" + (" with a significant net loss" if th.nfr_net_loss_only else "")
     )
+    return fired, t["nfr"], th.max_negative_flip_rate, msg, p
 
 
 def _rise(key: str, label: str) -> Rule:
-    def rule(t: dict[str, Any], th: Thresholds) -> tuple[bool, float, float, str] | None:
+    def rule(t: dict[str, Any], th: Thresholds) -> Outcome | None:
         if not t.get("n_generated"):
             return None
         b, c = t[f"{key}_rate_base"], t[f"{key}_rate_candidate"]
         limit = th.max_nonterm_rise if key == "nonterm" else th.max_loop_rise
-        return c - b > limit, c - b, limit, f"{label} {100 * b:.1f}% -> {100 * c:.1f}%"
+        p = t[f"p_{key}"]
+        fired = c - b > limit and p < th.alpha
+        msg = (
+            f"{label} {_pct(b)} -> {_pct(c)} of {t['n_generated']} generations ({_pts(c - b)}; "
+            f"one-sided p={p:.2g} (Holm)); limit: rise {_pts(limit)[1:]}"
+        )
+        return fired, c - b, limit, msg, p
 
     return rule
 
 
-def _stop_drift(t: dict[str, Any], th: Thresholds) -> tuple[bool, float, float, str] | None:
+def _stop_drift(t: dict[str, Any], th: Thresholds) -> Outcome | None:
     d = t.get("stop_drift_mean")
     if d is None or (isinstance(d, float) and math.isnan(d)):
         return None
-    return d < th.min_stop_drift, d, th.min_stop_drift, f"mean stop-token drift {d:+.2f} nats"
+    msg = f"mean stop-token drift {d:+.2f} nats; limit {th.min_stop_drift:+.2f} nats"
+    return d < th.min_stop_drift, d, th.min_stop_drift, msg, None
 
 
-def _identity(t: dict[str, Any], th: Thresholds) -> tuple[bool, float, float, str] | None:
-    if th.min_identity_rate is None:
+def _identity(t: dict[str, Any], th: Thresholds) -> Outcome | None:
+    if th.min_identity_rate is None or "identity_rate" not in t:
         return None
     r = t["identity_rate"]
-    return r < th.min_identity_rate, r, th.min_identity_rate, f"{100 * r:.1f}% of outputs byte-identical"
+    msg = f"{_pct(r)} of outputs byte-identical to the base's; limit {_pct(th.min_identity_rate)}"
+    return r < th.min_identity_rate, r, th.min_identity_rate, msg, None
 
 
-def _inconclusive(t: dict[str, Any], th: Thresholds) -> tuple[bool, float, float, str]:
-    return (
-        t["mdd"] > th.max_detectable_drop,
-        t["mdd"],
-        th.max_detectable_drop,
-        f"with {t['n']} items the smallest drop detectable at 80% power is {100 * t['mdd']:.1f} pts (inconclusive)",
+def _inconclusive(t: dict[str, Any], th: Thresholds) -> Outcome | None:
+    if not _has_accuracy(t):
+        return None
+    mdd, limit = t["mdd_gate"], th.max_detectable_drop
+    # Moot when a drop was detected, or when the interval already rules out a drop of
+    # `limit` (a task that learned a new skill has high churn but proves no big drop).
+    open_question = t["p_drop"] >= th.alpha and t["delta_lo"] < -limit
+    msg = (
+        f"with {t['n']} items the smallest drop this gate detects with 80% power is "
+        f"{100 * mdd:.1f} pts and the 95% CI [{_pts(t['delta_lo'])}, {_pts(t['delta_hi'])}] does not "
+        f"rule out a {100 * limit:.1f}-pt drop; limit {100 * limit:.1f} pts (add items)"
     )
+    return mdd > limit and open_question, mdd, limit, msg, None
 
 
 RULES: dict[str, Rule] = {
@@ -225,25 +453,31 @@ RULES: dict[str, Rule] = {
     "identity": _identity,
     "inconclusive": _inconclusive,
 }
+assert set(RULES) == set(DEFAULT_SEVERITY)
 
 
 def judge(tasks: list[dict[str, Any]], policy: Policy) -> Verdict:
-    """Apply every rule to every task row (the ``overall`` row is reported, not gated)."""
+    """Apply every rule to every task row (the ``overall`` row is reported, not gated).
+
+    A row without paired accuracy (a probe row with only non-termination and loop rates)
+    gets only the rules its numbers support.
+    """
+    gated = [t for t in tasks if t["name"] != "overall"]
+    evidence = _evidence(gated, policy)
     results: list[RuleResult] = []
-    for t in tasks:
-        if t["name"] == "overall":
-            continue
+    for t in gated:
         th = policy.for_task(t["name"])
+        row = {**t, **evidence[t["name"]]}
         for rule, fn in RULES.items():
             sev = policy.severity.get(rule, "WARN")
             if sev == "off":
                 continue
-            out = fn(t, th)
+            out = fn(row, th)
             if out is None:
                 continue
-            fired, value, limit, msg = out
-            results.append(RuleResult(rule, t["name"], sev, bool(fired), value, limit, f"{t['name']}: {msg}"))
-    fired = [r for r in results if r.fired]
-    level = "FAIL" if any(r.severity == "FAIL" for r in fired) else "WARN" if fired else "PASS"
-    reasons = tuple(f"[{r.severity}] {r.rule}: {r.message}" for r in fired)
+            fired, value, limit, msg, p = out
+            results.append(RuleResult(rule, t["name"], sev, bool(fired), value, limit, msg, p))
+    fired_rules = [r for r in results if r.fired]
+    level = "FAIL" if any(r.severity == "FAIL" for r in fired_rules) else "WARN" if fired_rules else "PASS"
+    reasons = tuple(f"[{r.severity}] {r.task} {r.rule}: {r.message}" for r in fired_rules)
     return Verdict(level, reasons, tuple(results))

@@ -123,11 +123,7 @@ def noise_floor(path: str, suite: Suite, cfg: RunConfig, first: RunResult) -> di
 
 
 def with_noise_floor(policy: Policy, rate: float) -> Policy:
-    return replace(
-        policy,
-        defaults=replace(policy.defaults, noise_floor=rate),
-        tasks={k: replace(v, noise_floor=rate) for k, v in policy.tasks.items()},
-    )
+    return policy.override(noise_floor=rate)
 
 
 def run_comparison(req: CompareRequest) -> tuple[Comparison, Path]:

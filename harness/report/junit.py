@@ -39,10 +39,10 @@ def render_junit(cmp: Comparison) -> str:
     results = cmp.verdict.results
     failures = sum(1 for r in results if r.fired and r.severity == "FAIL")
     skipped = sum(1 for r in results if r.fired and r.severity != "FAIL")
-    counts = {"tests": str(len(results)), "failures": str(failures), "errors": "0"}
-    suites = ET.Element("testsuites", name="regress", time="0", **counts)
+    counts = {"tests": str(len(results)), "failures": str(failures), "errors": "0", "time": "0"}
+    suites = ET.Element("testsuites", {"name": "regress", **counts})
     suite_name = _x(f"regress.{cmp.suite}")
-    suite = ET.SubElement(suites, "testsuite", name=suite_name, skipped=str(skipped), time="0", **counts)
+    suite = ET.SubElement(suites, "testsuite", {"name": suite_name, "skipped": str(skipped), **counts})
     props = ET.SubElement(suite, "properties")
     for key, value in (
         ("verdict", cmp.verdict.level),
