@@ -10,8 +10,9 @@ offline::
     DIR/ft-no-eos        the same data trained on answers without the end-of-turn token
 
 Training is seeded. The build is cached under a key made of the source of
-``harness/demo/*.py`` and the torch/transformers versions (``DIR/BUILD.json``): a second
-call with the same code returns at once. The folders are written to a temporary place and
+``harness/demo/*.py``, the recipe and the torch/transformers versions (``DIR/BUILD.json``):
+a second call with the same code returns at once, and a change to the fine-tune recipe
+alone retrains only the fine-tunes. The folders are written to a temporary place and
 renamed into ``DIR`` at the end, so an interrupted build leaves nothing half-made.
 """
 
@@ -35,8 +36,8 @@ from harness.demo.world import train_stream
 FINE_TUNES = ("ft-identical", "ft-answer-only", "ft-all-tokens", "ft-no-eos")
 
 # The recipe. The base mix shows the new skill's format with 2-4 repeats only.
-BASE_MIX = {"add": 0.35, "rev": 0.2, "sort": 0.2, "cmp": 0.15, "count1": 0.1}
-BASE = {"steps": 900, "lr": 3e-3, "batch_size": 128, "seed": 0}
+BASE_MIX = {"add": 0.3, "rev": 0.25, "sort": 0.2, "cmp": 0.15, "count1": 0.1}
+BASE = {"steps": 1000, "lr": 3e-3, "batch_size": 128, "seed": 0}
 # Fine-tunes: half new skill, half replay of the base's skills (the remedy done right);
 # the all-token variant trains on the same stream, with loss on the long, repetitive
 # prompts too, and learns to write them.
@@ -45,12 +46,23 @@ FT = {"steps": 60, "lr": 1e-3, "batch_size": 64, "seed": 1, "warmup": 5}
 FT_LOSS = {"ft-answer-only": "answer", "ft-all-tokens": "all", "ft-no-eos": "answer_no_eot"}
 
 
-def build_key() -> str:
+def _digest(*parts: object) -> str:
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(f.name.encode() + f.read_bytes())
-    h.update(f"{torch.__version__}|{transformers.__version__}".encode())
+    for part in parts:
+        h.update(repr(part).encode() + b"\0")
     return h.hexdigest()[:16]
+
+
+def base_key() -> str:
+    """What decides the base: the world, tokenizer and trainer code, its recipe, versions."""
+    here = Path(__file__).parent
+    code = [(f.name, f.read_bytes()) for f in sorted(here.glob("*.py")) if f.name != "build.py"]
+    return _digest(code, BASE_MIX, BASE, torch.__version__, transformers.__version__)
+
+
+def build_key() -> str:
+    """What decides the whole build: the base's key and this file (the fine-tune recipe)."""
+    return _digest(base_key(), Path(__file__).read_bytes())
 
 
 def _train(model, tok, mix, recipe, loss_on, desc):  # type: ignore[no-untyped-def]
@@ -81,6 +93,13 @@ def _save(model, tok, path: Path) -> None:  # type: ignore[no-untyped-def]
     tok.save_pretrained(str(path))
 
 
+def _read_stamp(stamp: Path) -> dict:  # type: ignore[type-arg]
+    try:
+        return json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def build_demo(out: Path, force: bool = False) -> dict[str, Path]:
     """Build the demo checkpoints under ``out`` (reusing a cached build); return their paths."""
     from transformers import LlamaForCausalLM
@@ -89,25 +108,28 @@ def build_demo(out: Path, force: bool = False) -> dict[str, Path]:
     paths = {n: out / n for n in names}
     key = build_key()
     stamp = out / "BUILD.json"
-    if not force and stamp.is_file() and all(p.is_dir() for p in paths.values()):
-        try:
-            if json.loads(stamp.read_text()).get("key") == key:
-                return paths
-        except ValueError:
-            pass
+    if not force and _read_stamp(stamp).get("key") == key and all(p.is_dir() for p in paths.values()):
+        return paths
     out.mkdir(parents=True, exist_ok=True)
     work = out / f".building-{key}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     t0 = time.perf_counter()
-    torch.manual_seed(BASE["seed"])
+    old = _read_stamp(stamp)
+    reuse_base = not force and old.get("base_key") == base_key() and (out / "base").is_dir()
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         tok = build_tokenizer()
-        base = LlamaForCausalLM(trainer.base_config(tok))
-        info = {"base": _train(base, tok, BASE_MIX, BASE, "answer", "demo base")}
-        _save(base, tok, work / "base")
+        if reuse_base:  # only the fine-tune recipe changed
+            base = LlamaForCausalLM.from_pretrained(str(out / "base"))
+            info = {"base": old.get("train", {}).get("base", {})}
+            shutil.copytree(out / "base", work / "base")
+        else:
+            torch.manual_seed(BASE["seed"])
+            base = LlamaForCausalLM(trainer.base_config(tok))
+            info = {"base": _train(base, tok, BASE_MIX, BASE, "answer", "demo base")}
+            _save(base, tok, work / "base")
         shutil.copytree(work / "base", work / "ft-identical")
         for name, loss_on in FT_LOSS.items():
             model = copy.deepcopy(base)
@@ -120,5 +142,9 @@ def build_demo(out: Path, force: bool = False) -> dict[str, Path]:
             shutil.rmtree(paths[n])
         (work / n).rename(paths[n])
     shutil.rmtree(work, ignore_errors=True)
-    stamp.write_text(json.dumps({"key": key, "seconds": time.perf_counter() - t0, "train": info}, indent=2))
+    stamp.write_text(
+        json.dumps(
+            {"key": key, "base_key": base_key(), "seconds": time.perf_counter() - t0, "train": info}, indent=2
+        )
+    )
     return paths
