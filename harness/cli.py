@@ -29,7 +29,6 @@ def _env_defaults() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("GIT_DIR", os.devnull)  # lm-eval asks git for a hash; skip it
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:

@@ -171,7 +171,14 @@ def run_lm_eval(lm: RegressLM, suite: Suite, cfg: RunConfig) -> dict[str, list[d
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    import lm_eval.evaluator
+
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    # lm-eval shells out to `git describe` for its own run metadata, which regress discards;
+    # outside a git checkout that prints "fatal: not a git repository" on every run.
+    # add_env_info runs torch's collect_env (subprocesses, seconds) for metadata we discard too.
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
+    lm_eval.evaluator.add_env_info = lambda storage: None
     tasks: list[Any] = [t.config if t.config is not None else t.name for t in suite.tasks]
     try:
         out = lm_eval.simple_evaluate(

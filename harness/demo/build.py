@@ -18,11 +18,15 @@ renamed into ``DIR`` at the end, so an interrupted build leaves nothing half-mad
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import hashlib
 import json
 import shutil
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -102,7 +106,6 @@ def _read_stamp(stamp: Path) -> dict:  # type: ignore[type-arg]
 
 def build_demo(out: Path, force: bool = False) -> dict[str, Path]:
     """Build the demo checkpoints under ``out`` (reusing a cached build); return their paths."""
-    from transformers import LlamaForCausalLM
 
     names = ("base", *FINE_TUNES)
     paths = {n: out / n for n in names}
@@ -111,12 +114,38 @@ def build_demo(out: Path, force: bool = False) -> dict[str, Path]:
     if not force and _read_stamp(stamp).get("key") == key and all(p.is_dir() for p in paths.values()):
         return paths
     out.mkdir(parents=True, exist_ok=True)
+    with _build_lock(out):
+        # another process may have finished the same build while we waited for the lock
+        if not force and _read_stamp(stamp).get("key") == key and all(p.is_dir() for p in paths.values()):
+            return paths
+        return _build(out, paths, key, force)
+
+
+@contextlib.contextmanager
+def _build_lock(out: Path) -> Iterator[None]:
+    """One builder at a time per folder (tests and `make regress` may start together)."""
+    with open(out / ".build.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another build of the demo checkpoints in {out}...", file=sys.stderr)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _build(out: Path, paths: dict[str, Path], key: str, force: bool) -> dict[str, Path]:
+    from transformers import LlamaForCausalLM
+
+    names = tuple(paths)
+    stamp = out / "BUILD.json"
     work = out / f".building-{key}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     t0 = time.perf_counter()
     old = _read_stamp(stamp)
     reuse_base = not force and old.get("base_key") == base_key() and (out / "base").is_dir()
+    what = "fine-tunes" if reuse_base else "base and fine-tunes (about 5 minutes on 2 cores)"
+    print(f"building the demo checkpoints in {out}: {what}", file=sys.stderr)
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
