@@ -11,6 +11,8 @@ The key is a hash of the checkpoint fingerprint, the suite's content hash, the b
 its output-relevant settings, and ``FORMAT_VERSION``: a changed checkpoint, suite or
 setting gets a new folder, and a base evaluated once is reused by every comparison.
 A torn last line of ``answers.jsonl`` (a crash mid-write) is detected and dropped.
+``check_writable(folder)`` proves a folder can be written (a probe file, removed at
+once) without creating the folder, so bad input is caught before anything is written.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,6 +35,7 @@ from harness.errors import StoreError
 from harness.types import Record
 
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 def run_key(parts: dict[str, Any]) -> str:
@@ -70,6 +75,50 @@ def _os_error(e: OSError, path: Path) -> StoreError:
     if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
         return StoreError(f"cannot write {path}: permission denied")
     return StoreError(f"cannot write {path}: {e.strerror or e}")
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Raise ``StoreError`` unless ``folder`` (existing or to be made) can be written.
+
+    Probes the nearest existing ancestor by creating and removing a file, which also
+    catches read-only mounts and full disks that ``os.access`` misses (it says yes to root).
+    """
+    anc = folder
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise StoreError(f"{what} {folder} is not writable: {anc} is not a folder")
+    probe = anc / f".regress-probe-{os.getpid()}"
+    try:
+        with probe.open("wb") as f:
+            f.write(b"x")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise StoreError(f"{what} {folder} is not writable: {e.strerror or e}") from e
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+
+
+def lock_holder(folder: Path) -> str | None:
+    """Who holds ``folder``'s lock (as its lock file names it), or None if it is free."""
+    lock = folder / "lock"
+    if not lock.is_file():
+        return None
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)
+    return None
 
 
 class RunStore:
@@ -112,11 +161,16 @@ class RunStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise StoreError(f"store {self.path} is in use by {holder}; wait for it or stop it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode(), 0)
+            raise StoreError(f"store {self.path} is in use by {holder}; wait for it to finish or stop it") from None
+        cmd = " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv[:6]))
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since} ({cmd[:160]})".encode(), 0)
+        except OSError:
+            pass  # the holder's name is a courtesy; the flock is what excludes
         self._lock_fd = fd
 
     def close(self) -> None:
@@ -139,15 +193,20 @@ class RunStore:
                 break  # torn tail: the writer died mid-line
             try:
                 row = json.loads(line)
-            except ValueError:
-                break
-            out[row["t"]][row["k"]] = row["v"]
+                out[row["t"]][row["k"]] = row["v"]
+            except (ValueError, KeyError, TypeError):
+                break  # a line the writer never finished (e.g. zeros after a power cut)
             good += len(line)
         if good != len(data):
             self.dropped_torn_line = True
-            with f.open("r+b") as fh:
-                fh.truncate(good)
-                os.fsync(fh.fileno())
+            n = len(data) - good
+            log.warning("%s: dropped %d bytes of an unfinished write; those answers are recomputed", f, n)
+            try:
+                with f.open("r+b") as fh:
+                    fh.truncate(good)
+                    os.fsync(fh.fileno())
+            except OSError as e:
+                raise _os_error(e, f) from e
         return out
 
     def answers(self, kind: str) -> dict[str, dict[str, Any]]:
@@ -156,22 +215,29 @@ class RunStore:
         return self._answers[kind]
 
     def append(self, kind: str, pairs: Iterable[tuple[str, Any]]) -> None:
+        """Append answers durably (one write, fsync) before they count as done."""
         rows = []
-        cache = self.answers(kind)
+        done: dict[str, dict[str, Any]] = {}
         for k, v in pairs:
             d = dataclasses.asdict(v)
             if "token_ids" in d:
                 d["token_ids"] = list(d["token_ids"])
             rows.append(json.dumps({"t": kind, "k": k, "v": d}) + "\n")
-            cache[k] = d
+            done[k] = d
+        cache = self.answers(kind)
         f = self.path / "answers.jsonl"
         try:
-            with f.open("ab") as fh:
-                fh.write("".join(rows).encode())
-                fh.flush()
-                os.fsync(fh.fileno())
+            fd = os.open(f, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                data = memoryview("".join(rows).encode())
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except OSError as e:
             raise _os_error(e, f) from e
+        cache.update(done)
 
     # -- records ----------------------------------------------------------------------
 
