@@ -142,6 +142,13 @@ def run_comparison(req: CompareRequest) -> tuple[Comparison, Path]:
     cmp = comparison_of(base, cand, suite, req.config.backend, policy)
     if nf is not None:
         cmp.extras["noise_floor"] = nf
+        note = (
+            f"noise floor: {nf['changed']} of {nf['n']} base outputs changed between two runs of the base "
+            f"(batch sizes {nf['batch_sizes'][0]} and {nf['batch_sizes'][1]}, reversed order)"
+            + ("; the engine is bitwise repeatable here, the floor is zero" if nf["bitwise_repeatable"] else
+               f"; flips within {100 * nf['rate']:.2f}% of items are treated as noise")
+        )  # fmt: skip
+        cmp = replace(cmp, warnings=(*cmp.warnings, note))
     return cmp, write_report(cmp, out)
 
 

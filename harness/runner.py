@@ -22,13 +22,13 @@ from harness import probes
 from harness.backends import load_backend
 from harness.config import RunConfig
 from harness.errors import RegressError, SuiteError
-from harness.lm_adapter import RegressLM, gen_key, ll_key
+from harness.lm_adapter import RegressLM, _gen_request, gen_key
 from harness.store import RunStore, run_key
 from harness.suites import Suite, TaskSpec
-from harness.types import Checkpoint, Generation, GenRequest, LoglikRequest, Record
+from harness.types import Checkpoint, Generation, LoglikRequest, Record
 
 log = logging.getLogger(__name__)
-OUTPUT_SETTINGS = ("dtype",)  # backend options that can change answers, part of the key
+OUTPUT_SETTINGS = ("dtype", "max_model_len")  # backend options that can change answers: in the key
 
 
 @dataclass(frozen=True)
@@ -169,9 +169,8 @@ def run_probes(
 def run_lm_eval(lm: RegressLM, suite: Suite, cfg: RunConfig) -> dict[str, list[dict[str, Any]]]:
     """Hand the suite to lm-eval's evaluator with ``lm`` as the model; return its samples."""
     import lm_eval
-    from lm_eval.tasks import TaskManager
-
     import lm_eval.evaluator
+    from lm_eval.tasks import TaskManager
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     # lm-eval shells out to `git describe` for its own run metadata, which regress discards;
@@ -249,6 +248,9 @@ def records_of(task: TaskSpec, samples: list[dict[str, Any]], lm: RegressLM) -> 
             conts = [_args(a)[1] for a in args]
             lls = lm.score([LoglikRequest(ctx, c) for c in conts])
             best = max(range(len(lls)), key=lambda i: lls[i].logprob)
+            label = str(base["target"])
+            if label.isdigit() and int(label) < len(conts):  # lm-eval logs the gold choice's index
+                base["target"] = conts[int(label)]
             out.append(
                 Record(
                     **base,
@@ -261,8 +263,6 @@ def records_of(task: TaskSpec, samples: list[dict[str, Any]], lm: RegressLM) -> 
             )
             continue
         ctx, kw = _args(args[0])
-        from harness.lm_adapter import _gen_request
-
         g = lm.generations[gen_key(_gen_request(ctx, kw, lm.default_max_tokens))]
         answer = filtered[0] if isinstance(filtered, list) and filtered else filtered
         out.append(
@@ -280,6 +280,3 @@ def records_of(task: TaskSpec, samples: list[dict[str, Any]], lm: RegressLM) -> 
             )
         )
     return out
-
-
-__all__ = ["RunResult", "evaluate", "GenRequest", "ll_key"]

@@ -34,7 +34,7 @@ from typing import Any
 from harness.errors import StoreError
 from harness.types import Record
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: multiple-choice targets are the gold choice text
 log = logging.getLogger(__name__)
 
 

@@ -44,8 +44,14 @@ def test_all_token_finetune_fails_naming_the_tasks(demo, session_store, tmp_path
     assert _compare(demo, session_store, out, "ft-all-tokens") == 1
     s = json.loads((out / "summary.json").read_text())
     assert s["verdict"] == "FAIL"
-    lost = [t["name"] for t in s["tasks"] if t["acc_candidate"] < t["acc_base"] - 0.01]
+    # every task that clearly lost accuracy is named, and every task named for an
+    # accuracy drop did lose accuracy
+    lost = [t["name"] for t in s["tasks"] if t["acc_candidate"] < t["acc_base"] - 0.05]
     assert lost, "the all-token fine-tune should lose accuracy somewhere"
+    named = {r["task"] for r in s["rules"] if r["fired"] and r["rule"] == "acc_drop"}
+    assert set(lost) <= named
+    by_name = {t["name"]: t for t in s["tasks"]}
+    assert all(by_name[n]["acc_candidate"] < by_name[n]["acc_base"] for n in named)
     reasons = " ".join(s["reasons"])
     for name in lost:
         assert name in reasons
