@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from harness import compare, gate, stats
 
@@ -205,3 +206,36 @@ def test_task_rows_match_compare() -> None:
         for f, s in zip(fast, slow):
             assert f == {key: s[key] for key in f}
         assert gate.judge(fast, gate.Policy()) == gate.judge(slow, gate.Policy())
+
+
+@pytest.mark.slow
+def test_false_alarms_on_nulls_resampled_from_real_demo_records(demo, session_store) -> None:
+    """Nulls from real records: per item, base and candidate are two distinct draws from the
+    real outputs of the demo base and its answer-only fine-tune on that item (exchangeable
+    by construction), so every difference between them is real churn, never forgetting.
+    A false alarm is a FAIL; the inconclusive WARN is counted apart (it says "cannot tell")."""
+    from harness.config import RunConfig
+    from harness.runner import evaluate
+    from harness.suites import load_suite
+
+    suite = load_suite("demo")
+    cfg = RunConfig(suite="demo", store_dir=str(session_store))
+    runs_by_ckpt = [evaluate(str(demo[name]), suite, cfg).records for name in ("base", "ft-answer-only")]
+    runs: dict[str, dict[str, np.ndarray]] = {}
+    for task in dict.fromkeys(r.task for r in runs_by_ckpt[0]):
+        cols = [[r for r in recs if r.task == task] for recs in runs_by_ckpt]
+        runs[task] = {
+            "correct": np.array([[r.correct for r in c] for c in cols]).T,
+            "nonterm": np.array([[r.finish == "length" for r in c] for c in cols]).T,
+        }
+    rng = np.random.default_rng(7)
+    policy = gate.Policy()
+    verdicts = [gate.judge(task_rows(null_pairs(runs, rng, N_ITEMS)), policy) for _ in range(N_NULL)]
+    fail = float(np.mean([v.level == "FAIL" for v in verdicts]))
+    warn = float(np.mean([v.level == "WARN" for v in verdicts]))
+    print(
+        f"\nreal demo records (base and ft-answer-only outputs, exchangeable per item), {len(runs)} tasks x "
+        f"{N_ITEMS} resampled items: false-alarm (FAIL) rate {100 * fail:.1f}% of {N_NULL} nulls; "
+        f"WARN {100 * warn:.1f}%"
+    )
+    assert fail <= 0.05

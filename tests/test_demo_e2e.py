@@ -104,15 +104,12 @@ def test_per_item_scores_equal_lm_eval_hf(demo, session_store, tmp_path):
             metric = "exact_match" if "exact_match" in row else "acc"
             theirs[(task, row["doc_id"])] = float(row[metric])
 
-    assert main(["run", "--model", str(demo["base"]), "--suite", "demo", "--store", str(session_store)]) == 0
-    from harness.store import read_records
+    from harness.config import RunConfig
+    from harness.runner import evaluate
+    from harness.suites import load_suite
 
-    folders = [p for p in session_store.iterdir() if p.name.startswith("base-")]
-    assert len(folders) == 1
-    ours = {}
-    for r in read_records(folders[0]):
-        if r.task in tasks:
-            ours[(r.task, int(r.item_id.split("-")[1]))] = r.score
+    run = evaluate(str(demo["base"]), load_suite("demo"), RunConfig(suite="demo", store_dir=str(session_store)))
+    ours = {(r.task, int(r.item_id.split("-")[1])): r.score for r in run.records if r.task in tasks}
     assert len(theirs) == 400
     mismatched = [k for k, v in theirs.items() if ours[k] != v]
     assert not mismatched, f"{len(mismatched)} items score differently, e.g. {mismatched[:5]}"

@@ -23,7 +23,7 @@ import pytest
 from harness.cli import main
 from tests.conftest import REPO
 
-LIMIT, CHUNK = "8", "3"
+LIMIT, CHUNK = "24", "2"  # many small chunks, so a signal lands mid-run even on a fast machine
 
 
 @pytest.fixture(scope="session")
