@@ -14,7 +14,7 @@ registered by name in ``harness.backends`` with lazy imports.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from harness.types import Generation, GenRequest, Loglik, LoglikRequest
@@ -57,3 +57,19 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
     if hit is None:
         return text, None
     return text[:best], hit
+
+
+def split_pair(
+    encode: Callable[[str], list[int]], context: str, continuation: str, bos_id: int
+) -> tuple[list[int], list[int]]:
+    """lm-eval's context/continuation split, shared by every backend: trailing spaces of
+    the context move to the continuation, and the continuation's tokens are those of the
+    whole string after the context's (``bos_id`` stands in for an empty context)."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    ctx = encode(context)
+    if not ctx:
+        return [bos_id], encode(continuation)
+    return ctx, encode(context + continuation)[len(ctx) :]

@@ -1,0 +1,274 @@
+"""Throughput benchmark (not a test): regress against the engines and tools it wraps.
+
+    python bench/throughput.py [--sections engine,compare,tokens,report] [--pairs 100000]
+
+Every ratio is measured in the same run, on the same machine, on the demo checkpoints
+(built or reused under ``.cache/demo``). Prints a table and appends it, with the machine it
+ran on, to ``bench/RESULTS.md``:
+
+* ``engine``: ``regress run --backend vllm`` (lm-eval, store, records; probes off) vs a
+  bare script that starts ``vllm.LLM`` and calls ``generate`` once on the same 2,000
+  prompts with the same settings. Both include the engine start. Target <= 1.15.
+* ``compare``: ``regress compare`` with the base already recorded (candidate run, drift
+  and termination probes, comparison, report) vs ``lm_eval run`` on the candidate alone,
+  same backend (hf) and tasks, both as fresh processes. Target <= 1.0.
+* ``tokens``: generated tokens/s of the ``hf`` and ``vllm`` backends on the same requests
+  (engine already started), per demo checkpoint.
+* ``report``: compare + gate + report alone on ``--pairs`` synthetic item pairs.
+  Target <= 15 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+       "VLLM_CPU_KVCACHE_SPACE": "1", "GIT_DIR": os.devnull, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}  # fmt: skip
+for k, v in ENV.items():
+    os.environ.setdefault(k, v)
+
+GEN_TASKS = ["demo_add", "demo_rev", "demo_sort", "demo_count"]  # 4 x 500 = 2,000 generate items
+ALL_TASKS = [*GEN_TASKS, "demo_cmp"]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}; load avg {load} at start"
+
+
+def timed(fn: Any) -> tuple[float, Any]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def write_suite(folder: Path, tasks: list[str], probes: bool) -> str:
+    """A copy of the demo suite over ``tasks``, with or without its probes."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "suites" / "demo.yaml").read_text())
+    raw.update(name="bench", tasks=tasks, task_dirs=[str(REPO / "suites" / d) for d in raw["task_dirs"]])
+    if not probes:
+        raw["probes"] = {"drift": False}
+    path = folder / f"bench-{len(tasks)}-{int(probes)}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def gen_requests(records: Any) -> list[Any]:
+    from harness.types import GenRequest
+
+    return [GenRequest(r.prompt, ("<|end|>",), 48) for r in records if r.kind == "generate_until"]
+
+
+# -- sections ---------------------------------------------------------------------------
+
+
+def section_engine(demo: dict[str, Path], tmp: Path, rows: list[list[str]]) -> list[Any]:
+    import vllm
+
+    from harness.backends.vllm import VLLMBackend, engine_args
+    from harness.config import BackendOptions, RunConfig
+    from harness.runner import evaluate
+    from harness.suites import load_suite
+
+    base = str(demo["base"])
+    VLLMBackend(base, BackendOptions()).close()  # warm-up: imports, kernels, compile caches for both
+    suite = load_suite(write_suite(tmp, GEN_TASKS, probes=False))
+    cfg = RunConfig(suite=suite.path, backend="vllm", store_dir=str(tmp / "store-engine"))
+    t_regress, res = timed(lambda: evaluate(base, suite, cfg))
+    reqs = gen_requests(res.records)
+
+    def bare() -> Any:
+        from transformers import AutoTokenizer
+        from vllm.inputs import TokensPrompt
+
+        from harness.backends.vllm import free_memory, shutdown
+
+        tok = AutoTokenizer.from_pretrained(base)
+        llm = vllm.LLM(**engine_args(base, BackendOptions()))
+        sp = vllm.SamplingParams(temperature=0.0, max_tokens=48, stop=["<|end|>"], stop_token_ids=[tok.eos_token_id])
+        ids = tok([r.prompt for r in reqs], add_special_tokens=False).input_ids
+        outs = llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], sp, use_tqdm=False)
+        shutdown(llm)
+        del llm
+        free_memory()
+        return outs
+
+    t_bare, _ = timed(bare)
+    rows.append([f"regress run --backend vllm, {len(reqs)} items (incl. start)", f"{t_regress:.1f} s", "", ""])
+    rows.append([f"bare vllm.LLM + generate, same {len(reqs)} prompts", f"{t_bare:.1f} s", "", ""])
+    rows.append(["ratio regress/bare (target <= 1.15)", "", f"{t_regress / t_bare:.2f}", ""])
+    return reqs
+
+
+def section_tokens(demo: dict[str, Path], reqs: list[Any], rows: list[list[str]]) -> None:
+    from harness.backends import load_backend
+    from harness.config import BackendOptions
+
+    for name in ("base", "ft-all-tokens"):
+        speeds = {}
+        for be in ("hf", "vllm"):
+            b = load_backend(be, str(demo[name]), BackendOptions())
+            t, gens = timed(lambda b=b: b.generate(reqs))
+            b.close()
+            n = sum(g.n_tokens for g in gens)
+            speeds[be] = n / t
+            rows.append([f"{be} generate, {name}, {len(reqs)} items, {n} tokens", f"{t:.1f} s", "", f"{n / t:,.0f}"])
+        rows.append([f"vllm/hf tokens/s, {name}", "", f"{speeds['vllm'] / speeds['hf']:.2f}", ""])
+
+
+def section_compare(demo: dict[str, Path], tmp: Path, rows: list[list[str]]) -> None:
+    import yaml
+
+    store, py = tmp / "store-compare", sys.executable
+    regress = [py, "-m", "harness.cli"]
+    run = [*regress, "run", "--model", str(demo["base"]), "--suite", "demo", "--store", str(store)]
+    subprocess.run(run, check=True, cwd=REPO, capture_output=True)  # the base, recorded once (not timed)
+    cand = demo["ft-answer-only"]
+    cmp_cmd = [*regress, "compare", "--base", str(demo["base"]), "--model", str(cand), "--suite", "demo",
+               "--store", str(store), "--out", str(tmp / "report")]  # fmt: skip
+    t_regress, p = timed(lambda: subprocess.run(cmp_cmd, cwd=REPO, capture_output=True))
+    if p.returncode not in (0, 1):
+        raise SystemExit(f"regress compare failed: {p.stderr.decode()[-2000:]}")
+    tasks_dir = tmp / "lm_eval_tasks"
+    tasks_dir.mkdir(exist_ok=True)
+    for t in ALL_TASKS:  # lm-eval's CLI needs absolute data paths
+        cfg = yaml.safe_load((REPO / "suites" / "demo" / f"{t}.yaml").read_text())
+        files = cfg["dataset_kwargs"]["data_files"]
+        cfg["dataset_kwargs"]["data_files"] = {k: str(REPO / "suites" / "demo" / v) for k, v in files.items()}
+        (tasks_dir / f"{t}.yaml").write_text(yaml.safe_dump(cfg))
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # as regress's hf backend picks
+    dtype = "float32" if device == "cpu" else "auto"
+    lm = [py, "-m", "lm_eval", "run", "--model", "hf", "--model_args", f"pretrained={cand},dtype={dtype}",
+          "--tasks", ",".join(ALL_TASKS), "--include_path", str(tasks_dir), "--apply_chat_template",
+          "--batch_size", "64", "--device", device, "--log_samples",
+          "--output_path", str(tmp / "lm_eval_out")]  # fmt: skip
+    t_lm, p = timed(lambda: subprocess.run(lm, cwd=tmp, capture_output=True))
+    if p.returncode != 0:
+        raise SystemExit(f"lm_eval failed: {p.stderr.decode()[-2000:]}")
+    rows.append(["regress compare, base stored (2,500 items + probes + report)", f"{t_regress:.1f} s", "", ""])
+    rows.append(["lm_eval run --model hf, candidate alone (2,500 items)", f"{t_lm:.1f} s", "", ""])
+    rows.append(["ratio regress/lm_eval (target <= 1.0)", "", f"{t_regress / t_lm:.2f}", ""])
+
+
+def synthetic(n: int, seed: int, flip: float) -> list[Any]:
+    from harness.types import Record
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        task = f"task{i % 10}"
+        right = rng.random() < (0.7 - flip)
+        ans = str(i % 97) if right else str(i % 89 + 1)
+        loop = rng.random() < flip
+        text = ans + (" again" * 40 if loop else "")
+        ids = tuple(rng.randrange(90) for _ in range(4)) + ((11, 12) * 20 if loop else ())
+        out.append(
+            Record(
+                task=task,
+                item_id=str(i),
+                item_hash=f"h{i}",
+                prompt_hash=f"p{i}",
+                prompt=f"q {i}",
+                target=str(i % 97),
+                output=text,
+                answer=ans,
+                score=float(right),
+                metric="exact_match",
+                kind="generate_until",
+                finish="length" if loop else "eos",
+                n_tokens=len(ids),
+                token_ids=ids,
+            )  # fmt: skip
+        )
+    return out
+
+
+def section_report(tmp: Path, pairs: int, rows: list[list[str]]) -> None:
+    from harness.pipeline import build_policy, comparison_of
+    from harness.report import write_report
+    from harness.runner import RunResult
+    from harness.suites import load_suite
+    from harness.types import Checkpoint
+
+    suite = load_suite("demo")
+    base = RunResult(Checkpoint("base", "b" * 16), tuple(synthetic(pairs, 0, 0.0)), "", True, 0)
+    cand = RunResult(Checkpoint("cand", "c" * 16), tuple(synthetic(pairs, 1, 0.05)), "", True, 0)
+
+    def go() -> None:
+        cmp = comparison_of(base, cand, suite, "hf", build_policy(suite, None))
+        write_report(cmp, tmp / "report-synthetic")
+
+    t, _ = timed(go)
+    rows.append([f"compare + gate + report, {pairs:,} synthetic pairs (target <= 15 s)", f"{t:.1f} s", "", ""])
+
+
+# -- main -------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sections", default="engine,tokens,compare,report")
+    ap.add_argument("--pairs", type=int, default=100_000)
+    ap.add_argument("--demo", default=str(REPO / ".cache" / "demo"))
+    ap.add_argument("--no-append", action="store_true", help="print only; do not append to bench/RESULTS.md")
+    a = ap.parse_args()
+    sections = set(a.sections.split(","))
+    from harness.demo.build import build_demo
+
+    where = machine()
+    demo = build_demo(Path(a.demo))
+    rows: list[list[str]] = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="regress-bench-") as d:
+        tmp = Path(d)
+        reqs: list[Any] = []
+        if "engine" in sections or "tokens" in sections:
+            reqs = section_engine(demo, tmp, rows)
+        if "tokens" in sections:
+            section_tokens(demo, reqs, rows)
+        if "compare" in sections:
+            section_compare(demo, tmp, rows)
+        if "report" in sections:
+            section_report(tmp, a.pairs, rows)
+    header = ["measure", "time", "ratio", "tokens/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    block = f"\n## {stamp}: {where}\n\nbench/throughput.py, {time.perf_counter() - t0:.0f} s in all.\n\n"
+    block += "\n".join(lines) + "\n"
+    print(block)
+    if not a.no_append:
+        with (REPO / "bench" / "RESULTS.md").open("a") as f:
+            f.write(block)
+    return 0
+
+
+if __name__ == "__main__":  # vLLM may spawn workers: keep the guard
+    sys.exit(main())

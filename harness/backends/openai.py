@@ -1,0 +1,286 @@
+"""The ``openai`` backend: the ``/v1/completions`` endpoint of OpenAI-compatible servers.
+
+For a fleet started with ``vllm serve`` (or SGLang, TGI, ...): ``--backend openai
+--base-url URL [--base-url URL2 ...]``. Prompts are rendered locally by the checkpoint's
+chat template (the adapter does that) and sent as token ids, tokenized exactly as the
+``hf`` and ``vllm`` backends tokenize them, so no server adds a second BOS.
+
+* Generation: greedy, the request's stop strings and token budget, the checkpoint's
+  end-of-turn ids as ``stop_token_ids``. Finish reason from the API: ``length`` ->
+  ``length``; ``stop`` -> ``stop`` when a stop string ended it (vLLM's ``stop_reason``;
+  a server that does not report it: when the request had stop strings and no end-of-turn
+  id is seen), else ``eos``. Token ids from ``token_ids`` (vLLM's ``return_token_ids``), else
+  re-tokenized from the text; token counts from ``usage``.
+* Log-likelihood: ``echo`` + ``logprobs=1`` over context + continuation, summing the
+  continuation's positions (lm-eval's split, as every backend).
+* Scale and failure: requests run on a bounded thread pool (``concurrency`` per URL),
+  item ``i`` goes to URL ``i mod n`` and moves to the next URL on each retry. Connection
+  errors, 429 and 5xx are retried with exponential backoff; after ``max_retries`` the
+  call raises ``BackendError`` (exit 2). The adapter has stored every earlier chunk
+  (``chunk_size`` is kept moderate for that), so the same command resumes; an outage is
+  never recorded as an empty answer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any
+
+import httpx
+
+from harness.backends.base import cut_at_stop, split_pair
+from harness.checkpoint import load_tokenizer
+from harness.config import BackendOptions
+from harness.errors import BackendError
+from harness.types import Generation, GenRequest, Loglik, LoglikRequest
+
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+BACKOFF_S = 0.5  # first retry delay; doubled on each retry, capped at BACKOFF_MAX_S
+BACKOFF_MAX_S = 16.0
+
+
+def api_root(url: str) -> str:
+    """``http://host:port`` or ``http://host:port/v1`` -> ``http://host:port/v1``."""
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def eot_ids(tokenizer: Any, checkpoint: str) -> tuple[int, ...]:
+    """The checkpoint's end-of-turn ids, as the ``hf`` backend reads them (without torch)."""
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(checkpoint, local_files_only=True).eos_token_id
+    except (OSError, ValueError):
+        eos = None
+    ids: list[int] = []
+    for x in [*(eos if isinstance(eos, list | tuple) else [eos]), tokenizer.eos_token_id]:
+        if x is not None and int(x) not in ids:
+            ids.append(int(x))
+    return tuple(ids)
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, checkpoint: str, options: BackendOptions) -> None:
+        if not options.base_urls:
+            raise BackendError("the openai backend needs --base-url URL (one per server; repeat it for a fleet)")
+        self.options = options
+        self.checkpoint = checkpoint
+        self.tokenizer = load_tokenizer(checkpoint, options.trust_remote_code)
+        self._eot = eot_ids(self.tokenizer, checkpoint)
+        self.urls = [api_root(u) for u in options.base_urls]
+        self.concurrency = max(1, options.concurrency) * len(self.urls)
+        self.max_retries = max(0, options.max_retries)
+        # Moderate chunks: the adapter stores each one as it finishes, so an outage loses
+        # at most one chunk; big enough that the pool stays busy between chunks.
+        self.chunk_size = options.chunk_size or max(64, 4 * self.concurrency)
+        self.client = httpx.Client(
+            timeout=httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=600.0),
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+            trust_env=False,  # servers are named explicitly; never route them through a proxy
+        )
+        self._models: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.answered = [0] * len(self.urls)  # requests answered, per base URL
+        self.retries = 0
+        self.calls = 0
+
+    # -- contract ---------------------------------------------------------------------
+
+    @property
+    def eot_token_ids(self) -> tuple[int, ...]:
+        return self._eot
+
+    @property
+    def eot_texts(self) -> tuple[str, ...]:
+        return tuple(self.tokenizer.decode([i], skip_special_tokens=False) for i in self._eot)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.checkpoint
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- HTTP with retries ------------------------------------------------------------
+
+    def _call(self, method: str, url: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One HTTP call: its JSON, or ``_Retryable`` (connection error, 408/429/5xx), or
+        ``_Refused`` (any other 4xx: retrying will not help)."""
+        try:
+            resp = self.client.request(method, url, json=payload)
+        except httpx.TransportError as e:
+            raise _Retryable(f"{type(e).__name__}: {e}") from e
+        if resp.status_code in RETRY_STATUS:
+            raise _Retryable(f"HTTP {resp.status_code}: {_message(resp)}")
+        if resp.status_code >= 400:
+            raise _Refused(f"{url} refused a request: HTTP {resp.status_code}: {_message(resp)}")
+        try:
+            return resp.json()
+        except ValueError as e:
+            raise _Retryable(f"HTTP {resp.status_code} with a body that is not JSON") from e
+
+    def _model(self, url: str) -> str:
+        """The model name the server at ``url`` serves (``--api-model``, else asked once)."""
+        if self.options.api_model:
+            return self.options.api_model
+        if url not in self._models:
+            data = self._call("GET", f"{url}/models")
+            ids = [str(m["id"]) for m in data.get("data", []) if isinstance(m, dict) and m.get("id")]
+            if self.checkpoint in ids:
+                name = self.checkpoint
+            elif len(ids) == 1:
+                name = ids[0]
+            else:
+                raise _Refused(f"{url} serves {ids}; name the one to use with --api-model")
+            with self._lock:
+                self._models[url] = name
+        return self._models[url]
+
+    def _complete(self, i: int, body: dict[str, Any], abort: threading.Event) -> dict[str, Any]:
+        """POST one completion for item ``i``: to URL ``i mod n`` first and to the next URL
+        on each retry (a dead server's items move to the others), with exponential backoff."""
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            if abort.is_set():
+                raise BackendError("cancelled")
+            shard = (i + attempt) % len(self.urls)
+            url = self.urls[shard]
+            try:
+                data = self._call("POST", f"{url}/completions", {**body, "model": self._model(url)})
+            except _Retryable as e:
+                last = f"{url}: {e}"
+            else:
+                choices = data.get("choices") or []
+                if not choices:
+                    raise BackendError(f"{url} answered without choices: {json.dumps(data)[:200]}")
+                with self._lock:
+                    self.answered[shard] += 1
+                return {"choice": choices[0], "usage": data.get("usage") or {}}
+            if attempt < self.max_retries:
+                with self._lock:
+                    self.retries += 1
+                abort.wait(min(BACKOFF_S * 2**attempt, BACKOFF_MAX_S))
+        raise BackendError(
+            f"no server answered after {self.max_retries} retries ({last}); "
+            "finished items are stored, run the same command again to resume"
+        )
+
+    def _map(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """All requests of a call on the pool; the first failure cancels the rest."""
+        abort = threading.Event()
+        out: list[dict[str, Any] | None] = [None] * len(bodies)
+
+        def one(i: int) -> None:
+            out[i] = self._complete(i, bodies[i], abort)
+
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(bodies)) or 1, thread_name_prefix="openai")
+        try:
+            futures = [pool.submit(one, i) for i in range(len(bodies))]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in done if f.exception() is not None), None)
+            if failed is not None:
+                abort.set()
+                raise failed.exception()  # type: ignore[misc]
+        finally:
+            abort.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+        return [o for o in out if o is not None]
+
+    # -- generation -------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[Generation]:
+        self.calls += 1
+        bodies = [
+            {
+                "prompt": self.encode(r.prompt),
+                "max_tokens": r.max_tokens,
+                "temperature": 0.0,
+                "stop": list(r.stop) or None,
+                "stop_token_ids": list(self._eot),  # vLLM/SGLang; the eos ids are the default elsewhere
+                "return_token_ids": True,  # vLLM: the generated ids, for the token-level detectors
+            }
+            for r in requests
+        ]
+        return [self._finish(a["choice"], a["usage"], r) for a, r in zip(self._map(bodies), requests)]
+
+    def _finish(self, choice: dict[str, Any], usage: dict[str, Any], r: GenRequest) -> Generation:
+        text, hit = cut_at_stop(choice.get("text") or "", r.stop)
+        raw_ids = choice.get("token_ids")
+        toks = [int(t) for t in raw_ids] if isinstance(raw_ids, list) else self.encode(text)
+        # usage counts the eos token, as hf does; re-tokenized text does not hold it
+        n_tokens = int(usage.get("completion_tokens") or len(toks) + (choice.get("finish_reason") == "stop"))
+        finish, stop_reason = choice.get("finish_reason"), choice.get("stop_reason")
+        if finish == "length":
+            return Generation(text, n_tokens, "stop" if hit else "length", hit, tuple(toks))
+        if finish != "stop":
+            raise BackendError(f"server ended a generation with finish_reason {finish!r}")
+        if isinstance(stop_reason, str) or hit is not None:
+            return Generation(text, n_tokens, "stop", hit or stop_reason, tuple(toks))
+        if "stop_reason" not in choice and r.stop and not (toks and toks[-1] in self._eot):
+            # a server that does not say why it stopped, on a request with stop strings,
+            # that did not end on an end-of-turn id: a (removed) stop string ended it
+            return Generation(text, n_tokens, "stop", r.stop[0] if len(r.stop) == 1 else None, tuple(toks))
+        if toks and toks[-1] in self._eot:  # vLLM's token_ids end with the eos id
+            eot: int | None = toks.pop()
+        elif isinstance(stop_reason, int):
+            eot = stop_reason
+        else:
+            eot = self._eot[0] if self._eot else None
+        reason = self.tokenizer.decode([eot], skip_special_tokens=False) if eot is not None else None
+        return Generation(text, n_tokens, "eos", reason, tuple(toks))
+
+    # -- log-likelihood ---------------------------------------------------------------
+
+    def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
+        self.calls += 1
+        bos = self.tokenizer.bos_token_id
+        bos = bos if bos is not None else self._eot[0]
+        pairs = [split_pair(self.encode, r.context, r.continuation, bos) for r in requests]
+        body = {"max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
+        answers = self._map([{**body, "prompt": c + k} for c, k in pairs])
+        return [_loglik(a["choice"], len(c), len(k)) for a, (c, k) in zip(answers, pairs)]
+
+
+class _Retryable(Exception):
+    """A failure worth retrying: the connection, a timeout, 408/429 or a 5xx."""
+
+
+class _Refused(BackendError):
+    """The server answered, and said no (4xx): retrying or another URL will not help."""
+
+
+def _loglik(choice: dict[str, Any], n_ctx: int, n_cont: int) -> Loglik:
+    lp = choice.get("logprobs") or {}
+    token_lps, tops = lp.get("token_logprobs") or [], lp.get("top_logprobs") or []
+    if len(token_lps) < n_ctx + n_cont:
+        raise BackendError("server did not echo the prompt's log-probabilities (needs echo + logprobs support)")
+    total, greedy = 0.0, True
+    for pos in range(n_ctx, n_ctx + n_cont):
+        x = float(token_lps[pos])
+        total += x
+        top = tops[pos] if pos < len(tops) and tops[pos] else {}
+        greedy = greedy and x >= max(top.values(), default=x)
+    return Loglik(total, greedy, n_cont)
+
+
+def _message(resp: httpx.Response) -> str:
+    """The first line of a server's error message (OpenAI's ``{"error": {"message"}}``)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = resp.text
+    err = body.get("error", body) if isinstance(body, dict) else body
+    msg = str(err.get("message", err) if isinstance(err, dict) else err).strip()
+    return msg.splitlines()[0][:300] if msg else f"(empty body, HTTP {resp.status_code})"

