@@ -37,7 +37,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=os.environ.get("REGRESS_STORE", "baselines"), help="record store folder")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items of each task")
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto")
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", default=None)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--tensor-parallel-size", type=int, default=1)

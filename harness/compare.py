@@ -98,7 +98,9 @@ def pair(base: Sequence[Record], cand: Sequence[Record]) -> tuple[pd.DataFrame, 
     if len(missing):
         row = missing.iloc[0]
         side = "candidate" if row["_merge"] == "left_only" else "base"
-        raise CompareError(f"{len(missing)} item(s) missing on one side, e.g. {row.task}/{row.item_id} has no {side} record")
+        raise CompareError(
+            f"{len(missing)} item(s) missing on one side, e.g. {row.task}/{row.item_id} has no {side} record"
+        )
     bad = m[m["item_hash"] != m["item_hash_c"]]
     if len(bad):
         row = bad.iloc[0]

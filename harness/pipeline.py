@@ -20,6 +20,7 @@ from harness.config import RunConfig
 from harness.errors import RegressError
 from harness.gate import Policy, judge, load_policy_file, parse_policy
 from harness.runner import RunResult, evaluate, preflight
+from harness.store import check_writable
 from harness.suites import Suite, load_suite
 
 
@@ -42,17 +43,6 @@ def build_policy(suite: Suite, policy_file: str | None) -> Policy:
 
 def default_out(base: str, model: str, suite: str) -> Path:
     return Path("reports") / f"{Path(model).name}-vs-{Path(base).name}-{suite}"
-
-
-def check_writable(out: Path) -> None:
-    """Fail before any model runs if the report folder cannot be written."""
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    import os
-
-    if not os.access(parent, os.W_OK):
-        raise RegressError(f"output folder {out} is not writable")
 
 
 def termination_row(base: RunResult, cand: RunResult) -> dict[str, Any] | None:
@@ -132,7 +122,7 @@ def run_comparison(req: CompareRequest) -> tuple[Comparison, Path]:
     suite = load_suite(req.config.suite)
     policy = build_policy(suite, req.policy_file)
     out = Path(req.out) if req.out else default_out(req.base, req.model, suite.name)
-    check_writable(out)
+    check_writable(out, "output folder")
     preflight((req.base, req.model), suite, req.config, out)  # all bad input, before anything is written
     base = evaluate(req.base, suite, req.config)
     nf = noise_floor(req.base, suite, req.config, base) if req.noise_floor else None
@@ -164,14 +154,16 @@ def rejudge(report_dir: str, policy_file: str | None) -> tuple[Comparison, Path]
     try:
         summary: dict[str, Any] = json.loads((d / "summary.json").read_text())
         items = pd.read_parquet(d / "items.parquet")
-    except (OSError, ValueError) as e:
-        raise RegressError(f"{report_dir} is not a regress report folder ({e})") from e
+        base, cand = Checkpoint(**summary["base"]), Checkpoint(**summary["candidate"])
+        suite_name, suite_hash = summary["suite"]["name"], summary["suite"]["hash"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RegressError(f"{report_dir} is not a regress report folder ({type(e).__name__}: {e})") from e
     if "policy" in summary:  # the policy the report was judged under, then --policy on top
         policy = parse_policy(summary["policy"], where=f"policy in {d / 'summary.json'}")
         policy = load_policy_file(policy_file, policy) if policy_file else policy
     else:
         try:
-            suite = load_suite(summary["suite"]["name"])
+            suite = load_suite(suite_name)
             policy = build_policy(suite, policy_file)
         except RegressError:
             policy = load_policy_file(policy_file) if policy_file else Policy()
@@ -180,8 +172,7 @@ def rejudge(report_dir: str, policy_file: str | None) -> tuple[Comparison, Path]
     verdict = judge([*tasks, term] if term else tasks, policy)
     extras = {k: summary[k] for k in EXTRA_KEYS if k in summary}
     cmp = Comparison(
-        Checkpoint(**summary["base"]), Checkpoint(**summary["candidate"]), summary["suite"]["name"],
-        summary["suite"]["hash"], summary.get("backend", "?"), items, tasks, verdict,
+        base, cand, suite_name, suite_hash, summary.get("backend", "?"), items, tasks, verdict,
         tuple(summary.get("warnings", [])), {**extras, "policy": policy},
     )  # fmt: skip
     return cmp, write_report(cmp, d)

@@ -146,9 +146,17 @@ def drift_values(
     k = len(eot_texts) + 1
     for i, r in enumerate(drift_items(reference)):
         ans, *eots = answers[i * k : (i + 1) * k]
-        p_eot = math.log(sum(math.exp(e.logprob) for e in eots)) if eots else float("nan")
+        p_eot = _logsumexp([e.logprob for e in eots]) if eots else float("nan")
         out[(r.task, r.item_id)] = (p_eot, ans.logprob / max(1, ans.n_tokens))
     return out
+
+
+def _logsumexp(xs: Sequence[float]) -> float:
+    """log(sum(exp(x))) without underflow; -inf when every x is -inf."""
+    m = max(xs)
+    if m == float("-inf"):
+        return m
+    return m + math.log(sum(math.exp(x - m) for x in xs))
 
 
 def termination_stats(gens: Sequence[Generation]) -> dict[str, Any]:

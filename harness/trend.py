@@ -19,8 +19,9 @@ from typing import Any
 
 from harness import checkpoint as ckpt
 from harness.config import RunConfig
-from harness.pipeline import build_policy, check_writable, comparison_of
+from harness.pipeline import build_policy, comparison_of
 from harness.runner import evaluate
+from harness.store import check_writable
 from harness.suites import load_suite
 
 METRICS = (
@@ -51,7 +52,7 @@ def run_trend(
     policy = build_policy(suite, policy_file)
     for p in (base, *checkpoints):
         ckpt.validate(p)
-    check_writable(out)
+    check_writable(out, "output folder")
     base_run = evaluate(base, suite, cfg)
     points = []
     for i, path in enumerate(checkpoints):

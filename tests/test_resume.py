@@ -55,6 +55,9 @@ class Run:
         self.p = subprocess.Popen(
             [sys.executable, "-m", "harness.cli", *argv], cwd=REPO, env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            # a background job of a non-interactive shell ignores SIGINT, and Python keeps an
+            # inherited SIG_IGN: restore the default so Ctrl-C reaches regress as it would a user's
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
 
     def stop_at(self, store: Path, at: int, sig: signal.Signals) -> tuple[int, str]:

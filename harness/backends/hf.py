@@ -135,6 +135,10 @@ class HFBackend:
         eot = set(self._eot)
         cut = next((k for k, t in enumerate(row) if t in eot), None)
         toks = row if cut is None else row[:cut]
+        if cut is None and self.pad_id not in eot:
+            # a row finished by a stop string is filled with pad ids while the batch runs on
+            while toks and toks[-1] == self.pad_id:
+                toks = toks[:-1]
         text = self.tokenizer.decode(toks, skip_special_tokens=True)
         text, hit = cut_at_stop(text, stop)
         if hit is not None:

@@ -131,13 +131,12 @@ class VLLMBackend:
             )
         return cache[key]
 
-    def _check_lengths(self, ids: list[list[int]]) -> None:
-        for i, p in enumerate(ids):
-            if len(p) >= self.max_model_len:
-                raise BackendError(
-                    f"request {i}: prompt of {len(p)} tokens does not fit max_model_len {self.max_model_len} "
-                    "(pass --max-model-len)"
-                )
+    def _check_lengths(self, ids: Sequence[Sequence[int]]) -> None:
+        longest = max(map(len, ids), default=0)
+        if longest >= self.max_model_len:
+            raise BackendError(
+                f"a request of {longest} tokens does not fit max_model_len {self.max_model_len} (pass --max-model-len)"
+            )
 
     def _run(self, prompts: list[list[int]], params: Any) -> list[Any]:
         try:
@@ -181,10 +180,13 @@ class VLLMBackend:
         bos = self.tokenizer.bos_token_id
         bos = bos if bos is not None else self._eot[0]
         pairs = [split_pair(self.encode, r.context, r.continuation, bos) for r in requests]
-        seqs = [c + k for c, k in pairs]
-        self._check_lengths(seqs)
+        seqs = [tuple(c + k) for c, k in pairs]
+        cover = covering(seqs)
+        roots = sorted(set(cover.values()), key=len, reverse=True)
+        self._check_lengths(roots[:1])
         params = vllm.SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
-        outs = self._run(seqs, params)
+        by_root = dict(zip(roots, self._run([list(r) for r in roots], params)))
+        outs = [by_root[cover[s]] for s in seqs]
         res = []
         for (c, k), o in zip(pairs, outs):
             if not k:
@@ -198,6 +200,23 @@ class VLLMBackend:
                 greedy = greedy and lp.rank == 1
             res.append(Loglik(total, greedy, len(k)))
         return res
+
+
+def covering(seqs: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[int, ...]]:
+    """Each sequence -> the longest sequence of ``seqs`` it is a prefix of (itself if none).
+
+    A causal model's log-prob of token ``i`` depends on tokens ``< i`` only, so one
+    ``prompt_logprobs`` request answers every request that is a prefix of it: the drift
+    probes' (prompt, answer) and (prompt + answer, end-of-turn) become one request. In
+    lexicographic order the sequences a prefix starts come right after it, so comparing
+    each with its successor finds them all.
+    """
+    order = sorted(set(seqs))
+    cover: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for i in range(len(order) - 1, -1, -1):
+        s, nxt = order[i], order[i + 1] if i + 1 < len(order) else None
+        cover[s] = cover[nxt] if nxt is not None and nxt[: len(s)] == s else s
+    return cover
 
 
 def shutdown(llm: Any) -> None:

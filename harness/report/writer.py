@@ -32,13 +32,13 @@ def write_report(cmp: Comparison, out: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         summary = build_summary(cmp)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-        (tmp / "report.md").write_text(render_markdown(cmp))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+        (tmp / "report.md").write_text(render_markdown(cmp), encoding="utf-8")
         (tmp / "report.html").write_text(render_html(cmp, summary), encoding="utf-8")
         _items_for_parquet(cmp).to_parquet(tmp / "items.parquet", index=False)
         from harness.report.junit import render_junit
 
-        (tmp / "junit.xml").write_text(render_junit(cmp))
+        (tmp / "junit.xml").write_text(render_junit(cmp), encoding="utf-8")
         for f in tmp.iterdir():
             with f.open("rb") as fh:
                 os.fsync(fh.fileno())
