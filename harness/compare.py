@@ -122,7 +122,9 @@ def pair(base: Sequence[Record], cand: Sequence[Record]) -> tuple[pd.DataFrame, 
     )
     m["nonterm_base"] = m["finish_base"] == "length"
     m["nonterm_cand"] = m["finish_cand"] == "length"
-    return m[list(ITEM_COLUMNS)].sort_values(["task", "item_id"], kind="stable").reset_index(drop=True), warnings
+    order = {t: i for i, t in enumerate(dict.fromkeys(r.task for r in base))}  # the suite's task order
+    m = m.assign(_order=m["task"].map(order)).sort_values(["_order", "item_id"], kind="stable")
+    return m[list(ITEM_COLUMNS)].reset_index(drop=True), warnings
 
 
 def add_drift(

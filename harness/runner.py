@@ -77,6 +77,15 @@ def preflight(paths: Sequence[str], suite: Suite, cfg: RunConfig, out: Path | No
     return tokenizers
 
 
+def _lm_eval_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lm_eval")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def store_meta(
     path: str, fp: str, suite: Suite, cfg: RunConfig, files: dict[str, str] | None = None
 ) -> dict[str, Any]:
@@ -87,6 +96,7 @@ def store_meta(
         "backend": cfg.backend,
         "settings": settings,
         "limit": cfg.limit,
+        "lm_eval": _lm_eval_version(),  # lm-eval builds the prompts and scores
     }
     if cfg.noise_variant:
         parts["noise_variant"] = cfg.noise_variant
