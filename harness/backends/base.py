@@ -73,3 +73,31 @@ def split_pair(
     if not ctx:
         return [bos_id], encode(continuation)
     return ctx, encode(context + continuation)[len(ctx) :]
+
+
+class TokenizerMixin:
+    """What every backend answers from the checkpoint's own tokenizer: its end-of-turn ids
+    (``self._eot``) and their text, its chat template, and prompt encoding. Prompts are
+    rendered by the chat template, which writes BOS itself, so encoding adds no specials."""
+
+    tokenizer: Any
+    checkpoint: str
+    _eot: tuple[int, ...]
+
+    @property
+    def eot_token_ids(self) -> tuple[int, ...]:
+        return self._eot
+
+    @property
+    def eot_texts(self) -> tuple[str, ...]:
+        return tuple(self.tokenizer.decode([i], skip_special_tokens=False) for i in self._eot)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.checkpoint
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids

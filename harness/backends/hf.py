@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from harness.backends.base import cut_at_stop
+from harness.backends.base import TokenizerMixin, cut_at_stop, split_pair
 from harness.checkpoint import load_tokenizer
 from harness.config import BackendOptions
 from harness.errors import BackendError
@@ -34,7 +34,7 @@ def eot_ids_of(tokenizer: Any, generation_config: Any) -> tuple[int, ...]:
     return tuple(ids)
 
 
-class HFBackend:
+class HFBackend(TokenizerMixin):
     name = "hf"
 
     def __init__(self, checkpoint: str, options: BackendOptions) -> None:
@@ -65,26 +65,6 @@ class HFBackend:
         self.chunk_size = max(self.batch_size * 4, 256)
         self.calls = 0  # backend calls, counted for the baseline-reuse tests
 
-    # -- contract ---------------------------------------------------------------------
-
-    @property
-    def eot_token_ids(self) -> tuple[int, ...]:
-        return self._eot
-
-    @property
-    def eot_texts(self) -> tuple[str, ...]:
-        return tuple(self.tokenizer.decode([i], skip_special_tokens=False) for i in self._eot)
-
-    @property
-    def tokenizer_name(self) -> str:
-        return self.checkpoint
-
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-    def encode(self, text: str) -> list[int]:
-        # Prompts are rendered by the chat template, which writes BOS itself.
-        return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def close(self) -> None:
         del self.model
@@ -150,24 +130,11 @@ class HFBackend:
 
     # -- log-likelihood ---------------------------------------------------------------
 
-    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """lm-eval's split: trailing spaces of the context move to the continuation, and
-        the continuation's tokens are those of the whole string after the context's."""
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces:
-            continuation = context[-n_spaces:] + continuation
-            context = context[:-n_spaces]
-        whole = self.encode(context + continuation)
-        ctx = self.encode(context)
-        if not ctx:
-            bos = self.tokenizer.bos_token_id
-            ctx = [bos if bos is not None else self._eot[0]]
-            return ctx, self.encode(continuation)
-        return ctx, whole[len(ctx) :]
-
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
         self.calls += 1
-        pairs = [self._encode_pair(r.context, r.continuation) for r in requests]
+        bos = self.tokenizer.bos_token_id
+        bos = bos if bos is not None else self._eot[0]
+        pairs = [split_pair(self.encode, r.context, r.continuation, bos) for r in requests]
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         out: list[Loglik | None] = [None] * len(pairs)
         for s in tqdm(range(0, len(order), self.batch_size), desc="loglikelihood", leave=False, disable=None):

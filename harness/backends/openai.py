@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from harness.backends.base import cut_at_stop, split_pair
+from harness.backends.base import TokenizerMixin, cut_at_stop, split_pair
 from harness.checkpoint import load_tokenizer
 from harness.config import BackendOptions
 from harness.errors import BackendError
@@ -63,7 +63,7 @@ def eot_ids(tokenizer: Any, checkpoint: str) -> tuple[int, ...]:
     return tuple(ids)
 
 
-class OpenAIBackend:
+class OpenAIBackend(TokenizerMixin):
     name = "openai"
 
     def __init__(self, checkpoint: str, options: BackendOptions) -> None:
@@ -90,25 +90,6 @@ class OpenAIBackend:
         self.retries = 0
         self.calls = 0
 
-    # -- contract ---------------------------------------------------------------------
-
-    @property
-    def eot_token_ids(self) -> tuple[int, ...]:
-        return self._eot
-
-    @property
-    def eot_texts(self) -> tuple[str, ...]:
-        return tuple(self.tokenizer.decode([i], skip_special_tokens=False) for i in self._eot)
-
-    @property
-    def tokenizer_name(self) -> str:
-        return self.checkpoint
-
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def close(self) -> None:
         self.client.close()

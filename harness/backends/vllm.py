@@ -28,7 +28,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 import vllm  # noqa: E402  (after the environment above)
 from vllm.inputs import TokensPrompt  # noqa: E402
 
-from harness.backends.base import cut_at_stop, split_pair  # noqa: E402
+from harness.backends.base import TokenizerMixin, cut_at_stop, split_pair  # noqa: E402
 from harness.backends.hf import eot_ids_of  # noqa: E402
 from harness.checkpoint import load_tokenizer  # noqa: E402
 from harness.config import BackendOptions  # noqa: E402
@@ -66,7 +66,7 @@ def finish_of(finish_reason: str | None, stop_reason: int | str | None) -> str:
     raise BackendError(f"vLLM ended a request with finish reason {finish_reason!r} (aborted?)")
 
 
-class VLLMBackend:
+class VLLMBackend(TokenizerMixin):
     name = "vllm"
 
     def __init__(self, checkpoint: str, options: BackendOptions) -> None:
@@ -85,26 +85,6 @@ class VLLMBackend:
         self.chunk_size = options.chunk_size or 4096
         self.calls = 0
 
-    # -- contract ---------------------------------------------------------------------
-
-    @property
-    def eot_token_ids(self) -> tuple[int, ...]:
-        return self._eot
-
-    @property
-    def eot_texts(self) -> tuple[str, ...]:
-        return tuple(self.tokenizer.decode([i], skip_special_tokens=False) for i in self._eot)
-
-    @property
-    def tokenizer_name(self) -> str:
-        return self.checkpoint
-
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-    def encode(self, text: str) -> list[int]:
-        # Prompts are rendered by the chat template, which writes BOS itself.
-        return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def _encode_all(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False).input_ids if texts else []
