@@ -112,8 +112,8 @@ def lock_holder(folder: Path) -> str | None:
         fd = os.open(lock, os.O_RDONLY)
     except OSError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    try:  # exclusive probe: any holder, writer or reader of a complete run, blocks it
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
     finally:
@@ -128,6 +128,7 @@ class RunStore:
         self.path = path
         self.meta = meta
         self._lock_fd: int | None = None
+        self._shared = False
         self._answers: dict[str, dict[str, dict[str, Any]]] | None = None
         self.dropped_torn_line = False
 
@@ -158,12 +159,16 @@ class RunStore:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise _os_error(e, lock) from e
+        # A complete run is only read (a base shared by many parallel compares): a shared lock.
+        # Each holder writes its name; with several readers the file names the latest.
+        self._shared = (self.path / "records.jsonl").is_file()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self._shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise StoreError(f"store {self.path} is in use by {holder}; wait for it to finish or stop it") from None
+        self._lock_fd = fd
         cmd = " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv[:6]))
         since = time.strftime("%Y-%m-%d %H:%M:%S")
         try:
@@ -171,7 +176,16 @@ class RunStore:
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since} ({cmd[:160]})".encode(), 0)
         except OSError:
             pass  # the holder's name is a courtesy; the flock is what excludes
-        self._lock_fd = fd
+
+    def _upgrade(self) -> None:
+        """Writing into a complete run (new probe answers) needs the exclusive lock."""
+        if not self._shared or self._lock_fd is None:
+            return
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"store {self.path} is being read by another run; run again when it finishes") from None
+        self._shared = False
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -202,6 +216,7 @@ class RunStore:
             n = len(data) - good
             log.warning("%s: dropped %d bytes of an unfinished write; those answers are recomputed", f, n)
             try:
+                self._upgrade()
                 with f.open("r+b") as fh:
                     fh.truncate(good)
                     os.fsync(fh.fileno())
@@ -215,6 +230,7 @@ class RunStore:
         return self._answers[kind]
 
     def append(self, kind: str, pairs: Iterable[tuple[str, Any]]) -> None:
+        self._upgrade()
         """Append answers durably (one write, fsync) before they count as done."""
         rows = []
         done: dict[str, dict[str, Any]] = {}
