@@ -65,7 +65,6 @@ class HFBackend(TokenizerMixin):
         self.chunk_size = max(self.batch_size * 4, 256)
         self.calls = 0  # backend calls, counted for the baseline-reuse tests
 
-
     def close(self) -> None:
         del self.model
 

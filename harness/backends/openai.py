@@ -90,7 +90,6 @@ class OpenAIBackend(TokenizerMixin):
         self.retries = 0
         self.calls = 0
 
-
     def close(self) -> None:
         self.client.close()
 

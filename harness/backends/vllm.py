@@ -85,7 +85,6 @@ class VLLMBackend(TokenizerMixin):
         self.chunk_size = options.chunk_size or 4096
         self.calls = 0
 
-
     def _encode_all(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False).input_ids if texts else []
 
