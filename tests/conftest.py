@@ -31,3 +31,10 @@ def demo() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def session_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture(scope="session")
+def base_ckpt(request: pytest.FixtureRequest) -> Path:
+    """The demo base (REGRESS_TEST_BASE: any compatible checkpoint, for quick iterations)."""
+    alt = os.environ.get("REGRESS_TEST_BASE")
+    return Path(alt) if alt else request.getfixturevalue("demo")["base"]

@@ -26,13 +26,6 @@ from tests.test_faults import write_suite
 LIMIT = "3"
 
 
-@pytest.fixture(scope="session")
-def base_ckpt(request: pytest.FixtureRequest) -> Path:
-    """The demo base (REGRESS_TEST_BASE: any compatible checkpoint, for quick iterations)."""
-    alt = os.environ.get("REGRESS_TEST_BASE")
-    return Path(alt) if alt else request.getfixturevalue("demo")["base"]
-
-
 @pytest.fixture(autouse=True)
 def _hash_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REGRESS_CACHE", str(tmp_path / "hash-cache"))

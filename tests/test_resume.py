@@ -18,19 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from harness.cli import main
 from tests.conftest import REPO
 
 LIMIT, CHUNK = "24", "2"  # many small chunks, so a signal lands mid-run even on a fast machine
-
-
-@pytest.fixture(scope="session")
-def base_ckpt(request: pytest.FixtureRequest) -> Path:
-    """The demo base (REGRESS_TEST_BASE: any compatible checkpoint, for quick iterations)."""
-    alt = os.environ.get("REGRESS_TEST_BASE")
-    return Path(alt) if alt else request.getfixturevalue("demo")["base"]
 
 
 def _argv(base: Path, suite: Path, store: Path) -> list[str]:
