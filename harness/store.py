@@ -5,7 +5,8 @@ Layout of one run folder ``<store>/<label>-<key>/``::
     meta.json        what the key was made of (checkpoint, fingerprint, suite, backend...)
     answers.jsonl    every backend answer, appended chunk by chunk, fsynced (resume)
     records.jsonl    the per-item records, written once, atomically, when the run is complete
-    lock             held (flock) by the process writing the folder; names its holder
+    lock             flock: exclusive for a writer, shared for readers of a complete run;
+                     names its holder
 
 The key is a hash of the checkpoint fingerprint, the suite's content hash, the backend and
 its output-relevant settings, and ``FORMAT_VERSION``: a changed checkpoint, suite or
