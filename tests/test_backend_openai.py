@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import signal
@@ -105,6 +106,36 @@ def test_refused_request_fails_at_once_and_items_shard_over_urls(demo, server):
         assert time.monotonic() - t < 5 and b.retries == 0
     finally:
         b.close()
+
+
+def test_ctrl_c_does_not_wait_for_a_hung_server(demo, server):
+    """A server that stops answering (SIGSTOP: connections accepted, nothing read back)
+    must not hold Ctrl-C until its requests time out."""
+    from harness.backends.openai import OpenAIBackend
+
+    b = OpenAIBackend(str(demo["base"]), BackendOptions(base_urls=(server.url,), concurrency=4))
+    prompt = b.apply_chat_template([{"role": "user", "content": "what is 3+4?"}])
+    b.generate([GenRequest(prompt, ("<|end|>",), 8)])  # the model name is looked up while it answers
+    # Python's own Ctrl-C handler, even where the test runner was started with SIGINT
+    # ignored (a background job): interrupt_main does nothing under SIG_IGN
+    old_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.killpg(server.proc.pid, signal.SIGSTOP)
+    timer = threading.Timer(1.0, _thread.interrupt_main)
+    rescue = threading.Timer(30.0, os.killpg, (server.proc.pid, signal.SIGCONT))  # fail, never hang
+    try:
+        t = time.monotonic()
+        timer.start()
+        rescue.start()
+        with pytest.raises(KeyboardInterrupt):
+            b.generate([GenRequest(prompt, ("<|end|>",), 8)] * 8)
+        assert time.monotonic() - t < 5
+        b.close()
+        assert time.monotonic() - t < 10
+    finally:
+        timer.cancel()
+        rescue.cancel()
+        os.killpg(server.proc.pid, signal.SIGCONT)
+        signal.signal(signal.SIGINT, old_handler)
 
 
 def test_no_server_is_an_error_after_retries(demo):

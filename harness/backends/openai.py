@@ -24,9 +24,9 @@ chat template (the adapter does that) and sent as token ids, tokenized exactly a
 from __future__ import annotations
 
 import json
+import queue
 import threading
 from collections.abc import Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
 import httpx
@@ -158,25 +158,57 @@ class OpenAIBackend(TokenizerMixin):
         )
 
     def _map(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """All requests of a call on the pool; the first failure cancels the rest."""
+        """All requests of a call on ``concurrency`` worker threads; the first failure
+        cancels the rest.
+
+        The workers are daemon threads and nothing waits for a request in flight once
+        the call has failed or been interrupted: Ctrl-C stops regress at once even when
+        a server hangs (the answers of finished chunks are already stored).
+        """
         abort = threading.Event()
+        finished = threading.Event()
         out: list[dict[str, Any] | None] = [None] * len(bodies)
+        todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for i in range(len(bodies)):
+            todo.put(i)
+        errors: list[BaseException] = []
+        left = [len(bodies)]
+        lock = threading.Lock()
 
-        def one(i: int) -> None:
-            out[i] = self._complete(i, bodies[i], abort)
+        def worker() -> None:
+            while not abort.is_set():
+                try:
+                    i = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    answer = self._complete(i, bodies[i], abort)
+                except BaseException as e:  # noqa: BLE001 - handed to the calling thread
+                    with lock:
+                        errors.append(e)
+                    abort.set()
+                    finished.set()
+                    return
+                with lock:
+                    out[i] = answer
+                    left[0] -= 1
+                    if left[0] == 0:
+                        finished.set()
 
-        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(bodies)) or 1, thread_name_prefix="openai")
+        if not bodies:
+            return []
+        n_threads = min(self.concurrency, len(bodies)) or 1
+        for k in range(n_threads):
+            threading.Thread(target=worker, name=f"openai-{k}", daemon=True).start()
         try:
-            futures = [pool.submit(one, i) for i in range(len(bodies))]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = next((f for f in done if f.exception() is not None), None)
-            if failed is not None:
-                abort.set()
-                raise failed.exception()  # type: ignore[misc]
+            while not finished.wait(0.25):  # a timed wait, so Ctrl-C is seen at once
+                pass
         finally:
             abort.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-        return [o for o in out if o is not None]
+        with lock:
+            if errors:
+                raise errors[0]
+            return [o for o in out if o is not None]
 
     # -- generation -------------------------------------------------------------------
 
