@@ -175,7 +175,8 @@ def cmd_trend(a: argparse.Namespace) -> int:
     best = last_passing(points)
     print(f"last checkpoint that still passes: {best.path if best else 'none'}")
     print(f"  report: {out / 'trend.html'}")
-    return 0
+    # a gate on the run's newest checkpoint: 1 when it fails, as `compare` would say
+    return 1 if points and points[-1].verdict == "FAIL" else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_baselines(sub)
 
-    t = sub.add_parser("trend", help="compare many checkpoints of one run with the base; plot against step")
+    t = sub.add_parser("trend", help="checkpoints of one run against the base, by step; exit 1 if the newest fails")
     t.add_argument("--base", required=True)
     t.add_argument("checkpoints", nargs="+")
     t.add_argument("--out", default=None)

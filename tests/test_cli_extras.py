@@ -33,7 +33,7 @@ def test_trend_picks_the_last_passing_checkpoint(demo, session_store, tmp_path, 
     (run / "checkpoint-200").symlink_to(demo["ft-all-tokens"])
     code = main(["trend", "--base", str(demo["base"]), str(run / "checkpoint-200"), str(run / "checkpoint-100"),
                  "--suite", "demo", "--store", str(session_store), "--out", str(out)])  # fmt: skip
-    assert code == 0
+    assert code == 1  # the newest checkpoint (step 200) fails
     t = json.loads((out / "trend.json").read_text())
     assert [p["step"] for p in t["points"]] == [100, 200]
     assert [p["verdict"] for p in t["points"]] == ["PASS", "FAIL"]
@@ -41,3 +41,7 @@ def test_trend_picks_the_last_passing_checkpoint(demo, session_store, tmp_path, 
     html = (out / "trend.html").read_text()
     assert "data:image/png;base64," in html and "checkpoint-100" in html
     assert "last checkpoint that still passes" in capsys.readouterr().out
+    # stored records answer again; with only the passing checkpoint the exit is 0
+    code = main(["trend", "--base", str(demo["base"]), str(run / "checkpoint-100"),
+                 "--suite", "demo", "--store", str(session_store), "--out", str(tmp_path / "trend2")])  # fmt: skip
+    assert code == 0
