@@ -28,7 +28,10 @@ from harness.suites import Suite, TaskSpec
 from harness.types import Checkpoint, Generation, LoglikRequest, Record
 
 log = logging.getLogger(__name__)
-OUTPUT_SETTINGS = ("dtype", "max_model_len")  # backend options that can change answers: in the key
+# Backend options that can change answers (numerics, padding, kernels, reduction order):
+# part of the store key, so a stored base is never paired with a candidate run differently.
+# The device is keyed as the accelerator it resolves to (below), not as spelled.
+OUTPUT_SETTINGS = ("dtype", "max_model_len", "batch_size", "tensor_parallel_size", "enforce_eager")
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,27 @@ def _lm_eval_version() -> str:
         return "unknown"
 
 
+def _accelerator(cfg: RunConfig) -> str | None:
+    """What computes the answers, where regress can tell: the GPU's name, or "cpu".
+
+    Two cards (or a card and a CPU) give different float noise, so a base stored on one
+    is not reused for a candidate run on another. None for a server (``openai``), whose
+    hardware regress cannot see.
+    """
+    if cfg.backend == "openai":
+        return None
+    import torch
+
+    device = cfg.options.device or ""
+    if device.startswith("cpu") or not torch.cuda.is_available():
+        return "cpu"
+    index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+    return torch.cuda.get_device_name(index)
+
+
 def store_meta(path: str, fp: str, suite: Suite, cfg: RunConfig, files: dict[str, str] | None = None) -> dict[str, Any]:
     settings = {k: getattr(cfg.options, k) for k in OUTPUT_SETTINGS}
+    settings["accelerator"] = _accelerator(cfg)
     parts = {
         "fingerprint": fp,
         "suite_hash": suite.content_hash,
@@ -229,6 +251,7 @@ def _cache_lm_eval_templates() -> None:
         return compiled(template).render(**doc)
 
     apply_template._regress_cached = True  # type: ignore[attr-defined]
+    apply_template.__wrapped__ = U.apply_template  # type: ignore[attr-defined]  # lm-eval's own
     U.apply_template = apply_template
 
 
@@ -264,7 +287,7 @@ def records_of(task: TaskSpec, samples: list[dict[str, Any]], lm: RegressLM) -> 
         metric = _metric(task, s)
         args = s["arguments"]
         args = list(args.values()) if isinstance(args, dict) else args
-        base = {
+        base: dict[str, Any] = {
             "task": task.name,
             "item_id": item_id,
             "item_hash": item_hash(doc),

@@ -189,3 +189,31 @@ def test_trainer_states_are_not_weights(tmp_path, base_ckpt):
     assert ckpt.validate(d) and ckpt.fingerprint(d) == fp
     (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 3]}))
     assert ckpt.fingerprint(d) != fp
+
+
+def test_settings_that_move_answers_are_in_the_key(monkeypatch):
+    """A stored base is reused only under the same output settings and hardware."""
+    import torch
+
+    from harness.config import BackendOptions, RunConfig
+    from harness.runner import store_meta
+    from harness.suites import load_suite
+
+    suite = load_suite("demo")
+
+    def key(backend: str = "hf", **options: object) -> str:
+        cfg = RunConfig(suite=suite.path, backend=backend, options=BackendOptions(**options))  # type: ignore[arg-type]
+        return store_meta("/m", "f" * 16, suite, cfg)["key"]
+
+    same = key()
+    assert key() == same and key(concurrency=4, chunk_size=128) == same  # scheduling only
+    moved = [key(batch_size=8), key(tensor_parallel_size=2), key(enforce_eager=False), key(dtype="bfloat16"),
+             key(max_model_len=512), key("vllm"), key("openai")]  # fmt: skip
+    assert len({same, *moved}) == len(moved) + 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cards = {0: "NVIDIA H100 80GB HBM3", 1: "NVIDIA A100-SXM4-80GB", 2: "NVIDIA H100 80GB HBM3"}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: cards[i])
+    h100 = key()
+    assert len({same, h100, key(device="cuda:1")}) == 3  # CPU, one card, another card
+    assert key(device="cuda:2") == key(device="cuda") == h100  # the same card under another index
+    assert key(device="cpu") == same
