@@ -55,7 +55,7 @@ class HFBackend(TokenizerMixin):
                 dtype=torch_dtype,
                 local_files_only=True,
                 trust_remote_code=options.trust_remote_code,
-            ).to(self.device)
+            ).to(self.device)  # type: ignore[arg-type]  # transformers' decorator typing
         except (OSError, ValueError, RuntimeError) as e:
             raise BackendError(f"cannot load model weights from {checkpoint}: {str(e).splitlines()[0]}") from e
         self.model.eval()

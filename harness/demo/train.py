@@ -37,7 +37,7 @@ def base_config(tok: PreTrainedTokenizerFast) -> LlamaConfig:
         num_key_value_heads=4,
         max_position_embeddings=512,
         rms_norm_eps=1e-5,
-        rope_theta=10000.0,
+        rope_theta=10000.0,  # type: ignore[call-arg]  # still taken, into rope_parameters
         tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -57,6 +57,7 @@ def prompt_ids(tok: PreTrainedTokenizerFast, question: str) -> list[int]:
         text = tok.apply_chat_template(
             [{"role": "user", "content": sentinel}], tokenize=False, add_generation_prompt=True
         )
+        assert isinstance(text, str)  # tokenize=False
         pre, post = text.split(sentinel)
         enc = tok([pre, post], add_special_tokens=False).input_ids
         _AFFIX_CACHE[key] = (enc[0], enc[1])
