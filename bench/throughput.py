@@ -60,7 +60,8 @@ def machine() -> str:
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}; load avg {load} at start"
+    omp = "".join(f"; {k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS") if k in os.environ)
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}{omp}; load avg {load} at start"
 
 
 def timed(fn: Any) -> tuple[float, Any]:
