@@ -37,12 +37,31 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/regress demo --out $(DEMO_DIR)
 
-regress: $(STAMP)
 ifeq ($(MODEL),)
-	$(BIN)/regress demo --out $(DEMO_DIR) --compare --suite $(SUITE) --backend $(BACKEND) $(if $(OUT),--out-reports $(OUT)) $(ARGS)
+REGRESS_CMD = $(BIN)/regress demo --out $(DEMO_DIR) --compare --suite $(SUITE) --backend $(BACKEND) $(if $(OUT),--out-reports $(OUT)) $(ARGS)
 else
-	$(BIN)/regress compare --base $(BASE) --model $(MODEL) --suite $(SUITE) --backend $(BACKEND) $(if $(OUT),--out $(OUT)) $(ARGS)
+REGRESS_CMD = $(BIN)/regress compare --base $(BASE) --model $(MODEL) --suite $(SUITE) --backend $(BACKEND) $(if $(OUT),--out $(OUT)) $(ARGS)
 endif
+
+# `make regress` exits with regress's own status: 0 pass, 1 regression, 2 error. make
+# exits 2 whenever a recipe fails, so a recipe cannot pass a 1 on. Instead the set-up and
+# the run happen while this file is read ($(shell), its output sent on to make's own
+# stdout), and a 1 switches make to question mode (-q), whose exit for an out-of-date
+# target is 1. `make -n regress` runs nothing.
+ifneq ($(filter regress,$(MAKECMDGOALS)),)
+ifeq ($(findstring n,$(firstword -$(MAKEFLAGS))),)
+REGRESS_OUT := $(shell out=/proc/$$PPID/fd/1; [ -w $$out ] || out=/dev/stderr; { $(MAKE) --no-print-directory venv && $(REGRESS_CMD); } >>$$out)
+REGRESS_STATUS := $(.SHELLSTATUS)
+ifeq ($(REGRESS_STATUS),1)
+MAKEFLAGS += -q
+else ifneq ($(REGRESS_STATUS),0)
+$(error regress stopped with exit status $(REGRESS_STATUS); see the line above)
+endif
+endif
+endif
+
+regress:
+	@:
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs $(ARGS)

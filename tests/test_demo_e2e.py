@@ -59,6 +59,27 @@ def test_all_token_finetune_fails_naming_the_tasks(demo, session_store, tmp_path
     assert "FAIL" in printed and str(out / "report.html") in printed
 
 
+@pytest.mark.skipif(not (REPO / ".venv" / ".installed").exists(), reason="`make venv` has not run here")
+def test_make_regress_exits_with_the_verdict(demo, session_store, tmp_path):
+    """`make regress MODEL= BASE=`: 0 pass, 1 regression, 2 error (make itself would say 2
+    for any failed recipe). Records come from the store the tests above filled."""
+
+    def make(model: str, name: str) -> subprocess.CompletedProcess[str]:
+        args = f"ARGS=--store {session_store}"
+        cmd = ["make", "-s", "regress", f"BASE={demo['base']}", f"MODEL={model}", args, f"OUT={tmp_path / name}"]
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+    ok = make(str(demo["ft-identical"]), "same")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "PASS" in ok.stdout and (tmp_path / "same" / "summary.json").exists()
+    bad = make(str(demo["ft-all-tokens"]), "forgot")
+    assert bad.returncode == 1, bad.stderr[-2000:]
+    assert "FAIL" in bad.stdout and json.loads((tmp_path / "forgot" / "summary.json").read_text())["verdict"] == "FAIL"
+    missing = make(str(tmp_path / "no-such-checkpoint"), "missing")
+    assert missing.returncode == 2
+    assert "checkpoint not found" in missing.stderr and not (tmp_path / "missing").exists()
+
+
 def test_base_skills_are_real(demo, session_store, tmp_path):
     """The base really has its four skills: >= 80% held-out accuracy on each."""
     out = tmp_path / "rep"
