@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from harness import detectors, probes
+from harness.backends import HF_BATCH_SIZE
 from harness.compare import Comparison, add_drift, pair, task_table
 from harness.config import RunConfig
 from harness.errors import RegressError
@@ -97,7 +98,7 @@ def comparison_of(base: RunResult, cand: RunResult, suite: Suite, backend: str, 
 def noise_floor(path: str, suite: Suite, cfg: RunConfig, first: RunResult) -> dict[str, Any]:
     """Evaluate the base a second time with another batch size and the requests in reverse
     order; the share of items whose output changes is the engine's noise floor."""
-    bs = cfg.options.batch_size or 64
+    bs = cfg.options.batch_size or HF_BATCH_SIZE
     again_cfg = replace(cfg, noise_variant=1, options=replace(cfg.options, batch_size=max(1, bs // 4 + 1)))
     again = evaluate(path, suite, again_cfg)
     a = {(r.task, r.item_id): r.output for r in first.records}

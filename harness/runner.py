@@ -19,7 +19,7 @@ from typing import Any
 
 from harness import checkpoint as ckpt
 from harness import probes
-from harness.backends import load_backend
+from harness.backends import load_backend, output_settings
 from harness.config import RunConfig
 from harness.errors import RegressError, SuiteError
 from harness.lm_adapter import RegressLM, _gen_request, gen_key
@@ -28,10 +28,6 @@ from harness.suites import Suite, TaskSpec
 from harness.types import Checkpoint, Generation, LoglikRequest, Record
 
 log = logging.getLogger(__name__)
-# Backend options that can change answers (numerics, padding, kernels, reduction order):
-# part of the store key, so a stored base is never paired with a candidate run differently.
-# The device is keyed as the accelerator it resolves to (below), not as spelled.
-OUTPUT_SETTINGS = ("dtype", "max_model_len", "batch_size", "tensor_parallel_size", "enforce_eager")
 
 
 @dataclass(frozen=True)
@@ -89,27 +85,8 @@ def _lm_eval_version() -> str:
         return "unknown"
 
 
-def _accelerator(cfg: RunConfig) -> str | None:
-    """What computes the answers, where regress can tell: the GPU's name, or "cpu".
-
-    Two cards (or a card and a CPU) give different float noise, so a base stored on one
-    is not reused for a candidate run on another. None for a server (``openai``), whose
-    hardware regress cannot see.
-    """
-    if cfg.backend == "openai":
-        return None
-    import torch
-
-    device = cfg.options.device or ""
-    if device.startswith("cpu") or not torch.cuda.is_available():
-        return "cpu"
-    index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
-    return torch.cuda.get_device_name(index)
-
-
 def store_meta(path: str, fp: str, suite: Suite, cfg: RunConfig, files: dict[str, str] | None = None) -> dict[str, Any]:
-    settings = {k: getattr(cfg.options, k) for k in OUTPUT_SETTINGS}
-    settings["accelerator"] = _accelerator(cfg)
+    settings = output_settings(cfg.backend, cfg.options)
     parts = {
         "fingerprint": fp,
         "suite_hash": suite.content_hash,

@@ -192,7 +192,8 @@ def test_trainer_states_are_not_weights(tmp_path, base_ckpt):
 
 
 def test_settings_that_move_answers_are_in_the_key(monkeypatch):
-    """A stored base is reused only under the same output settings and hardware."""
+    """A stored base is reused only under the same output settings and hardware, and not
+    split by settings its backend ignores or by a default spelled out."""
     import torch
 
     from harness.config import BackendOptions, RunConfig
@@ -205,15 +206,43 @@ def test_settings_that_move_answers_are_in_the_key(monkeypatch):
         cfg = RunConfig(suite=suite.path, backend=backend, options=BackendOptions(**options))  # type: ignore[arg-type]
         return store_meta("/m", "f" * 16, suite, cfg)["key"]
 
-    same = key()
-    assert key() == same and key(concurrency=4, chunk_size=128) == same  # scheduling only
-    moved = [key(batch_size=8), key(tensor_parallel_size=2), key(enforce_eager=False), key(dtype="bfloat16"),
-             key(max_model_len=512), key("vllm"), key("openai")]  # fmt: skip
-    assert len({same, *moved}) == len(moved) + 1
+    assert not torch.cuda.is_available()  # the CPU half below; the GPU half is patched in
+    hf, vllm, server = key(), key("vllm"), key("openai")
+    assert len({hf, vllm, server}) == 3
+    # hf: batch size and dtype move answers; vLLM's settings and defaults spelled out do not
+    assert len({hf, key(batch_size=8), key(dtype="bfloat16")}) == 3
+    same_hf = [key(batch_size=64), key(dtype="float32"), key(dtype="auto"), key(device="cpu"),
+               key(tensor_parallel_size=2), key(enforce_eager=False), key(max_model_len=512),
+               key(concurrency=4, chunk_size=128)]  # fmt: skip
+    assert set(same_hf) == {hf}
+    # vllm: dtype, max length, tensor parallelism and eager mode (eager is its CPU default)
+    moved = [key("vllm", dtype="bfloat16"), key("vllm", max_model_len=512), key("vllm", tensor_parallel_size=2),
+             key("vllm", enforce_eager=False)]  # fmt: skip
+    assert len({vllm, *moved}) == len(moved) + 1
+    assert {key("vllm", enforce_eager=True), key("vllm", batch_size=8), key("vllm", device="cuda:1")} == {vllm}
+    assert {key("openai", dtype="bfloat16", batch_size=8, max_model_len=512)} == {server}
+    assert key(device="mps") not in (hf, vllm)
+
+    # GPU machines: the card's name is keyed, not the index it is reached by
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     cards = {0: "NVIDIA H100 80GB HBM3", 1: "NVIDIA A100-SXM4-80GB", 2: "NVIDIA H100 80GB HBM3"}
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: cards[i])
     h100 = key()
-    assert len({same, h100, key(device="cuda:1")}) == 3  # CPU, one card, another card
+    assert len({hf, h100, key(device="cuda:1")}) == 3  # CPU, one card, another card
     assert key(device="cuda:2") == key(device="cuda") == h100  # the same card under another index
-    assert key(device="cpu") == same
+    assert key(device="cpu") == hf
+    # vLLM: named through NVML, never torch.cuda (which would initialise CUDA here and make
+    # vLLM spawn its workers)
+    from vllm import platforms
+
+    class Nvml:
+        def get_device_name(self, i: int = 0) -> str:
+            return cards[i]
+
+    def initialises_cuda(i: int = 0) -> str:
+        raise AssertionError("torch.cuda.get_device_name initialises CUDA")
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", initialises_cuda)
+    monkeypatch.setattr(platforms, "current_platform", Nvml(), raising=False)
+    assert key("vllm") not in (vllm, h100)
+    assert key("vllm", device="cuda:1") == key("vllm")  # vLLM picks its devices itself

@@ -7,10 +7,13 @@ turns a missing package into a one-line ``BackendError`` naming the extra to ins
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from harness.backends.base import Backend
 from harness.config import BackendOptions
 from harness.errors import BackendError
+
+HF_BATCH_SIZE = 64  # the hf backend's batch size when none is given
 
 # name -> (module, class, what to install when the import fails)
 BACKENDS: dict[str, tuple[str, str, str]] = {
@@ -33,3 +36,80 @@ def load_backend(name: str, checkpoint: str, options: BackendOptions) -> Backend
     except ImportError as e:
         raise BackendError(f"backend {name!r} is not installed ({e.name or e}): {hint}") from e
     return getattr(mod, cls)(checkpoint, options)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()  # asks the driver for a count; does not initialise CUDA
+
+
+def hf_device(options: BackendOptions) -> str:
+    return options.device or ("cuda" if _cuda() else "cpu")
+
+
+def hf_dtype(options: BackendOptions, device: str) -> str:
+    """The dtype the hf backend loads weights in: float32 on CPU, the checkpoint's own elsewhere."""
+    if options.dtype in (None, "auto"):
+        return "float32" if device == "cpu" else "auto"
+    return options.dtype
+
+
+def vllm_dtype(options: BackendOptions, cpu: bool) -> str:
+    return options.dtype or ("float32" if cpu else "auto")  # as the hf backend picks
+
+
+def vllm_eager(options: BackendOptions, cpu: bool) -> bool:
+    return cpu if options.enforce_eager is None else options.enforce_eager
+
+
+def accelerator(backend: str, options: BackendOptions) -> str | None:
+    """What computes the answers, where regress can tell: the GPU's name, "cpu", "mps", ...
+
+    Two cards (or a card and a CPU) give different float noise, so a base stored on one is
+    not reused for a candidate run on another. Asked without initialising CUDA in this
+    process (vLLM would then have to spawn its workers). None for a server (``openai``),
+    whose hardware regress cannot see.
+    """
+    if backend == "openai":
+        return None
+    kind, _, index = (hf_device(options) if backend == "hf" else "").partition(":")  # vLLM picks its own
+    if kind and kind != "cuda":
+        return kind
+    if not _cuda():
+        return "cpu"
+    n = int(index) if index.isdigit() else 0
+    if backend == "vllm":
+        try:
+            from vllm.platforms import current_platform  # NVML, and CUDA_VISIBLE_DEVICES respected
+        except ImportError:
+            pass  # the run stops at loading the backend, with what to install
+        else:
+            return str(current_platform.get_device_name(n))
+    import torch
+
+    return torch.cuda.get_device_name(n)  # the hf backend initialises CUDA here anyway
+
+
+def output_settings(backend: str, options: BackendOptions) -> dict[str, Any]:
+    """The settings that can move ``backend``'s answers, as the backend resolves them.
+
+    Numerics, padding, kernels and reduction order: part of the store key, so a stored base
+    is never paired with a candidate run differently. Only what the backend uses, with
+    defaults filled in (``batch_size`` None and 64 are the same hf run), so the key does
+    not split where the answers cannot.
+    """
+    accel = accelerator(backend, options)
+    if backend == "hf":
+        return {"accelerator": accel, "dtype": hf_dtype(options, hf_device(options)),
+                "batch_size": options.batch_size or HF_BATCH_SIZE}  # fmt: skip
+    if backend == "vllm":
+        cpu = accel == "cpu"
+        return {
+            "accelerator": accel,
+            "dtype": vllm_dtype(options, cpu),
+            "max_model_len": options.max_model_len,
+            "tensor_parallel_size": options.tensor_parallel_size,
+            "enforce_eager": vllm_eager(options, cpu),
+        }
+    return {}  # a server's settings are its own

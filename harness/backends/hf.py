@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from harness.backends import HF_BATCH_SIZE, hf_device, hf_dtype
 from harness.backends.base import TokenizerMixin, cut_at_stop, split_pair
 from harness.checkpoint import load_tokenizer
 from harness.config import BackendOptions
@@ -42,13 +43,10 @@ class HFBackend(TokenizerMixin):
 
         self.options = options
         self.checkpoint = checkpoint
-        self.device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = hf_device(options)
         self.tokenizer = load_tokenizer(checkpoint, options.trust_remote_code)
-        dtype = options.dtype
-        if dtype in (None, "auto"):
-            torch_dtype: Any = torch.float32 if self.device == "cpu" else "auto"
-        else:
-            torch_dtype = getattr(torch, dtype)
+        dtype = hf_dtype(options, self.device)
+        torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
         try:
             self.model = AutoModelForCausalLM.from_pretrained(
                 checkpoint,
@@ -61,7 +59,7 @@ class HFBackend(TokenizerMixin):
         self.model.eval()
         self._eot = eot_ids_of(self.tokenizer, self.model.generation_config)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self._eot[0]
-        self.batch_size = options.batch_size or 64
+        self.batch_size = options.batch_size or HF_BATCH_SIZE
         self.chunk_size = max(self.batch_size * 4, 256)
         self.calls = 0  # backend calls, counted for the baseline-reuse tests
 

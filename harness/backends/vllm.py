@@ -29,6 +29,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 import vllm  # noqa: E402  (after the environment above)
 from vllm.inputs import TokensPrompt  # noqa: E402
 
+from harness.backends import vllm_dtype, vllm_eager  # noqa: E402
 from harness.backends.base import TokenizerMixin, cut_at_stop, split_pair  # noqa: E402
 from harness.backends.hf import eot_ids_of  # noqa: E402
 from harness.checkpoint import load_tokenizer  # noqa: E402
@@ -39,12 +40,11 @@ from harness.types import Generation, GenRequest, Loglik, LoglikRequest  # noqa:
 
 def engine_args(checkpoint: str, options: BackendOptions) -> dict[str, Any]:
     """``vllm.LLM`` keyword arguments: regress's defaults plus the pass-through options."""
-    dtype = options.dtype or ("float32" if _CPU else "auto")  # as the hf backend picks
     args: dict[str, Any] = {
         "model": checkpoint,
-        "dtype": dtype,
+        "dtype": vllm_dtype(options, _CPU),
         "enable_prefix_caching": True,
-        "enforce_eager": _CPU if options.enforce_eager is None else options.enforce_eager,
+        "enforce_eager": vllm_eager(options, _CPU),
         "trust_remote_code": options.trust_remote_code,
         "tensor_parallel_size": options.tensor_parallel_size,
         "seed": 0,
