@@ -39,7 +39,8 @@ def test_cached_templates_render_what_lm_eval_renders(monkeypatch):
     _cache_lm_eval_templates()  # idempotent: wraps once
     cached = U.apply_template
     assert cached is not original
-    unique = [f"{t}{{# {id(compiles)} #}}" for t in TEMPLATES]  # not in the cache from other tests
+    # not in the cache from other tests; marked at the start, so trailing newlines stay trailing
+    unique = [f"{{# {id(compiles)} #}}{t}" for t in TEMPLATES]
     got = [cached(t, d) for t in unique for d in DOCS for _ in range(3)]
     assert got == [w for w in want for _ in range(3)]
     assert len(compiles) == len(TEMPLATES)  # once per template, not per document
