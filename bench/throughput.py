@@ -92,6 +92,9 @@ def gen_requests(records: Any) -> list[Any]:
 # -- sections ---------------------------------------------------------------------------
 
 
+CHILD_MARK = "regress-bench-child: "  # the line of an engine child's result
+
+
 def engine_child(side: str, base: str, tmp: Path, warm: bool) -> None:
     """One timed side of the engine section, in a fresh process (``--engine-child``).
 
@@ -101,7 +104,7 @@ def engine_child(side: str, base: str, tmp: Path, warm: bool) -> None:
     and one ``generate``. A fresh process each, so neither pays for the other's heap.
     ``warm``: an engine is started and stopped once before the clock (vLLM's lazy
     imports and first-start costs paid), as in a long-lived process. Prints the seconds
-    taken as JSON on the last line of stdout.
+    taken as JSON on a line of stdout that starts with ``CHILD_MARK`` (vLLM may log there too).
     """
     import json
 
@@ -142,7 +145,7 @@ def engine_child(side: str, base: str, tmp: Path, warm: bool) -> None:
         del llm
         free_memory()
         took = time.perf_counter() - t0
-    print(json.dumps({"side": side, "seconds": took, "n": len(json.loads(prompts_file.read_text()))}))
+    print(CHILD_MARK + json.dumps({"side": side, "seconds": took, "n": len(json.loads(prompts_file.read_text()))}))
 
 
 def section_engine(demo: dict[str, Path], tmp: Path, rows: list[list[str]], repeats: int = 2) -> list[Any]:
@@ -164,7 +167,10 @@ def section_engine(demo: dict[str, Path], tmp: Path, rows: list[list[str]], repe
                 p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
                 if p.returncode != 0:
                     raise SystemExit(f"engine child {side} failed: {p.stderr[-2000:]}")
-                out = json.loads(p.stdout.strip().splitlines()[-1])
+                mine = [ln for ln in p.stdout.splitlines() if ln.startswith(CHILD_MARK)]
+                if len(mine) != 1:
+                    raise SystemExit(f"engine child {side} printed no result line: {p.stdout[-2000:]}")
+                out = json.loads(mine[0][len(CHILD_MARK) :])
                 times[side].append(out["seconds"])
                 n = out["n"]
         t_regress, t_bare = min(times["regress"]), min(times["bare"])
