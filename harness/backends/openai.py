@@ -198,9 +198,9 @@ class OpenAIBackend(TokenizerMixin):
         if not bodies:
             return []
         n_threads = min(self.concurrency, len(bodies)) or 1
-        for k in range(n_threads):
-            threading.Thread(target=worker, name=f"openai-{k}", daemon=True).start()
-        try:
+        try:  # from the first thread on: a failure to start one, or Ctrl-C, stops those started
+            for k in range(n_threads):
+                threading.Thread(target=worker, name=f"openai-{k}", daemon=True).start()
             while not finished.wait(0.25):  # a timed wait, so Ctrl-C is seen at once
                 pass
         finally:
