@@ -6,7 +6,9 @@ negative flips, non-termination and drift are plotted against the training step,
 each checkpoint's verdict, so a user can pick the last checkpoint that still passes.
 
 The step of a checkpoint is the last number in its folder name (``checkpoint-1200`` ->
-1200), else its position on the command line.
+1200), and checkpoints are ordered by it. Where a name has no number (``final``), the order
+is the one given on the command line, and each checkpoint's position is its step. The
+newest checkpoint (exit 1 when it fails) is the last in that order.
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ class TrendPoint:
     tasks: list[dict[str, Any]]
 
 
-def step_of(path: str, index: int) -> int:
-    nums = re.findall(r"\d+", Path(path).name)
-    return int(nums[-1]) if nums else index
+def steps_of(paths: list[str]) -> tuple[list[int], bool]:
+    """Each checkpoint's step, and whether they are training steps (else positions)."""
+    nums = [re.findall(r"\d+", Path(p).name) for p in paths]
+    if all(nums):
+        return [int(n[-1]) for n in nums], True
+    return list(range(len(paths))), False
 
 
 def run_trend(
@@ -55,12 +60,13 @@ def run_trend(
     check_writable(out, "output folder")
     base_run = evaluate(base, suite, cfg)
     points = []
-    for i, path in enumerate(checkpoints):
+    steps, by_step = steps_of(checkpoints)
+    for path, step in zip(checkpoints, steps):
         cand = evaluate(path, suite, cfg, reference=base_run.records)
         cmp = comparison_of(base_run, cand, suite, cfg.backend, policy)
-        points.append(TrendPoint(path, step_of(path, i), cmp.verdict.level, cmp.tasks))
-    points.sort(key=lambda p: p.step)
-    write_trend(base, points, out)
+        points.append(TrendPoint(path, step, cmp.verdict.level, cmp.tasks))
+    points.sort(key=lambda p: p.step)  # stable: equal steps keep the order given
+    write_trend(base, points, out, "step" if by_step else "position given")
     return points
 
 
@@ -74,7 +80,7 @@ def last_passing(points: list[TrendPoint]) -> TrendPoint | None:
     return best
 
 
-def _plot(points: list[TrendPoint]) -> str:
+def _plot(points: list[TrendPoint], xlabel: str) -> str:
     from harness.report.plots import plt, to_data_uri
 
     names = [t["name"] for t in points[0].tasks if t["name"] != "overall"] if points else []
@@ -89,13 +95,13 @@ def _plot(points: list[TrendPoint]) -> str:
             if p.verdict == "FAIL":
                 ax.axvspan(p.step - 0.5, p.step + 0.5, color="#ffd6d6", zorder=0)
         ax.set_title(label)
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     return to_data_uri(fig)
 
 
-def write_trend(base: str, points: list[TrendPoint], out: Path) -> None:
+def write_trend(base: str, points: list[TrendPoint], out: Path, xlabel: str = "step") -> None:
     from html import escape
 
     from harness.store import atomic_write
@@ -124,6 +130,6 @@ table{{border-collapse:collapse}} .FAIL{{background:#ffd6d6}} .WARN{{background:
 .PASS{{background:#d4f4dd}}</style>
 </head><body><h1>regress trend against {escape(base)}</h1>
 <p id="last-passing">Last checkpoint that still passes: <b>{escape(best.path) if best else "none"}</b></p>
-<img alt="trend" src="{_plot(points)}">
-<table><tr><th>step</th><th>checkpoint</th><th>verdict</th>{heads}</tr>{rows}</table></body></html>"""
+<img alt="trend" src="{_plot(points, xlabel)}">
+<table><tr><th>{escape(xlabel)}</th><th>checkpoint</th><th>verdict</th>{heads}</tr>{rows}</table></body></html>"""
     atomic_write(out / "trend.html", html.encode())

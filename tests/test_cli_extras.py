@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +46,13 @@ def test_trend_picks_the_last_passing_checkpoint(demo, session_store, tmp_path, 
     code = main(["trend", "--base", str(demo["base"]), str(run / "checkpoint-100"),
                  "--suite", "demo", "--store", str(session_store), "--out", str(tmp_path / "trend2")])  # fmt: skip
     assert code == 0
+    # a name without a step ("final"): the order given, and the newest is the last given
+    (run / "final").symlink_to(demo["ft-identical"])
+    given = [str(run / n) for n in ("checkpoint-100", "checkpoint-200", "final")]
+    code = main(["trend", "--base", str(demo["base"]), *given,
+                 "--suite", "demo", "--store", str(session_store), "--out", str(tmp_path / "trend3")])  # fmt: skip
+    assert code == 0  # "final" passes (keyed by its position, 2, against steps 100 and 200, it sorted first)
+    t = json.loads((tmp_path / "trend3" / "trend.json").read_text())
+    assert [Path(p["path"]).name for p in t["points"]] == ["checkpoint-100", "checkpoint-200", "final"]
+    assert [p["step"] for p in t["points"]] == [0, 1, 2] and t["last_passing"].endswith("checkpoint-100")
+    assert "position given" in (tmp_path / "trend3" / "trend.html").read_text()
