@@ -45,13 +45,17 @@ endif
 
 # `make regress` exits with regress's own status: 0 pass, 1 regression, 2 error. make
 # exits 2 whenever a recipe fails, so a recipe cannot pass a 1 on. Instead the set-up and
-# the run happen while this file is read ($(shell), its output sent on to make's own
-# stdout), and a 1 switches make to question mode (-q), whose exit for an out-of-date
-# target is 1. `make -n regress` runs nothing.
+# the run happen while this file is read, in $(shell): their output goes on to make's own
+# stdout (or its stderr where that cannot be opened: a socket, a closed descriptor), the
+# shell's last line is their exit status, and a 1 switches make to question mode (-q),
+# whose exit for an out-of-date target is 1. `make -n/-q/-t regress` runs nothing.
 ifneq ($(filter regress,$(MAKECMDGOALS)),)
-ifeq ($(findstring n,$(firstword -$(MAKEFLAGS))),)
-REGRESS_OUT := $(shell out=/proc/$$PPID/fd/1; [ -w $$out ] || out=/dev/stderr; { $(MAKE) --no-print-directory venv && $(REGRESS_CMD); } >>$$out)
-REGRESS_STATUS := $(.SHELLSTATUS)
+ifneq ($(filter-out regress,$(MAKECMDGOALS)),)
+$(error make regress runs alone: run make $(filter-out regress,$(MAKECMDGOALS)) separately)
+endif
+MAKE_FLAGS_1 := $(firstword -$(MAKEFLAGS))
+ifeq ($(findstring n,$(MAKE_FLAGS_1))$(findstring q,$(MAKE_FLAGS_1))$(findstring t,$(MAKE_FLAGS_1)),)
+REGRESS_STATUS := $(shell out=/proc/$$PPID/fd/1; (true >>$$out) 2>/dev/null && exec 3>>$$out || exec 3>&2; { { $(MAKE) -q venv || $(MAKE) --no-print-directory venv; } && $(REGRESS_CMD); } >&3 3>&-; echo $$?)
 ifeq ($(REGRESS_STATUS),1)
 MAKEFLAGS += -q
 else ifneq ($(REGRESS_STATUS),0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -64,10 +65,12 @@ def test_make_regress_exits_with_the_verdict(demo, session_store, tmp_path):
     """`make regress MODEL= BASE=`: 0 pass, 1 regression, 2 error (make itself would say 2
     for any failed recipe). Records come from the store the tests above filled."""
 
-    def make(model: str, name: str) -> subprocess.CompletedProcess[str]:
+    def make(model: str, name: str, *goals: str, **kw: object) -> subprocess.CompletedProcess[str]:
         args = f"ARGS=--store {session_store}"
-        cmd = ["make", "-s", "regress", f"BASE={demo['base']}", f"MODEL={model}", args, f"OUT={tmp_path / name}"]
-        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        out = f"OUT={tmp_path / name}"
+        cmd = ["make", "-s", *goals, "regress", f"BASE={demo['base']}", f"MODEL={model}", args, out]
+        streams = kw or {"capture_output": True}
+        return subprocess.run(cmd, cwd=REPO, text=True, timeout=600, **streams)  # type: ignore[call-overload]
 
     ok = make(str(demo["ft-identical"]), "same")
     assert ok.returncode == 0, ok.stderr[-2000:]
@@ -78,6 +81,16 @@ def test_make_regress_exits_with_the_verdict(demo, session_store, tmp_path):
     missing = make(str(tmp_path / "no-such-checkpoint"), "missing")
     assert missing.returncode == 2
     assert "checkpoint not found" in missing.stderr and not (tmp_path / "missing").exists()
+    # make's stdout a socket (a service's log): regress's output goes to stderr instead,
+    # and the status still comes through
+    here, there = socket.socketpair()
+    with here, there:
+        sock = make(str(demo["ft-all-tokens"]), "sock", stdout=here, stderr=subprocess.PIPE)
+    assert sock.returncode == 1 and "FAIL" in sock.stderr, sock.stderr[-2000:]
+    # another goal beside regress: refused before anything runs
+    both = make(str(demo["ft-identical"]), "both", "clean")
+    assert both.returncode == 2 and "make regress runs alone" in both.stderr
+    assert not (tmp_path / "both").exists() and (REPO / ".venv" / ".installed").exists()
 
 
 def test_base_skills_are_real(demo, session_store, tmp_path):
