@@ -96,10 +96,15 @@ def comparison_of(base: RunResult, cand: RunResult, suite: Suite, backend: str, 
 
 
 def noise_floor(path: str, suite: Suite, cfg: RunConfig, first: RunResult) -> dict[str, Any]:
-    """Evaluate the base a second time with another batch size and the requests in reverse
-    order; the share of items whose output changes is the engine's noise floor."""
-    bs = cfg.options.batch_size or HF_BATCH_SIZE
-    again_cfg = replace(cfg, noise_variant=1, options=replace(cfg.options, batch_size=max(1, bs // 4 + 1)))
+    """Evaluate the base a second time with the requests in reverse order (and, for ``hf``,
+    whose batches regress forms, another batch size); the share of items whose output
+    changes is the engine's noise floor. vLLM and servers batch as they schedule."""
+    again_cfg = replace(cfg, noise_variant=1)
+    sizes = None
+    if cfg.backend == "hf":
+        bs = cfg.options.batch_size or HF_BATCH_SIZE
+        sizes = [bs, max(1, bs // 4 + 1)]
+        again_cfg = replace(again_cfg, options=replace(cfg.options, batch_size=sizes[1]))
     again = evaluate(path, suite, again_cfg)
     a = {(r.task, r.item_id): r.output for r in first.records}
     b = {(r.task, r.item_id): r.output for r in again.records}
@@ -108,7 +113,7 @@ def noise_floor(path: str, suite: Suite, cfg: RunConfig, first: RunResult) -> di
         "changed": changed,
         "n": len(a),
         "rate": changed / len(a) if a else 0.0,
-        "batch_sizes": [bs, again_cfg.options.batch_size],
+        "batch_sizes": sizes,  # None: the engine's own batching
         "bitwise_repeatable": changed == 0,
     }
 
@@ -135,7 +140,8 @@ def run_comparison(req: CompareRequest) -> tuple[Comparison, Path]:
         cmp.extras["noise_floor"] = nf
         note = (
             f"noise floor: {nf['changed']} of {nf['n']} base outputs changed between two runs of the base "
-            f"(batch sizes {nf['batch_sizes'][0]} and {nf['batch_sizes'][1]}, reversed order)"
+            + (f"(batch sizes {nf['batch_sizes'][0]} and {nf['batch_sizes'][1]}, reversed order)" if nf["batch_sizes"]
+               else "(requests in reversed order)")
             + ("; the engine is bitwise repeatable here, the floor is zero" if nf["bitwise_repeatable"] else
                f"; flips within {100 * nf['rate']:.2f}% of items are treated as noise")
         )  # fmt: skip

@@ -119,18 +119,32 @@ def test_stop_strings_budgets_and_finish_reasons_match_hf(vllm_installed, demo):
 
 
 @pytest.mark.vllm
-def test_an_engine_that_cannot_start_is_one_error_and_leaves_nothing_behind(vllm_installed, demo):
+def test_an_engine_that_cannot_start_is_one_error_and_leaves_nothing_behind(vllm_installed, demo, monkeypatch):
     """The backend freezes older objects out of vLLM's start-up collections; a start that
-    fails says why in one line and hands them back (vLLM never got to unfreeze them)."""
+    fails, in vLLM or in what follows it, says why in one line, shuts a started engine
+    down and hands back the objects and torch's threads."""
     import torch
 
-    from harness.backends.vllm import VLLMBackend
+    from harness.backends import vllm as backend
     from harness.errors import BackendError
 
     threads = torch.get_num_threads()
     with pytest.raises(BackendError, match=r"^vLLM cannot start on .*: .*max_model_len \(10000000\)") as e:
-        VLLMBackend(str(demo["base"]), BackendOptions(max_model_len=10**7))
-    assert "\n" not in str(e.value)
+        backend.VLLMBackend(str(demo["base"]), BackendOptions(max_model_len=10**7))
+    assert "\n" not in str(e.value) and len(str(e.value)) < 600
+    assert gc.get_freeze_count() == 0 and torch.get_num_threads() == threads
+
+    shut: list[object] = []
+    real_shutdown = backend.shutdown
+    monkeypatch.setattr(backend, "shutdown", lambda llm: (shut.append(llm), real_shutdown(llm)))
+
+    def unreadable(path: str) -> None:
+        raise OSError(f"{path}/generation_config.json: unreadable")
+
+    monkeypatch.setattr(backend, "_generation_config", unreadable)  # read after the engine is up
+    with pytest.raises(BackendError, match=r"^vLLM cannot start on .*generation_config.json: unreadable$"):
+        backend.VLLMBackend(str(demo["base"]), BackendOptions())
+    assert len(shut) == 1  # the engine that had started was shut down
     assert gc.get_freeze_count() == 0 and torch.get_num_threads() == threads
 
 

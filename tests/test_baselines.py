@@ -194,6 +194,9 @@ def test_trainer_states_are_not_weights(tmp_path, base_ckpt):
 def test_settings_that_move_answers_are_in_the_key(monkeypatch):
     """A stored base is reused only under the same output settings and hardware, and not
     split by settings its backend ignores or by a default spelled out."""
+    import sys
+    import types
+
     import torch
 
     from harness.config import BackendOptions, RunConfig
@@ -202,26 +205,35 @@ def test_settings_that_move_answers_are_in_the_key(monkeypatch):
 
     suite = load_suite("demo")
 
-    def key(backend: str = "hf", **options: object) -> str:
+    def meta(backend: str = "hf", **options: object) -> dict:
         cfg = RunConfig(suite=suite.path, backend=backend, options=BackendOptions(**options))  # type: ignore[arg-type]
-        return store_meta("/m", "f" * 16, suite, cfg)["key"]
+        return store_meta("/m", "f" * 16, suite, cfg)
 
-    assert not torch.cuda.is_available()  # the CPU half below; the GPU half is patched in
+    def key(backend: str = "hf", **options: object) -> str:
+        return meta(backend, **options)["key"]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine first
     hf, vllm, server = key(), key("vllm"), key("openai")
     assert len({hf, vllm, server}) == 3
-    # hf: batch size and dtype move answers; vLLM's settings and defaults spelled out do not
-    assert len({hf, key(batch_size=8), key(dtype="bfloat16")}) == 3
-    same_hf = [key(batch_size=64), key(dtype="float32"), key(dtype="auto"), key(device="cpu"),
-               key(tensor_parallel_size=2), key(enforce_eager=False), key(max_model_len=512),
-               key(concurrency=4, chunk_size=128)]  # fmt: skip
+    # hf: batch size, chunk size (which prompts are padded together) and dtype move answers;
+    # vLLM's settings and defaults spelled out do not
+    moved = [key(batch_size=8), key(chunk_size=8), key(dtype="bfloat16")]
+    assert len({hf, *moved}) == len(moved) + 1
+    same_hf = [key(batch_size=64), key(chunk_size=256), key(dtype="float32"), key(dtype="auto"), key(device="cpu"),
+               key(device="cpu:0"), key(tensor_parallel_size=2), key(enforce_eager=False), key(max_model_len=512),
+               key(concurrency=4)]  # fmt: skip
     assert set(same_hf) == {hf}
     # vllm: dtype, max length, tensor parallelism and eager mode (eager is its CPU default)
     moved = [key("vllm", dtype="bfloat16"), key("vllm", max_model_len=512), key("vllm", tensor_parallel_size=2),
              key("vllm", enforce_eager=False)]  # fmt: skip
     assert len({vllm, *moved}) == len(moved) + 1
     assert {key("vllm", enforce_eager=True), key("vllm", batch_size=8), key("vllm", device="cuda:1")} == {vllm}
+    # a server: the model asked for, nothing of the local engine's
     assert {key("openai", dtype="bfloat16", batch_size=8, max_model_len=512)} == {server}
-    assert key(device="mps") not in (hf, vllm)
+    assert key("openai", api_model="other") != server
+    assert meta()["settings"]["accelerator"] == meta("vllm")["settings"]["accelerator"] == "cpu"
+    assert meta(device="mps")["settings"]["accelerator"] == "mps"
+    assert "accelerator" not in meta("openai")["settings"]
 
     # GPU machines: the card's name is keyed, not the index it is reached by
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -230,11 +242,10 @@ def test_settings_that_move_answers_are_in_the_key(monkeypatch):
     h100 = key()
     assert len({hf, h100, key(device="cuda:1")}) == 3  # CPU, one card, another card
     assert key(device="cuda:2") == key(device="cuda") == h100  # the same card under another index
+    assert meta(device="cuda:1")["settings"]["accelerator"] == cards[1]
     assert key(device="cpu") == hf
-    # vLLM: named through NVML, never torch.cuda (which would initialise CUDA here and make
-    # vLLM spawn its workers)
-    from vllm import platforms
-
+    # vLLM: named through its platform (NVML), never torch.cuda, which would initialise
+    # CUDA here and make vLLM spawn its workers; vLLM is not imported for real
     class Nvml:
         def get_device_name(self, i: int = 0) -> str:
             return cards[i]
@@ -242,7 +253,12 @@ def test_settings_that_move_answers_are_in_the_key(monkeypatch):
     def initialises_cuda(i: int = 0) -> str:
         raise AssertionError("torch.cuda.get_device_name initialises CUDA")
 
+    fake = types.ModuleType("vllm")
+    fake.platforms = types.ModuleType("vllm.platforms")  # type: ignore[attr-defined]
+    fake.platforms.current_platform = Nvml()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", fake.platforms)  # type: ignore[attr-defined]
     monkeypatch.setattr(torch.cuda, "get_device_name", initialises_cuda)
-    monkeypatch.setattr(platforms, "current_platform", Nvml(), raising=False)
-    assert key("vllm") not in (vllm, h100)
-    assert key("vllm", device="cuda:1") == key("vllm")  # vLLM picks its devices itself
+    on_gpu = meta("vllm")
+    assert on_gpu["settings"]["accelerator"] == cards[0] and on_gpu["settings"]["dtype"] == "auto"
+    assert key("vllm", device="cuda:1") == on_gpu["key"]  # vLLM picks its devices itself

@@ -7,6 +7,7 @@ turns a missing package into a one-line ``BackendError`` naming the extra to ins
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 from harness.backends.base import Backend
@@ -51,8 +52,27 @@ def hf_device(options: BackendOptions) -> str:
 def hf_dtype(options: BackendOptions, device: str) -> str:
     """The dtype the hf backend loads weights in: float32 on CPU, the checkpoint's own elsewhere."""
     if options.dtype in (None, "auto"):
-        return "float32" if device == "cpu" else "auto"
+        return "float32" if device.partition(":")[0] == "cpu" else "auto"
     return options.dtype
+
+
+def hf_batching(options: BackendOptions) -> tuple[int, int]:
+    """(batch size, chunk size) of the hf backend: it sorts each chunk by length and
+    batches within it, so both decide which prompts are padded together."""
+    batch = options.batch_size or HF_BATCH_SIZE
+    return batch, options.chunk_size or max(batch * 4, 256)
+
+
+def vllm_environment() -> bool:
+    """Set vLLM's environment, before anything of vllm is imported, where the user has not
+    chosen otherwise; True on a machine without CUDA (vLLM's CPU build, in-process)."""
+    cpu = not _cuda()
+    if cpu:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    return cpu
 
 
 def vllm_dtype(options: BackendOptions, cpu: bool) -> str:
@@ -80,12 +100,15 @@ def accelerator(backend: str, options: BackendOptions) -> str | None:
         return "cpu"
     n = int(index) if index.isdigit() else 0
     if backend == "vllm":
+        vllm_environment()
         try:
             from vllm.platforms import current_platform  # NVML, and CUDA_VISIBLE_DEVICES respected
+
+            return str(current_platform.get_device_name(n))
         except ImportError:
             pass  # the run stops at loading the backend, with what to install
-        else:
-            return str(current_platform.get_device_name(n))
+        except NotImplementedError:
+            pass  # a platform vLLM does not know: torch names it
     import torch
 
     return torch.cuda.get_device_name(n)  # the hf backend initialises CUDA here anyway
@@ -97,14 +120,17 @@ def output_settings(backend: str, options: BackendOptions) -> dict[str, Any]:
     Numerics, padding, kernels and reduction order: part of the store key, so a stored base
     is never paired with a candidate run differently. Only what the backend uses, with
     defaults filled in (``batch_size`` None and 64 are the same hf run), so the key does
-    not split where the answers cannot.
+    not split where the answers cannot. vLLM's scheduling (chunking, data parallelism,
+    memory) is not keyed: which requests share a batch changes from step to step anyway,
+    and ``--noise-floor`` measures what that moves.
     """
     accel = accelerator(backend, options)
     if backend == "hf":
-        return {"accelerator": accel, "dtype": hf_dtype(options, hf_device(options)),
-                "batch_size": options.batch_size or HF_BATCH_SIZE}  # fmt: skip
+        batch, chunk = hf_batching(options)
+        dtype = hf_dtype(options, hf_device(options))
+        return {"accelerator": accel, "dtype": dtype, "batch_size": batch, "chunk_size": chunk}
     if backend == "vllm":
-        cpu = accel == "cpu"
+        cpu = not _cuda()  # as the vllm backend decides
         return {
             "accelerator": accel,
             "dtype": vllm_dtype(options, cpu),
@@ -112,4 +138,4 @@ def output_settings(backend: str, options: BackendOptions) -> dict[str, Any]:
             "tensor_parallel_size": options.tensor_parallel_size,
             "enforce_eager": vllm_eager(options, cpu),
         }
-    return {}  # a server's settings are its own
+    return {"api_model": options.api_model}  # the server's own settings regress cannot see

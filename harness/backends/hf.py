@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from harness.backends import HF_BATCH_SIZE, hf_device, hf_dtype
+from harness.backends import hf_batching, hf_device, hf_dtype
 from harness.backends.base import TokenizerMixin, cut_at_stop, split_pair
 from harness.checkpoint import load_tokenizer
 from harness.config import BackendOptions
@@ -59,8 +59,7 @@ class HFBackend(TokenizerMixin):
         self.model.eval()
         self._eot = eot_ids_of(self.tokenizer, self.model.generation_config)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self._eot[0]
-        self.batch_size = options.batch_size or HF_BATCH_SIZE
-        self.chunk_size = max(self.batch_size * 4, 256)
+        self.batch_size, self.chunk_size = hf_batching(options)
         self.calls = 0  # backend calls, counted for the baseline-reuse tests
 
     def close(self) -> None:

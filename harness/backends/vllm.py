@@ -13,24 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-_CPU = not torch.cuda.is_available()
-if _CPU:
-    # Set before vllm is imported, and only where the user has not chosen otherwise.
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+from harness.backends import vllm_dtype, vllm_eager, vllm_environment
+
+_CPU = vllm_environment()
 
 import vllm  # noqa: E402  (after the environment above)
 from vllm.inputs import TokensPrompt  # noqa: E402
 
-from harness.backends import vllm_dtype, vllm_eager  # noqa: E402
 from harness.backends.base import TokenizerMixin, cut_at_stop, split_pair  # noqa: E402
 from harness.backends.hf import eot_ids_of  # noqa: E402
 from harness.checkpoint import load_tokenizer  # noqa: E402
@@ -59,16 +53,18 @@ def engine_args(checkpoint: str, options: BackendOptions) -> dict[str, Any]:
     return args
 
 
-def _why(e: BaseException) -> str:
-    """One line from an engine's start-up error (pydantic's first line only counts errors)."""
+def _why(e: BaseException, limit: int = 400) -> str:
+    """One line from an engine's start-up error: pydantic's first line only counts the
+    errors, so its first error's field and message instead; capped at ``limit``."""
     msg = ""
     errors = getattr(e, "errors", None)  # vLLM's configs are pydantic models
     if callable(errors):
         with contextlib.suppress(Exception):
-            msg = str(errors()[0]["msg"]).removeprefix("Value error, ")
+            first = errors()[0]
+            where = ".".join(str(x) for x in first.get("loc", ()))
+            msg = (f"{where}: " if where else "") + str(first["msg"]).removeprefix("Value error, ")
     msg = (msg or str(e) or repr(e)).strip().splitlines()[0]
-    first, dot, _ = msg.partition(". ")  # vLLM adds paragraphs of advice after the reason
-    return first + ("." if dot else "")
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
 def finish_of(finish_reason: str | None, stop_reason: int | str | None) -> str:
