@@ -213,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("trend", help="checkpoints of one run against the base, by step; exit 1 if the newest fails")
     t.add_argument("--base", required=True)
-    t.add_argument("checkpoints", nargs="+", help="ordered by the last number in each name (if one has none: as given)")
+    t.add_argument(
+        "checkpoints", nargs="+", help="ordered by the last number in their names (checkpoint-N), else as given"
+    )
     t.add_argument("--out", default=None)
     t.add_argument("--policy", default=None)
     _add_run_args(t)

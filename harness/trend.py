@@ -6,9 +6,10 @@ negative flips, non-termination and drift are plotted against the training step,
 each checkpoint's verdict, so a user can pick the last checkpoint that still passes.
 
 The step of a checkpoint is the last number in its folder name (``checkpoint-1200`` ->
-1200), and checkpoints are ordered by it. Where a name has no number (``final``), the order
-is the one given on the command line, and each checkpoint's position is its step. The
-newest checkpoint (exit 1 when it fails) is the last in that order.
+1200) when all the names are alike apart from it, and checkpoints are ordered by it.
+Otherwise (a ``final`` among them) the order is the one given on the command line, and
+each checkpoint's position is its step. The newest checkpoint (exit 1 when it fails) is the
+last in that order.
 """
 
 from __future__ import annotations
@@ -43,10 +44,18 @@ class TrendPoint:
 
 
 def steps_of(paths: list[str]) -> tuple[list[int], bool]:
-    """Each checkpoint's step, and whether they are training steps (else positions)."""
-    nums = [re.findall(r"\d+", Path(p).name) for p in paths]
-    if all(nums):
-        return [int(n[-1]) for n in nums], True
+    """Each checkpoint's step, and whether they are training steps (else positions).
+
+    Steps only when every folder name is the same apart from its last number
+    (``checkpoint-500``, ``checkpoint-1000``): a ``final`` or ``llama3-8b-sft`` beside them
+    carries no step, so all keep the order given.
+    """
+    names = [Path(p).name for p in paths]
+    last = [list(re.finditer(r"\d+", n)) for n in names]
+    if all(last):
+        shapes = {n[: m[-1].start()] + "#" + n[m[-1].end() :] for n, m in zip(names, last)}
+        if len(shapes) == 1:
+            return [int(m[-1].group()) for m in last], True
     return list(range(len(paths))), False
 
 
@@ -111,6 +120,7 @@ def write_trend(base: str, points: list[TrendPoint], out: Path, xlabel: str = "s
     data = {
         "base": base,
         "last_passing": best.path if best else None,
+        "ordered_by": xlabel,  # "step" (from the names) or "position given"
         "points": [{"path": p.path, "step": p.step, "verdict": p.verdict, "tasks": p.tasks} for p in points],
     }
     atomic_write(out / "trend.json", json.dumps(data, indent=2, default=str).encode())

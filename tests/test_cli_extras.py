@@ -36,7 +36,7 @@ def test_trend_picks_the_last_passing_checkpoint(demo, session_store, tmp_path, 
                  "--suite", "demo", "--store", str(session_store), "--out", str(out)])  # fmt: skip
     assert code == 1  # the newest checkpoint (step 200) fails
     t = json.loads((out / "trend.json").read_text())
-    assert [p["step"] for p in t["points"]] == [100, 200]
+    assert [p["step"] for p in t["points"]] == [100, 200] and t["ordered_by"] == "step"
     assert [p["verdict"] for p in t["points"]] == ["PASS", "FAIL"]
     assert t["last_passing"].endswith("checkpoint-100")
     html = (out / "trend.html").read_text()
@@ -46,7 +46,8 @@ def test_trend_picks_the_last_passing_checkpoint(demo, session_store, tmp_path, 
     code = main(["trend", "--base", str(demo["base"]), str(run / "checkpoint-100"),
                  "--suite", "demo", "--store", str(session_store), "--out", str(tmp_path / "trend2")])  # fmt: skip
     assert code == 0
-    # a name without a step ("final"): the order given, and the newest is the last given
+    # a name without a step ("final"; "llama3-8b" has numbers but is not a checkpoint-N): the
+    # order given, and the newest is the last given
     (run / "final").symlink_to(demo["ft-identical"])
     given = [str(run / n) for n in ("checkpoint-100", "checkpoint-200", "final")]
     code = main(["trend", "--base", str(demo["base"]), *given,
@@ -55,4 +56,4 @@ def test_trend_picks_the_last_passing_checkpoint(demo, session_store, tmp_path, 
     t = json.loads((tmp_path / "trend3" / "trend.json").read_text())
     assert [Path(p["path"]).name for p in t["points"]] == ["checkpoint-100", "checkpoint-200", "final"]
     assert [p["step"] for p in t["points"]] == [0, 1, 2] and t["last_passing"].endswith("checkpoint-100")
-    assert "position given" in (tmp_path / "trend3" / "trend.html").read_text()
+    assert t["ordered_by"] == "position given" and "position given" in (tmp_path / "trend3" / "trend.html").read_text()
