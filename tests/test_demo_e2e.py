@@ -87,10 +87,19 @@ def test_make_regress_exits_with_the_verdict(demo, session_store, tmp_path):
     with here, there:
         sock = make(str(demo["ft-all-tokens"]), "sock", stdout=here, stderr=subprocess.PIPE)
     assert sock.returncode == 1 and "FAIL" in sock.stderr, sock.stderr[-2000:]
+    # stdout and stderr one file (`> log 2>&1`): make's own error line after the run does
+    # not overwrite what the run printed (the Makefile writes through make's stderr there,
+    # not a second handle; GNU make's O_APPEND on both would also save it). The plumbing
+    # alone: a command in regress's place that prints and fails.
+    with open(tmp_path / "log", "w") as log:
+        cmd = ["make", "-s", "regress", "REGRESS_CMD=sh -c 'echo printed-by-the-run; exit 2'"]
+        logged = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=600)
+    text = (tmp_path / "log").read_text()
+    assert logged.returncode == 2 and text.startswith("printed-by-the-run\n") and "exit status 2" in text, text
     # another goal beside regress: refused before anything runs
-    both = make(str(demo["ft-identical"]), "both", "clean")
-    assert both.returncode == 2 and "make regress runs alone" in both.stderr
-    assert not (tmp_path / "both").exists() and (REPO / ".venv" / ".installed").exists()
+    both = make(str(demo["ft-identical"]), "both", "venv")
+    assert both.returncode == 2 and "make regress runs alone: run make venv separately" in both.stderr
+    assert not (tmp_path / "both").exists()
 
 
 def test_base_skills_are_real(demo, session_store, tmp_path):
