@@ -7,8 +7,9 @@ The store (``baselines/`` by default, ``--store`` or ``$REGRESS_STORE``) has one
 * ``list``: one line per run folder: status (complete, partial with N answers kept for
   resume, or running and who holds it), checkpoint, suite, backend, records, size, age,
   and whether it is stale: its checkpoint is gone, or its files (weights, config,
-  tokenizer, chat template) or its suite's files have changed since. Stale records are
-  never reused (their key no longer matches); ``prune --stale`` removes them.
+  tokenizer, chat template) or its suite's files have changed since, or lm-eval has, or it
+  was stored by an older regress (another record format or keyed settings). Stale records
+  are never reused (their key no longer matches); ``prune --stale`` removes them.
 * ``show REF``: one folder in full (REF: a key or the folder's name, or a prefix of one), with
   what changed when it is stale, and per-task counts and scores.
 * ``prune``: remove folders by ``--stale``, ``--incomplete``, ``--older-than DAYS``,
@@ -30,7 +31,7 @@ from typing import Any
 
 from harness import checkpoint as ckpt
 from harness.errors import RegressError, StoreError
-from harness.store import lock_holder, read_records
+from harness.store import KEY_PARTS, lm_eval_version, lock_holder, read_records, run_key
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,14 @@ def find(store: str | Path, ref: str) -> RunInfo:
 
 def staleness(run: RunInfo) -> str | None:
     """Why ``run``'s records would not be reused today (None: they would be)."""
-    path = run.meta.get("checkpoint")
+    meta = run.meta
+    if "fingerprint" in meta:
+        parts = {k: meta[k] for k in KEY_PARTS if k in meta}
+        if run_key(parts) != meta.get("key"):
+            return "stored by an older regress (record format or keyed settings changed)"
+        if meta.get("lm_eval") != lm_eval_version():
+            return f"lm-eval changed ({meta.get('lm_eval')} -> {lm_eval_version()})"
+    path = meta.get("checkpoint")
     if not path or not Path(path).is_dir():
         return f"checkpoint {path} is gone"
     try:

@@ -23,7 +23,7 @@ from harness.backends import load_backend, output_settings
 from harness.config import RunConfig
 from harness.errors import RegressError, SuiteError
 from harness.lm_adapter import RegressLM, _gen_request, gen_key
-from harness.store import RunStore, run_key
+from harness.store import RunStore, lm_eval_version, run_key
 from harness.suites import Suite, TaskSpec
 from harness.types import Checkpoint, Generation, LoglikRequest, Record
 
@@ -76,15 +76,6 @@ def preflight(paths: Sequence[str], suite: Suite, cfg: RunConfig, out: Path | No
     return tokenizers
 
 
-def _lm_eval_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("lm_eval")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def store_meta(path: str, fp: str, suite: Suite, cfg: RunConfig, files: dict[str, str] | None = None) -> dict[str, Any]:
     settings = output_settings(cfg.backend, cfg.options)
     parts = {
@@ -93,7 +84,7 @@ def store_meta(path: str, fp: str, suite: Suite, cfg: RunConfig, files: dict[str
         "backend": cfg.backend,
         "settings": settings,
         "limit": cfg.limit,
-        "lm_eval": _lm_eval_version(),  # lm-eval builds the prompts and scores
+        "lm_eval": lm_eval_version(),  # lm-eval builds the prompts and scores
     }
     if cfg.noise_variant:
         parts["noise_variant"] = cfg.noise_variant

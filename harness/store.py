@@ -35,8 +35,21 @@ from typing import Any
 from harness.errors import StoreError
 from harness.types import Record
 
-FORMAT_VERSION = 2  # 2: multiple-choice targets are the gold choice text
+# 2: multiple-choice targets are the gold choice text; 3: settings keyed per backend,
+# defaults resolved (runs stored before are listed as stale and never reused)
+FORMAT_VERSION = 3
+# what a run's key is made of (with FORMAT_VERSION), as meta.json stores them
+KEY_PARTS = ("fingerprint", "suite_hash", "backend", "settings", "limit", "lm_eval", "noise_variant")
 log = logging.getLogger(__name__)
+
+
+def lm_eval_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lm_eval")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def run_key(parts: dict[str, Any]) -> str:

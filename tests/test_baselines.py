@@ -112,10 +112,18 @@ def test_base_is_reused_and_invalidated(tmp_path, base_ckpt, monkeypatch, capsys
         assert main(["baselines", *args, "--store", str(store)]) == 0
         return capsys.readouterr().out
 
+    # a run stored by an older regress (another record format or keyed settings): its key
+    # is not the one its meta makes today
+    old_run = store / "base-00000000deadbeef"
+    shutil.copytree(current, old_run)
+    old_meta = json.loads((old_run / "meta.json").read_text())
+    (old_run / "meta.json").write_text(json.dumps({**old_meta, "key": "00000000deadbeef"}))
+
     listing = cli("list")
     rows = {line.split()[0]: line for line in listing.splitlines()[1:]}
     key = json.loads((base_run / "meta.json").read_text())["key"]
-    assert len(rows) == 5, listing
+    assert len(rows) == 6, listing
+    assert "stored by an older regress" in rows["00000000deadbeef"]
     assert "checkpoint changed (chat_template.jinja, model.safetensors)" in rows[key]
     assert "checkpoint changed (chat_template.jinja)" in rows[weights_run.name.rsplit("-", 1)[1]]
     assert rows[current.name.rsplit("-", 1)[1]].rstrip().endswith("-")
@@ -129,7 +137,7 @@ def test_base_is_reused_and_invalidated(tmp_path, base_ckpt, monkeypatch, capsys
         s.append("ll", [])
     assert "would remove" in cli("prune", "--stale", "--dry-run") and base_run.exists()
     out = cli("prune", "--stale")
-    assert not base_run.exists() and not weights_run.exists() and current.exists(), out
+    assert not base_run.exists() and not weights_run.exists() and not old_run.exists() and current.exists(), out
     with RunStore.open(current, {}):  # in use: never removed
         out = cli("prune", "--all")
         assert f"kept     {current.name}: in use by pid {os.getpid()}" in out
