@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from harness import detectors, probes
-from harness.backends import HF_BATCH_SIZE
+from harness.backends import hf_batching
 from harness.compare import Comparison, add_drift, pair, task_table
 from harness.config import RunConfig
 from harness.errors import RegressError
@@ -102,7 +102,7 @@ def noise_floor(path: str, suite: Suite, cfg: RunConfig, first: RunResult) -> di
     again_cfg = replace(cfg, noise_variant=1)
     sizes = None
     if cfg.backend == "hf":
-        bs = cfg.options.batch_size or HF_BATCH_SIZE
+        bs = hf_batching(cfg.options)[0]
         sizes = [bs, max(1, bs // 4 + 1)]
         again_cfg = replace(again_cfg, options=replace(cfg.options, batch_size=sizes[1]))
     again = evaluate(path, suite, again_cfg)

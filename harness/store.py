@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -43,6 +44,7 @@ KEY_PARTS = ("fingerprint", "suite_hash", "backend", "settings", "limit", "lm_ev
 log = logging.getLogger(__name__)
 
 
+@functools.cache  # asked per stored run by `regress baselines list`; fixed for the process
 def lm_eval_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -2,6 +2,10 @@
 
 ``load_backend("vllm", ckpt, options)`` imports ``harness.backends.vllm`` only then, and
 turns a missing package into a one-line ``BackendError`` naming the extra to install.
+
+Also here, importing no engine: how each backend resolves its defaults (device, dtype,
+batching, eager mode, vLLM's environment) and ``output_settings``, the part of the store
+key those make, so the backends and the key cannot drift apart.
 """
 
 from __future__ import annotations
