@@ -24,27 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import SuiteError
-from harness.types import Generation, GenRequest, LoglikRequest, Record
+from harness.types import EotSetup, Generation, GenRequest, LoglikRequest, Record
 
 SENTINEL = "\u2063regress\u2063"
 
 
 # -- configuration check --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EotSetup:
-    template_turn_end: str | None  # text the template writes right after an assistant message
-    template_turn_end_id: int | None
-    generation_eos_ids: tuple[int, ...]
-    tokenizer_eos_id: int | None
-
-    @property
-    def stop_ids(self) -> tuple[int, ...]:
-        ids = list(self.generation_eos_ids)
-        if self.tokenizer_eos_id is not None and self.tokenizer_eos_id not in ids:
-            ids.append(self.tokenizer_eos_id)
-        return tuple(ids)
 
 
 def eot_setup(path: str | Path, tokenizer: Any) -> EotSetup:

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +23,9 @@ from harness.config import RunConfig
 from harness.errors import RegressError, SuiteError
 from harness.lm_adapter import RegressLM, _gen_request, gen_key
 from harness.store import RunStore, lm_eval_version, run_key
-from harness.suites import Suite, TaskSpec
-from harness.types import Checkpoint, Generation, LoglikRequest, Record
+from harness.types import Checkpoint, Generation, LoglikRequest, Record, RunResult, Suite, TaskSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunResult:
-    checkpoint: Checkpoint
-    records: tuple[Record, ...]
-    store_path: str
-    reused: bool
-    backend_calls: int
-    # (task, item) -> (log P(end-of-turn) after the reference's answer, mean log-prob per
-    # token of that answer); the reference is the base (for the base itself: its own records)
-    drift: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
-    termination: tuple[Generation, ...] = ()
-    eot: probes.EotSetup | None = None
-    backend_requests: int = 0  # requests the backend answered this time (0: all from the store)
 
 
 def preflight(paths: Sequence[str], suite: Suite, cfg: RunConfig, out: Path | None = None) -> list[Any]:

@@ -22,47 +22,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from harness.errors import SuiteError
+from harness.types import Suite, TaskSpec
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 SUITE_KEYS = {"name", "version", "description", "task_dirs", "tasks", "chat_template", "policy", "probes"}
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One task of a suite: its name, and its lm-eval config dict (None if registered)."""
-
-    name: str
-    config: dict[str, Any] | None
-    source: str  # file path or "lm-eval registry"
-
-    @property
-    def output_type(self) -> str:
-        return (self.config or {}).get("output_type", "generate_until")
-
-
-@dataclass(frozen=True)
-class Suite:
-    name: str
-    path: str
-    version: str
-    tasks: tuple[TaskSpec, ...]
-    chat_template: bool
-    content_hash: str
-    policy: dict[str, Any] = field(default_factory=dict)
-    probes: dict[str, Any] = field(default_factory=dict)
-
-    def task(self, name: str) -> TaskSpec:
-        for t in self.tasks:
-            if t.name == name:
-                return t
-        raise SuiteError(f"suite {self.name!r} has no task {name!r}")
 
 
 def resolve_suite_path(name_or_path: str) -> Path:

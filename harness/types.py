@@ -1,23 +1,131 @@
-"""Records that flow through the pipeline, all frozen.
+"""Records that flow through the pipeline, all frozen, in one place.
 
-suite -> requests -> backend -> records -> compare -> detectors -> gate -> report
+    suite -> requests -> backend -> records -> compare -> detectors -> gate -> report
 
-Each stage returns new values and never mutates earlier ones:
+Each stage returns new values and never mutates one it was given:
 
+* ``Suite`` / ``TaskSpec``: what to run (``suites.load_suite``).
+* ``LoadedCheckpoint``: a validated checkpoint, fingerprinted, with its tokenizer and its
+  end-of-turn setup (``EotSetup``), made once per checkpoint per run (``pipeline``).
 * ``GenRequest`` / ``LoglikRequest``: what the lm-eval adapter hands a backend.
 * ``Generation`` / ``Loglik``: what a backend answers, with what lm-eval throws away
   (full text, generated token ids, finish reason).
-* ``Record``: one row per (checkpoint, task, item), written to the store.
-* ``ItemPair`` columns (see ``compare.ITEM_COLUMNS``) and ``TaskStats`` for comparisons.
+* ``Record``: one row per (checkpoint, task, item), written to the store; ``RunResult``:
+  one checkpoint's records and probe values (``runner.evaluate``).
+* The item table (a pandas frame, columns ``compare.ITEM_COLUMNS``), ``TaskRow`` per task
+  and overall, ``ProbeRow`` for the termination probe (``compare``).
+* ``Thresholds`` / ``Policy`` (parsed in ``gate``), ``RuleOutcome`` and ``Verdict`` (``gate.judge``).
+* ``Comparison``: everything a report needs (``report.write_report``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FinishReason = Literal["eos", "stop", "length"]
 FINISH_REASONS: tuple[str, ...] = ("eos", "stop", "length")
+LEVELS = ("PASS", "WARN", "FAIL")
+
+
+# -- what to run ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a suite: its name, and its lm-eval config dict (None if registered)."""
+
+    name: str
+    config: dict[str, Any] | None
+    source: str  # file path or "lm-eval registry"
+
+    @property
+    def output_type(self) -> str:
+        return (self.config or {}).get("output_type", "generate_until")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named set of lm-eval tasks, probes and a gate policy (``suites/NAME.yaml``)."""
+
+    name: str
+    path: str
+    version: str
+    tasks: tuple[TaskSpec, ...]
+    chat_template: bool
+    content_hash: str
+    policy: dict[str, Any] = field(default_factory=dict)
+    probes: dict[str, Any] = field(default_factory=dict)
+
+    def task(self, name: str) -> TaskSpec:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        from harness.errors import SuiteError
+
+        raise SuiteError(f"suite {self.name!r} has no task {name!r}")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint as the report names it: its path and content fingerprint."""
+
+    path: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class EotSetup:
+    """How a checkpoint ends an assistant turn: the token its chat template writes after an
+    assistant message, generation_config's eos ids and the tokenizer's eos.
+
+    ``stop_ids`` (generation_config's ids, then the tokenizer's eos) is the one list of
+    end-of-turn ids every backend stops on and the drift probe scores.
+    """
+
+    template_turn_end: str | None
+    template_turn_end_id: int | None
+    generation_eos_ids: tuple[int, ...]
+    tokenizer_eos_id: int | None
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        ids = list(self.generation_eos_ids)
+        if self.tokenizer_eos_id is not None and self.tokenizer_eos_id not in ids:
+            ids.append(self.tokenizer_eos_id)
+        return tuple(ids)
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A checkpoint validated and read once per run: what every later stage needs of it.
+
+    ``path`` is resolved; ``files`` maps each fingerprinted file to its hash;
+    ``tokenizer`` is the checkpoint's own (transformers) tokenizer, loaded once and shared
+    by the store key, the backends and the probes; ``eot`` its end-of-turn setup.
+    """
+
+    path: str
+    fingerprint: str
+    files: Mapping[str, str]
+    tokenizer: Any
+    eot: EotSetup
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.path, self.fingerprint)
+
+    @property
+    def eot_texts(self) -> tuple[str, ...]:
+        return tuple(self.tokenizer.decode([i], skip_special_tokens=False) for i in self.eot.stop_ids)
+
+
+# -- backend requests and answers ---------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -68,6 +176,9 @@ class Loglik:
     n_tokens: int
 
 
+# -- records --------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Record:
     """One (checkpoint, task, item) result, as stored.
@@ -106,16 +217,281 @@ class Record:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Record:
+    def from_dict(cls, d: Mapping[str, Any]) -> Record:
         d = dict(d)
         d["token_ids"] = tuple(d.get("token_ids") or ())
         d["metrics"] = dict(d.get("metrics") or {})
         return cls(**d)
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """A checkpoint as the report names it: its path and content fingerprint."""
+# (task, item_id) -> (log P(end-of-turn) after the reference answer, mean log-prob per token of it)
+DriftValues = Mapping[tuple[str, str], tuple[float, float]]
 
-    path: str
-    fingerprint: str
+
+@dataclass(frozen=True)
+class RunResult:
+    """One checkpoint's records on a suite, and its probe values.
+
+    ``drift`` scores the reference's answers (the base's; for the base itself its own);
+    ``termination`` is the termination probe's generations; ``reused``: every record came
+    from the store, no engine was started.
+    """
+
+    checkpoint: Checkpoint
+    records: tuple[Record, ...]
+    store_path: str
+    reused: bool
+    backend_calls: int
+    drift: DriftValues = field(default_factory=dict)
+    termination: tuple[Generation, ...] = ()
+    eot: EotSetup | None = None
+    backend_requests: int = 0  # requests the backend answered this time (0: all from the store)
+
+
+# -- comparison -----------------------------------------------------------------------
+
+
+def _json_number(x: Any) -> Any:
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """The paired measures of one task (or of all items: ``Comparison.overall``).
+
+    Accuracies with Wilson 95% intervals (``_lo``/``_hi``), the paired delta with Newcombe's
+    interval, flips (counts, and rates with intervals), the exact two-sided McNemar p (and
+    Holm-adjusted across the suite's tasks), the drop detectable with 80% power, output
+    identity and answer change, non-termination and tail-repetition rates of generated
+    items, the generated-length ratio, and the drift means (None where no drift was
+    measured; ``stop_drift_n`` None where the items carry no drift at all).
+    """
+
+    name: str
+    n: int
+    acc_base: float
+    acc_base_lo: float
+    acc_base_hi: float
+    acc_candidate: float
+    acc_candidate_lo: float
+    acc_candidate_hi: float
+    delta: float
+    delta_lo: float
+    delta_hi: float
+    negative_flips: int
+    positive_flips: int
+    nfr: float
+    nfr_lo: float
+    nfr_hi: float
+    pfr: float
+    pfr_lo: float
+    pfr_hi: float
+    mcnemar_p: float
+    mcnemar_p_holm: float
+    mdd: float
+    identical_outputs: int
+    identity_rate: float
+    answer_change_rate: float
+    n_generated: int
+    nonterm_rate_base: float
+    nonterm_rate_candidate: float
+    loop_rate_base: float
+    loop_rate_candidate: float
+    length_ratio: float
+    stop_drift_mean: float | None = None
+    stop_drift_n: int | None = None
+    answer_drift_mean: float | None = None
+    answer_drift_n: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as summary.json writes it (drift keys only where drift was measured)."""
+        d = {k: _json_number(v) for k, v in asdict(self).items()}
+        for col in ("stop_drift", "answer_drift"):
+            if d[f"{col}_n"] is None:
+                del d[f"{col}_mean"], d[f"{col}_n"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TaskRow:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: (math.inf if k == "length_ratio" and v is None else v) for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class TerminationStats:
+    """One checkpoint's termination-probe generations, summarised."""
+
+    n: int
+    stop_rate: float
+    nonterm_rate: float
+    loop_rate: float
+    length_p50: float
+    length_p90: float
+    length_max: float
+    lengths: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ProbeExample:
+    """A candidate's probe generation that ran to the token limit (text cut at 2,000 chars)."""
+
+    output: str
+    finish: str
+    n_tokens: int
+
+
+@dataclass(frozen=True)
+class ProbeRow:
+    """The termination probe as the gate sees it: non-termination and loop rates of the
+    base and the candidate (the probe has no accuracy, so only the rise rules apply)."""
+
+    name: str
+    n: int
+    n_generated: int
+    nonterm_rate_base: float
+    nonterm_rate_candidate: float
+    loop_rate_base: float
+    loop_rate_candidate: float
+    base: TerminationStats
+    candidate: TerminationStats
+    examples: tuple[ProbeExample, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "probe": True}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ProbeRow:
+        def stats(s: Mapping[str, Any]) -> TerminationStats:
+            return TerminationStats(**{**s, "lengths": tuple(s.get("lengths") or ())})
+
+        return cls(
+            name=d["name"], n=d["n"], n_generated=d["n_generated"],
+            nonterm_rate_base=d["nonterm_rate_base"], nonterm_rate_candidate=d["nonterm_rate_candidate"],
+            loop_rate_base=d["loop_rate_base"], loop_rate_candidate=d["loop_rate_candidate"],
+            base=stats(d["base"]), candidate=stats(d["candidate"]),
+            examples=tuple(ProbeExample(**e) for e in d.get("examples") or ()),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """The base evaluated twice (``--noise-floor``): how many of its outputs changed.
+    ``batch_sizes`` None: the engine batches as it schedules (vLLM, servers)."""
+
+    changed: int
+    n: int
+    rate: float
+    batch_sizes: tuple[int, int] | None
+    bitwise_repeatable: bool
+
+    def note(self) -> str:
+        how = (
+            f"(batch sizes {self.batch_sizes[0]} and {self.batch_sizes[1]}, reversed order)"
+            if self.batch_sizes
+            else "(requests in reversed order)"
+        )
+        tail = (
+            "; the engine is bitwise repeatable here, the floor is zero"
+            if self.bitwise_repeatable
+            else f"; flips within {100 * self.rate:.2f}% of items are treated as noise"
+        )
+        return f"noise floor: {self.changed} of {self.n} base outputs changed between two runs of the base {how}{tail}"
+
+
+# -- gate -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The gate's limits for one task (see ``harness.gate`` for each rule)."""
+
+    max_acc_drop: float = 0.01
+    max_negative_flip_rate: float = 0.02
+    nfr_net_loss_only: bool = True
+    max_nonterm_rise: float = 0.01
+    max_loop_rise: float = 0.01
+    min_stop_drift: float = -1.0
+    min_identity_rate: float | None = None
+    max_detectable_drop: float = 0.05
+    alpha: float = 0.05
+    noise_floor: float = 0.0
+
+
+DEFAULT_SEVERITY: Mapping[str, str] = {
+    "acc_drop": "FAIL",
+    "negative_flips": "FAIL",
+    "nonterm": "FAIL",
+    "loops": "FAIL",
+    "stop_drift": "WARN",
+    "identity": "WARN",
+    "inconclusive": "WARN",
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Default thresholds, per-task overrides (only the keys a task sets), rule severities.
+
+    A task's own setting wins over the global one; a later layer (``--policy`` over the
+    suite's block over the code defaults) wins over an earlier one at the same level.
+    Built and checked by ``gate.parse_policy``.
+    """
+
+    defaults: Thresholds = field(default_factory=Thresholds)
+    tasks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    severity: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_SEVERITY))
+
+    def for_task(self, name: str) -> Thresholds:
+        own = self.tasks.get(name)
+        return replace(self.defaults, **own) if own else self.defaults
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    """One rule on one gated row: whether it fired, the measured value, its limit, the numbers."""
+
+    rule: str
+    task: str
+    severity: str
+    fired: bool
+    value: float | None
+    threshold: float | None
+    message: str
+    p_value: float | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """PASS / WARN / FAIL, one reason per rule that fired, and every rule's outcome."""
+
+    level: str
+    reasons: tuple[str, ...]
+    results: tuple[RuleOutcome, ...]
+
+    def exit_code(self, strict: bool = False) -> int:
+        if self.level == "FAIL" or (strict and self.level == "WARN"):
+            return 1
+        return 0
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Everything a report needs: both checkpoints, the item table, the task rows and the
+    overall row, the probe row, the verdict and the policy it was reached under, the
+    config findings, the noise floor when measured, and the detector's settings."""
+
+    base: Checkpoint
+    candidate: Checkpoint
+    suite: str
+    suite_hash: str
+    backend: str
+    items: pd.DataFrame
+    tasks: tuple[TaskRow, ...]
+    overall: TaskRow
+    verdict: Verdict
+    policy: Policy
+    warnings: tuple[str, ...] = ()
+    config_check: tuple[str, ...] = ()
+    termination: ProbeRow | None = None
+    noise_floor: NoiseFloor | None = None
+    detector: Mapping[str, Any] | None = None
