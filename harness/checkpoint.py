@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import CheckpointError
+from harness.types import LoadedCheckpoint
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "vocab.txt")
 META_FILES = (
@@ -330,3 +331,17 @@ def fingerprint(path: str | Path) -> str:
 def changed_files(old: dict[str, str], new: dict[str, str]) -> list[str]:
     """Names of files added, removed or changed between two ``fingerprint_files`` maps."""
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+# -- loaded once per run --------------------------------------------------------------
+
+
+def load(path: str | Path, trust_remote_code: bool = False) -> LoadedCheckpoint:
+    """Validate, fingerprint and read a checkpoint once: its tokenizer and end-of-turn
+    setup, shared by the store key, the backend and the probes of a run."""
+    from harness.probes import eot_setup
+
+    p = validate(path)
+    tokenizer = load_tokenizer(p, trust_remote_code)
+    files = fingerprint_files(p)
+    return LoadedCheckpoint(str(p), fingerprint_of(files), files, tokenizer, eot_setup(p, tokenizer))
