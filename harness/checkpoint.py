@@ -336,12 +336,17 @@ def changed_files(old: dict[str, str], new: dict[str, str]) -> list[str]:
 # -- loaded once per run --------------------------------------------------------------
 
 
-def load(path: str | Path, trust_remote_code: bool = False) -> LoadedCheckpoint:
-    """Validate, fingerprint and read a checkpoint once: its tokenizer and end-of-turn
-    setup, shared by the store key, the backend and the probes of a run."""
+def read(path: Path, tokenizer: Any) -> LoadedCheckpoint:
+    """A validated checkpoint (``validate``'s resolved path) and its loaded tokenizer, read
+    once per run: fingerprint and end-of-turn setup, shared by the store key, the backend
+    and the probes."""
     from harness.probes import eot_setup
 
+    files = fingerprint_files(path)
+    return LoadedCheckpoint(str(path), fingerprint_of(files), files, tokenizer, eot_setup(path, tokenizer))
+
+
+def load(path: str | Path, trust_remote_code: bool = False) -> LoadedCheckpoint:
+    """``validate``, load the tokenizer, ``read``: one checkpoint on its own (tests, bench)."""
     p = validate(path)
-    tokenizer = load_tokenizer(p, trust_remote_code)
-    files = fingerprint_files(p)
-    return LoadedCheckpoint(str(p), fingerprint_of(files), files, tokenizer, eot_setup(p, tokenizer))
+    return read(p, load_tokenizer(p, trust_remote_code))

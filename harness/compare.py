@@ -2,25 +2,24 @@
 
 ``pair(base, cand)`` joins the two record lists on (task, item_id) into one pandas frame
 (``ITEM_COLUMNS``), refusing items whose content hash differs or that one side lacks.
-``task_table(items)`` reduces it per task (and ``overall``) to accuracies with intervals,
+``task_table(items)`` reduces it to a ``TaskRow`` per task and one overall: accuracies with intervals,
 the paired delta and its interval, flips, McNemar p-values (Holm-corrected across tasks),
 answer-change and output-identity rates, non-termination and tail-repetition rates, and
-the length ratio. All of it is vectorised; 100k item pairs take well under a second.
+the length ratio. ``probe_row`` summarises the termination probe of both checkpoints as a
+``ProbeRow``. All of it is vectorised; 100k item pairs take well under a second.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from harness import detectors, stats
 from harness.errors import RegressError
-from harness.gate import Verdict
-from harness.types import Checkpoint, Record
+from harness.types import DriftValues, Generation, ProbeExample, ProbeRow, Record, TaskRow, TerminationStats
 
 ITEM_COLUMNS = (
     "task", "item_id", "kind", "metric", "prompt", "target",
@@ -129,8 +128,8 @@ def pair(base: Sequence[Record], cand: Sequence[Record]) -> tuple[pd.DataFrame, 
 
 def add_drift(
     items: pd.DataFrame,
-    base: dict[tuple[str, str], tuple[float, float]],
-    cand: dict[tuple[str, str], tuple[float, float]],
+    base: DriftValues,
+    cand: DriftValues,
 ) -> pd.DataFrame:
     """Per-item stop-token drift and base-answer drift (candidate minus base), in nats;
     NaN where the base did not answer and stop (no drift is defined there)."""
@@ -144,7 +143,11 @@ def add_drift(
     return out
 
 
-def _task_row(name: str, g: pd.DataFrame) -> dict[str, Any]:
+def _mean_or_none(vals: pd.Series) -> float | None:
+    return float(vals.mean()) if len(vals) else None
+
+
+def _task_row(name: str, g: pd.DataFrame) -> TaskRow:
     s = stats.paired_summary(g["correct_base"].to_numpy(), g["correct_cand"].to_numpy())
     gen = g[g["kind"] == "generate_until"]
     n_gen = len(gen)
@@ -153,50 +156,78 @@ def _task_row(name: str, g: pd.DataFrame) -> dict[str, Any]:
         return float(gen[col].mean()) if n_gen else 0.0
 
     len_b, len_c = float(gen["ntok_base"].sum()), float(gen["ntok_cand"].sum())
-    drift = {}
+    drift: dict[str, float | int | None] = {}
     for col in ("stop_drift", "answer_drift"):
         if col in g:
             vals = g[col].dropna()
-            drift[f"{col}_mean"] = float(vals.mean()) if len(vals) else None
+            drift[f"{col}_mean"] = _mean_or_none(vals)
             drift[f"{col}_n"] = int(len(vals))
-    return {
-        **drift,
-        "name": name,
-        **s,
-        "identical_outputs": int(g["identical"].sum()),
-        "identity_rate": float(g["identical"].mean()) if len(g) else 1.0,
-        "answer_change_rate": float(g["answer_changed"].mean()) if len(g) else 0.0,
-        "n_generated": n_gen,
-        "nonterm_rate_base": rate("nonterm_base"),
-        "nonterm_rate_candidate": rate("nonterm_cand"),
-        "loop_rate_base": rate("loop_base"),
-        "loop_rate_candidate": rate("loop_cand"),
-        "length_ratio": (len_c / len_b) if len_b else (1.0 if not len_c else float("inf")),
-    }
+    return TaskRow(
+        name=name,
+        **s,  # type: ignore[arg-type]  # paired_summary's keys are TaskRow's accuracy fields
+        mcnemar_p_holm=s["mcnemar_p"],  # adjusted across tasks by task_table
+        identical_outputs=int(g["identical"].sum()),
+        identity_rate=float(g["identical"].mean()) if len(g) else 1.0,
+        answer_change_rate=float(g["answer_changed"].mean()) if len(g) else 0.0,
+        n_generated=n_gen,
+        nonterm_rate_base=rate("nonterm_base"),
+        nonterm_rate_candidate=rate("nonterm_cand"),
+        loop_rate_base=rate("loop_base"),
+        loop_rate_candidate=rate("loop_cand"),
+        length_ratio=(len_c / len_b) if len_b else (1.0 if not len_c else float("inf")),
+        **drift,  # type: ignore[arg-type]
+    )
 
 
-def task_table(items: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per-task rows (suite order preserved) plus a final ``overall`` row."""
+def task_table(items: pd.DataFrame) -> tuple[tuple[TaskRow, ...], TaskRow]:
+    """Per-task rows (suite order preserved; McNemar p Holm-adjusted across the tasks) and
+    the overall row over all items (its Holm p is its own)."""
     names = list(dict.fromkeys(items["task"]))
     rows = [_task_row(t, items[items["task"] == t]) for t in names]
-    for row, p in zip(rows, stats.holm([r["mcnemar_p"] for r in rows])):
-        row["mcnemar_p_holm"] = p
-    overall = _task_row("overall", items)
-    overall["mcnemar_p_holm"] = overall["mcnemar_p"]
-    return [*rows, overall]
+    adjusted = stats.holm([r.mcnemar_p for r in rows])
+    return tuple(replace(r, mcnemar_p_holm=p) for r, p in zip(rows, adjusted)), _task_row("overall", items)
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """Everything a report needs: both checkpoints, the item table, task rows, verdict."""
+def termination_stats(gens: Sequence[Generation]) -> TerminationStats:
+    """One checkpoint's termination-probe generations: stop, non-termination and loop
+    rates, and output-length quantiles."""
+    n = len(gens)
+    lengths = sorted(g.n_tokens for g in gens)
+    loops = [
+        (detectors.tail_repetition(g.token_ids) if g.token_ids else detectors.tail_repetition_text(g.text))
+        is not None
+        for g in gens
+    ]
 
-    base: Checkpoint
-    candidate: Checkpoint
-    suite: str
-    suite_hash: str
-    backend: str
-    items: pd.DataFrame
-    tasks: list[dict[str, Any]]
-    verdict: Verdict
-    warnings: tuple[str, ...] = ()
-    extras: dict[str, Any] = field(default_factory=dict)
+    def q(p: float) -> float:
+        return float(lengths[min(n - 1, int(p * (n - 1) + 0.5))]) if n else 0.0
+
+    return TerminationStats(
+        n=n,
+        stop_rate=sum(g.finish != "length" for g in gens) / n if n else 1.0,
+        nonterm_rate=sum(g.finish == "length" for g in gens) / n if n else 0.0,
+        loop_rate=sum(loops) / n if n else 0.0,
+        length_p50=q(0.5),
+        length_p90=q(0.9),
+        length_max=float(lengths[-1]) if n else 0.0,
+        lengths=tuple(lengths),
+    )
+
+
+def probe_row(base: Sequence[Generation], cand: Sequence[Generation]) -> ProbeRow | None:
+    """The termination probe as a gated row (rates only; the probe has no accuracy)."""
+    if not base or not cand:
+        return None
+    b, c = termination_stats(base), termination_stats(cand)
+    return ProbeRow(
+        name="probe:termination",
+        n=b.n,
+        n_generated=b.n,
+        nonterm_rate_base=b.nonterm_rate,
+        nonterm_rate_candidate=c.nonterm_rate,
+        loop_rate_base=b.loop_rate,
+        loop_rate_candidate=c.loop_rate,
+        base=b,
+        candidate=c,
+        examples=tuple(ProbeExample(g.text[:2000], g.finish, g.n_tokens) for g in cand if g.finish == "length")[:10],
+    )

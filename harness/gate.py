@@ -9,10 +9,11 @@ suite's ``policy:`` block and then by ``--policy FILE`` (YAML), globally or per 
     severity: {identity: FAIL, stop_drift: "off"}   # FAIL, WARN or off, per rule
 
 Unknown keys, wrong types and out-of-range values are rejected with a one-line
-``PolicyError`` naming the file and the key. ``judge(tasks, policy)`` evaluates every rule
-on every task row of ``compare.task_table`` (the ``overall`` row is reported, not gated)
-and returns a ``Verdict``: the level, one reason per rule that fired (with its numbers
-and limit) and one ``RuleResult`` per (task, rule) for junit.xml. Exit codes: PASS 0,
+``PolicyError`` naming the file and the key. ``judge(tasks, policy, probes)`` evaluates
+every rule on every ``TaskRow`` of ``compare.task_table`` (the overall row is reported, not
+gated) and the rise rules on each ``ProbeRow``, and returns a ``Verdict``: the level, one
+reason per rule that fired (with its numbers and limit) and one ``RuleOutcome`` per (task,
+rule) for junit.xml. Exit codes: PASS 0,
 WARN 0 (1 with --strict), FAIL 1. ``policy_to_dict`` writes a policy back in the YAML
 form, so summary.json records the policy a verdict was reached under.
 
@@ -81,15 +82,15 @@ comparisons):
   accuracy 0.8, ~10% churn): a 3-point drop in a 1,000-item task fires 84% of the time
   (54% when it is one of five tasks, after Holm); nulls fire 3.6-4%. Power falls as churn
   rises: at 1,000 items, 80% power for 3 points needs churn under ~12%.
-- A task's own setting beats a global one, whatever the layer; ``Policy.override`` sets a
+- A task's own setting beats a global one, whatever the layer; ``override(policy, ...)`` sets a
   value everywhere (the measured noise floor).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,24 +98,22 @@ from scipy import stats as sps
 
 from harness import stats
 from harness.errors import PolicyError
+from harness.types import (
+    DEFAULT_SEVERITY,
+    LEVELS,
+    Policy,
+    ProbeRow,
+    RuleOutcome,
+    TaskRow,
+    Thresholds,
+    Verdict,
+)  # fmt: skip
 
-LEVELS = ("PASS", "WARN", "FAIL")
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """One task's limits; see the module docstring for each rule."""
-
-    max_acc_drop: float = 0.01
-    max_negative_flip_rate: float = 0.02
-    nfr_net_loss_only: bool = True
-    max_nonterm_rise: float = 0.01
-    max_loop_rise: float = 0.01
-    min_stop_drift: float = -1.0
-    min_identity_rate: float | None = None
-    max_detectable_drop: float = 0.05
-    alpha: float = 0.05
-    noise_floor: float = 0.0
+# Re-exported: the gate's records live in harness.types with the others.
+__all__ = [
+    "LEVELS", "DEFAULT_SEVERITY", "Policy", "RuleOutcome", "Thresholds", "Verdict",
+    "judge", "load_policy_file", "override", "parse_policy", "policy_to_dict",
+]  # fmt: skip
 
 
 # key -> (kind, low, high, low_open): kind is "rate" (a number in [low, high]), "real"
@@ -134,68 +133,17 @@ _SPEC: dict[str, tuple[str, float, float, bool]] = {
 _OPTIONAL = {f.name for f in fields(Thresholds) if "None" in str(f.type)}
 assert set(_SPEC) == {f.name for f in fields(Thresholds)}
 
-DEFAULT_SEVERITY = {
-    "acc_drop": "FAIL",
-    "negative_flips": "FAIL",
-    "nonterm": "FAIL",
-    "loops": "FAIL",
-    "stop_drift": "WARN",
-    "identity": "WARN",
-    "inconclusive": "WARN",
-}
 _NEVER_OFF = {"inconclusive"}  # a too-small task may never pass silently
 
 
-@dataclass(frozen=True)
-class Policy:
-    """Default thresholds, per-task overrides (only the keys a task sets), rule severities.
-
-    A task's own setting wins over the global one; a later layer (``--policy`` over the
-    suite's block over the code defaults) wins over an earlier one at the same level.
-    """
-
-    defaults: Thresholds = field(default_factory=Thresholds)
-    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
-    severity: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SEVERITY))
-
-    def for_task(self, name: str) -> Thresholds:
-        own = self.tasks.get(name)
-        return replace(self.defaults, **own) if own else self.defaults
-
-    def override(self, **values: Any) -> Policy:
-        """The same policy with ``values`` set for every task (e.g. a measured noise floor)."""
-        unknown = set(values) - set(_SPEC)
-        if unknown:
-            raise PolicyError(f"override: unknown policy key {sorted(unknown)[0]!r}")
-        checked = {k: _value(k, v, "override") for k, v in values.items()}
-        tasks = {name: {k: v for k, v in own.items() if k not in checked} for name, own in self.tasks.items()}
-        return Policy(replace(self.defaults, **checked), tasks, dict(self.severity))
-
-
-@dataclass(frozen=True)
-class RuleResult:
-    """One rule on one task: whether it fired, the measured value, its limit, the numbers."""
-
-    rule: str
-    task: str
-    severity: str
-    fired: bool
-    value: float | None
-    threshold: float | None
-    message: str
-    p_value: float | None = None
-
-
-@dataclass(frozen=True)
-class Verdict:
-    level: str
-    reasons: tuple[str, ...]
-    results: tuple[RuleResult, ...]
-
-    def exit_code(self, strict: bool = False) -> int:
-        if self.level == "FAIL" or (strict and self.level == "WARN"):
-            return 1
-        return 0
+def override(policy: Policy, **values: Any) -> Policy:
+    """The same policy with ``values`` set for every task (e.g. a measured noise floor)."""
+    unknown = set(values) - set(_SPEC)
+    if unknown:
+        raise PolicyError(f"override: unknown policy key {sorted(unknown)[0]!r}")
+    checked = {k: _value(k, v, "override") for k, v in values.items()}
+    tasks = {name: {k: v for k, v in own.items() if k not in checked} for name, own in policy.tasks.items()}
+    return Policy(replace(policy.defaults, **checked), tasks, dict(policy.severity))
 
 
 # -- policy parsing -------------------------------------------------------------------
@@ -227,7 +175,7 @@ def _overrides(raw: Any, where: str) -> dict[str, Any]:
     return {k: _value(k, v, where) for k, v in raw.items()}
 
 
-def _severity(raw: Any, base: dict[str, str], where: str) -> dict[str, str]:
+def _severity(raw: Any, base: Mapping[str, str], where: str) -> dict[str, str]:
     if not isinstance(raw, dict):
         raise PolicyError(f"{where}: policy key 'severity' must map rule names to FAIL, WARN or off")
     out = dict(base)
@@ -316,35 +264,47 @@ def p_rise(k_base: int, k_cand: int, n: int) -> float:
     return p_drop(up, down)
 
 
-def _has_accuracy(t: dict[str, Any]) -> bool:
-    """Task rows have paired accuracy; probe rows (e.g. termination) carry only rates."""
-    return "negative_flips" in t and "delta" in t
+GatedRow = TaskRow | ProbeRow  # a probe row has rates only: the accuracy rules skip it
 
 
-def _evidence(tasks: list[dict[str, Any]], policy: Policy) -> dict[str, dict[str, float]]:
-    """Per task: Holm-adjusted one-sided p-values of each family, and the gate's MDD."""
-    out = {t["name"]: {"p_drop": 1.0, "p_nonterm": 1.0, "p_loop": 1.0} for t in tasks}
+@dataclass(frozen=True)
+class Evidence:
+    """What the rules of one row share: Holm-adjusted one-sided p-values of each rule family,
+    and the drop the gate detects with 80% power (tasks only)."""
+
+    p_drop: float = 1.0
+    p_nonterm: float = 1.0
+    p_loop: float = 1.0
+    mdd_gate: float = 0.0
+
+
+def _evidence(rows: Sequence[GatedRow], policy: Policy) -> dict[str, Evidence]:
+    """Per row: the one-sided p-values of each family, Holm-adjusted across the rows."""
     raw: dict[str, dict[str, float]] = {"p_drop": {}, "p_nonterm": {}, "p_loop": {}}
-    scored = [t for t in tasks if _has_accuracy(t)]
-    for t in scored:
-        if t["n"]:
-            raw["p_drop"][t["name"]] = p_drop(int(t["negative_flips"]), int(t["positive_flips"]))
+    tasks = [t for t in rows if isinstance(t, TaskRow)]
     for t in tasks:
-        n_gen = int(t.get("n_generated") or 0)
-        for key, fam in (("nonterm", "p_nonterm"), ("loop", "p_loop")):
-            if n_gen:
-                kb = round(t[f"{key}_rate_base"] * n_gen)
-                kc = round(t[f"{key}_rate_candidate"] * n_gen)
-                raw[fam][t["name"]] = p_rise(kb, kc, n_gen)
+        if t.n:
+            raw["p_drop"][t.name] = p_drop(t.negative_flips, t.positive_flips)
+    for r in rows:
+        if r.n_generated:
+            pairs = (("p_nonterm", r.nonterm_rate_base, r.nonterm_rate_candidate),
+                     ("p_loop", r.loop_rate_base, r.loop_rate_candidate))  # fmt: skip
+            for fam, rate_b, rate_c in pairs:
+                raw[fam][r.name] = p_rise(round(rate_b * r.n_generated), round(rate_c * r.n_generated), r.n_generated)
+    adjusted: dict[str, dict[str, float]] = {r.name: {} for r in rows}
     for fam, ps in raw.items():
         for name, p in zip(ps, stats.holm(list(ps.values()))):
-            out[name][fam] = p
+            adjusted[name][fam] = p
     m = max(len(raw["p_drop"]), 1)
-    for t in scored:
-        alpha = policy.for_task(t["name"]).alpha
-        psi = (t["negative_flips"] + t["positive_flips"]) / t["n"] if t["n"] else 0.0
-        # one-sided at alpha / m is two-sided at 2 * alpha / m
-        out[t["name"]]["mdd_gate"] = stats.min_detectable_drop(int(t["n"]), psi, alpha=2 * alpha / m)
+    out = {}
+    for r in rows:
+        mdd = 0.0
+        if isinstance(r, TaskRow):
+            alpha = policy.for_task(r.name).alpha
+            psi = (r.negative_flips + r.positive_flips) / r.n if r.n else 0.0
+            # one-sided at alpha / m is two-sided at 2 * alpha / m
+            mdd = stats.min_detectable_drop(r.n, psi, alpha=2 * alpha / m)
+        out[r.name] = Evidence(**adjusted[r.name], mdd_gate=mdd)
     return out
 
 
@@ -359,96 +319,109 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-# A rule maps (task row with evidence, thresholds) to (fired, value, limit, message, p), or
-# None when it does not apply to the task.
-Outcome = tuple[bool, float | None, float | None, str, float | None]
-Rule = Callable[[dict[str, Any], Thresholds], Outcome | None]
+@dataclass(frozen=True)
+class Outcome:
+    """What a rule measured on one row: whether it fired, the value, its limit, the message."""
+
+    fired: bool
+    value: float | None
+    limit: float | None
+    message: str
+    p_value: float | None = None
 
 
-def _acc_drop(t: dict[str, Any], th: Thresholds) -> Outcome | None:
-    if not _has_accuracy(t):
+# A rule maps (row, its evidence, thresholds) to an Outcome, or None when it does not
+# apply to the row.
+Rule = Callable[[GatedRow, Evidence, Thresholds], Outcome | None]
+
+
+def _acc_drop(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
+    if not isinstance(t, TaskRow):
         return None
-    drop, p = -t["delta"], t["p_drop"]
-    beyond_noise = t["negative_flips"] - t["positive_flips"] > th.noise_floor * t["n"]
+    drop, p = -t.delta, ev.p_drop
+    beyond_noise = t.negative_flips - t.positive_flips > th.noise_floor * t.n
     fired = drop > th.max_acc_drop and p < th.alpha and beyond_noise
     msg = (
-        f"accuracy {t['acc_base']:.3f} -> {t['acc_candidate']:.3f} ({_pts(t['delta'])}, "
-        f"95% CI [{_pts(t['delta_lo'])}, {_pts(t['delta_hi'])}]; one-sided McNemar p={p:.2g} (Holm), "
+        f"accuracy {t.acc_base:.3f} -> {t.acc_candidate:.3f} ({_pts(t.delta)}, "
+        f"95% CI [{_pts(t.delta_lo)}, {_pts(t.delta_hi)}]; one-sided McNemar p={p:.2g} (Holm), "
         f"alpha {th.alpha:g}); limit: drop {_pts(-th.max_acc_drop)[1:]}"
     )
-    return fired, drop, th.max_acc_drop, msg, p
+    return Outcome(fired, drop, th.max_acc_drop, msg, p)
 
 
-def _negative_flips(t: dict[str, Any], th: Thresholds) -> Outcome | None:
-    if not _has_accuracy(t):
+def _negative_flips(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
+    if not isinstance(t, TaskRow):
         return None
-    lo = t["nfr_lo"] - th.noise_floor
-    p = t["p_drop"]
+    lo = t.nfr_lo - th.noise_floor
+    p = ev.p_drop
     many = lo > th.max_negative_flip_rate
     net = p < th.alpha
     fired = many and (net or not th.nfr_net_loss_only)
     msg = (
-        f"{t['negative_flips']} of {t['n']} items right->wrong (NFR {_pct(t['nfr'])}, 95% CI "
-        f"[{_pct(t['nfr_lo'])}, {_pct(t['nfr_hi'])}]) vs {t['positive_flips']} wrong->right "
-        f"(PFR {_pct(t['pfr'])}; one-sided p={p:.2g} (Holm)); limit: NFR lower bound "
+        f"{t.negative_flips} of {t.n} items right->wrong (NFR {_pct(t.nfr)}, 95% CI "
+        f"[{_pct(t.nfr_lo)}, {_pct(t.nfr_hi)}]) vs {t.positive_flips} wrong->right "
+        f"(PFR {_pct(t.pfr)}; one-sided p={p:.2g} (Holm)); limit: NFR lower bound "
         f"{_pct(th.max_negative_flip_rate)}" + (" with a significant net loss" if th.nfr_net_loss_only else "")
     )
-    return fired, t["nfr"], th.max_negative_flip_rate, msg, p
+    return Outcome(fired, t.nfr, th.max_negative_flip_rate, msg, p)
 
 
-def _rise(key: str, label: str) -> Rule:
-    def rule(t: dict[str, Any], th: Thresholds) -> Outcome | None:
-        if not t.get("n_generated"):
-            return None
-        b, c = t[f"{key}_rate_base"], t[f"{key}_rate_candidate"]
-        limit = th.max_nonterm_rise if key == "nonterm" else th.max_loop_rise
-        p = t[f"p_{key}"]
-        fired = c - b > limit and p < th.alpha
-        msg = (
-            f"{label} {_pct(b)} -> {_pct(c)} of {t['n_generated']} generations ({_pts(c - b)}; "
-            f"one-sided p={p:.2g} (Holm)); limit: rise {_pts(limit)[1:]}"
-        )
-        return fired, c - b, limit, msg, p
-
-    return rule
+def _nonterm(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
+    return _rise("non-termination", t, t.nonterm_rate_base, t.nonterm_rate_candidate, th.max_nonterm_rise,
+                 ev.p_nonterm, th)  # fmt: skip
 
 
-def _stop_drift(t: dict[str, Any], th: Thresholds) -> Outcome | None:
-    d = t.get("stop_drift_mean")
-    if d is None or (isinstance(d, float) and math.isnan(d)):
+def _loops(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
+    return _rise("tail repetition", t, t.loop_rate_base, t.loop_rate_candidate, th.max_loop_rise, ev.p_loop, th)
+
+
+def _rise(label: str, t: GatedRow, b: float, c: float, limit: float, p: float, th: Thresholds) -> Outcome | None:
+    if not t.n_generated:
+        return None
+    fired = c - b > limit and p < th.alpha
+    msg = (
+        f"{label} {_pct(b)} -> {_pct(c)} of {t.n_generated} generations ({_pts(c - b)}; "
+        f"one-sided p={p:.2g} (Holm)); limit: rise {_pts(limit)[1:]}"
+    )
+    return Outcome(fired, c - b, limit, msg, p)
+
+
+def _stop_drift(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
+    d = t.stop_drift_mean if isinstance(t, TaskRow) else None
+    if d is None or math.isnan(d):
         return None
     msg = f"mean stop-token drift {d:+.2f} nats; limit {th.min_stop_drift:+.2f} nats"
-    return d < th.min_stop_drift, d, th.min_stop_drift, msg, None
+    return Outcome(d < th.min_stop_drift, d, th.min_stop_drift, msg)
 
 
-def _identity(t: dict[str, Any], th: Thresholds) -> Outcome | None:
-    if th.min_identity_rate is None or "identity_rate" not in t:
+def _identity(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
+    if th.min_identity_rate is None or not isinstance(t, TaskRow):
         return None
-    r = t["identity_rate"]
+    r = t.identity_rate
     msg = f"{_pct(r)} of outputs byte-identical to the base's; limit {_pct(th.min_identity_rate)}"
-    return r < th.min_identity_rate, r, th.min_identity_rate, msg, None
+    return Outcome(r < th.min_identity_rate, r, th.min_identity_rate, msg)
 
 
-def _inconclusive(t: dict[str, Any], th: Thresholds) -> Outcome | None:
-    if not _has_accuracy(t):
+def _inconclusive(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
+    if not isinstance(t, TaskRow):
         return None
-    mdd, limit = t["mdd_gate"], th.max_detectable_drop
+    mdd, limit = ev.mdd_gate, th.max_detectable_drop
     # Moot when a drop was detected, or when the interval already rules out a drop of
     # `limit` (a task that learned a new skill has high churn but proves no big drop).
-    open_question = t["p_drop"] >= th.alpha and t["delta_lo"] < -limit
+    open_question = ev.p_drop >= th.alpha and t.delta_lo < -limit
     msg = (
-        f"with {t['n']} items the smallest drop this gate detects with 80% power is "
-        f"{100 * mdd:.1f} pts and the 95% CI [{_pts(t['delta_lo'])}, {_pts(t['delta_hi'])}] does not "
+        f"with {t.n} items the smallest drop this gate detects with 80% power is "
+        f"{100 * mdd:.1f} pts and the 95% CI [{_pts(t.delta_lo)}, {_pts(t.delta_hi)}] does not "
         f"rule out a {100 * limit:.1f}-pt drop; limit {100 * limit:.1f} pts (add items)"
     )
-    return mdd > limit and open_question, mdd, limit, msg, None
+    return Outcome(mdd > limit and open_question, mdd, limit, msg)
 
 
 RULES: dict[str, Rule] = {
     "acc_drop": _acc_drop,
     "negative_flips": _negative_flips,
-    "nonterm": _rise("nonterm", "non-termination"),
-    "loops": _rise("loop", "tail repetition"),
+    "nonterm": _nonterm,
+    "loops": _loops,
     "stop_drift": _stop_drift,
     "identity": _identity,
     "inconclusive": _inconclusive,
@@ -456,27 +429,22 @@ RULES: dict[str, Rule] = {
 assert set(RULES) == set(DEFAULT_SEVERITY)
 
 
-def judge(tasks: list[dict[str, Any]], policy: Policy) -> Verdict:
-    """Apply every rule to every task row (the ``overall`` row is reported, not gated).
-
-    A row without paired accuracy (a probe row with only non-termination and loop rates)
-    gets only the rules its numbers support.
-    """
-    gated = [t for t in tasks if t["name"] != "overall"]
-    evidence = _evidence(gated, policy)
-    results: list[RuleResult] = []
-    for t in gated:
-        th = policy.for_task(t["name"])
-        row = {**t, **evidence[t["name"]]}
+def judge(tasks: Sequence[TaskRow], policy: Policy, probes: Sequence[ProbeRow] = ()) -> Verdict:
+    """Apply every rule to every task row and probe row (the overall row is reported, not
+    gated). A probe row gets only the rules its numbers support (the rises)."""
+    rows: list[GatedRow] = [*tasks, *probes]
+    evidence = _evidence(rows, policy)
+    results: list[RuleOutcome] = []
+    for t in rows:
+        th = policy.for_task(t.name)
         for rule, fn in RULES.items():
             sev = policy.severity.get(rule, "WARN")
             if sev == "off":
                 continue
-            out = fn(row, th)
-            if out is None:
-                continue
-            fired, value, limit, msg, p = out
-            results.append(RuleResult(rule, t["name"], sev, bool(fired), value, limit, msg, p))
+            out = fn(t, evidence[t.name], th)
+            if out is not None:
+                results.append(RuleOutcome(rule, t.name, sev, bool(out.fired), out.value, out.limit, out.message,
+                                           out.p_value))  # fmt: skip
     fired_rules = [r for r in results if r.fired]
     level = "FAIL" if any(r.severity == "FAIL" for r in fired_rules) else "WARN" if fired_rules else "PASS"
     reasons = tuple(f"[{r.severity}] {r.task} {r.rule}: {r.message}" for r in fired_rules)

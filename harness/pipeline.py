@@ -1,38 +1,87 @@
-"""The top-level run, as a short list of named stage calls.
+"""The one orchestrator: every command that runs checkpoints is a short list of stage calls.
 
-    suite -> evaluate(base) -> evaluate(candidate) -> pair -> task_table -> judge -> report
+    preflight -> evaluate(base) -> evaluate(candidate) -> pair -> task_table -> judge -> report
 
-``run_comparison`` is what ``regress compare`` and ``make regress`` call; ``rejudge`` is
-``regress gate``: the same last stages on stored items, with no model run.
+* ``run_one`` is ``regress run``: one checkpoint's records.
+* ``run_comparison`` is ``regress compare`` and ``make regress``.
+* ``run_trend`` is ``regress trend``: the base once, then each checkpoint of a training run
+  (``harness.trend`` orders them by step and writes the trend report).
+* ``rejudge`` is ``regress gate``: the last stages on a stored report, no model run.
+
+``preflight`` checks every input of a run before anything is written (the backend's name,
+each checkpoint, the tokenizers' agreement, the store and report folders) and reads each
+checkpoint once (``LoadedCheckpoint``: fingerprint, tokenizer, end-of-turn setup), which
+every later stage is handed.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from harness import checkpoint as ckpt
 from harness import detectors, probes
-from harness.backends import hf_batching
-from harness.compare import Comparison, add_drift, pair, task_table
+from harness.backends import BACKENDS, rerun_options
+from harness.compare import add_drift, pair, probe_row, task_table
 from harness.config import RunConfig
-from harness.errors import RegressError
-from harness.gate import Policy, judge, load_policy_file, parse_policy
-from harness.runner import RunResult, evaluate, preflight
+from harness.errors import BackendError, RegressError
+from harness.gate import judge, load_policy_file, override, parse_policy
+from harness.runner import evaluate
 from harness.store import check_writable
-from harness.suites import Suite, load_suite
+from harness.suites import load_suite
+from harness.trend import TrendPoint, points_of, write_trend
+from harness.types import Checkpoint, Comparison, LoadedCheckpoint, NoiseFloor, Policy, ProbeRow, RunResult, Suite
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class CompareRequest:
+    """What ``regress compare`` asks for: two checkpoints, the run's settings, where to write."""
+
     base: str
     model: str
     config: RunConfig
     out: str | None = None
     policy_file: str | None = None
     noise_floor: bool = False
+
+
+# -- preflight ------------------------------------------------------------------------
+
+
+def preflight(paths: Sequence[str], suite: Suite, cfg: RunConfig, out: Path | None = None) -> list[LoadedCheckpoint]:
+    """Check everything a run needs before any store or report folder is made, and read
+    each checkpoint once.
+
+    The backend's name; every checkpoint folder (all of them before any is read, so a
+    missing candidate is said at once); each one's tokenizer and, if the suite needs one,
+    chat template; that every other checkpoint's vocabulary matches the first's (the
+    base; a warning when only their tokenizer files differ); the store and report folders.
+    """
+    if cfg.backend not in BACKENDS:
+        raise BackendError(f"unknown backend {cfg.backend!r}; choose one of: {', '.join(BACKENDS)}")
+    resolved = [ckpt.validate(p) for p in paths]
+    loaded = []
+    for path, p in zip(paths, resolved):
+        tok = ckpt.load_tokenizer(p, cfg.options.trust_remote_code)
+        if suite.chat_template and not getattr(tok, "chat_template", None):
+            raise RegressError(f"checkpoint {path} has no chat template, which suite {suite.name!r} needs")
+        loaded.append(tok)
+    for tok, p in zip(loaded[1:], resolved[1:]):
+        warning = ckpt.compare_tokenizers(loaded[0], tok, resolved[0], p)
+        if warning:
+            log.warning("regress: warning: %s", warning)
+    check_writable(Path(cfg.store_dir), "record store")
+    if out is not None:
+        check_writable(out, "output folder")
+    return [ckpt.read(p, tok) for p, tok in zip(resolved, loaded)]
 
 
 def build_policy(suite: Suite, policy_file: str | None) -> Policy:
@@ -46,28 +95,97 @@ def default_out(base: str, model: str, suite: str) -> Path:
     return Path("reports") / f"{Path(model).name}-vs-{Path(base).name}-{suite}"
 
 
-def termination_row(base: RunResult, cand: RunResult) -> dict[str, Any] | None:
-    """The termination probe as a gate row (rates only; the probe has no accuracy)."""
-    if not base.termination or not cand.termination:
-        return None
-    b, c = probes.termination_stats(base.termination), probes.termination_stats(cand.termination)
-    return {
-        "name": "probe:termination",
-        "probe": True,
-        "n": b["n"],
-        "n_generated": b["n"],
-        "nonterm_rate_base": b["nonterm_rate"],
-        "nonterm_rate_candidate": c["nonterm_rate"],
-        "loop_rate_base": b["loop_rate"],
-        "loop_rate_candidate": c["loop_rate"],
-        "base": b,
-        "candidate": c,
-        "examples": [
-            {"output": g.text[:2000], "finish": g.finish, "n_tokens": g.n_tokens}
-            for g in cand.termination
-            if g.finish == "length"
-        ][:10],
-    }
+# -- the commands ---------------------------------------------------------------------
+
+
+def run_one(path: str, cfg: RunConfig) -> RunResult:
+    """``regress run``: one checkpoint's records on the suite (stored, or computed and stored)."""
+    suite = load_suite(cfg.suite)
+    (loaded,) = preflight([path], suite, cfg)
+    return evaluate(loaded, suite, cfg)
+
+
+def run_comparison(req: CompareRequest) -> tuple[Comparison, Path]:
+    """``regress compare``: base and candidate on the suite, compared, judged and reported."""
+    from harness.report import write_report
+
+    suite = load_suite(req.config.suite)
+    policy = build_policy(suite, req.policy_file)
+    out = Path(req.out) if req.out else default_out(req.base, req.model, suite.name)
+    base_ck, cand_ck = preflight((req.base, req.model), suite, req.config, out)  # all bad input, before any write
+    base = evaluate(base_ck, suite, req.config)
+    nf = noise_floor(base_ck, suite, req.config, base) if req.noise_floor else None
+    if nf is not None:
+        policy = override(policy, noise_floor=nf.rate)
+    cand = evaluate(cand_ck, suite, req.config, reference=base.records)
+    cmp = comparison_of(base, cand, suite, req.config.backend, policy, nf)
+    return cmp, write_report(cmp, out)
+
+
+def run_trend(
+    base: str, checkpoints: Sequence[str], cfg: RunConfig, out: Path, policy_file: str | None
+) -> list[TrendPoint]:
+    """``regress trend``: each checkpoint against the base (evaluated once; every
+    checkpoint checked before any is run), ordered by step, written as trend.html/json."""
+    suite = load_suite(cfg.suite)
+    policy = build_policy(suite, policy_file)
+    base_ck, *cands = preflight([base, *checkpoints], suite, cfg, out)
+    base_run = evaluate(base_ck, suite, cfg)
+    comparisons = []
+    for ck in cands:
+        cand = evaluate(ck, suite, cfg, reference=base_run.records)
+        comparisons.append(comparison_of(base_run, cand, suite, cfg.backend, policy))
+    points, by_step = points_of(list(checkpoints), comparisons)
+    write_trend(base, points, out, "step" if by_step else "position given")
+    return points
+
+
+def rejudge(report_dir: str, policy_file: str | None) -> tuple[Comparison, Path]:
+    """``regress gate``: re-judge a stored report's items under a (new) policy, no model run."""
+    from harness.report import write_report
+
+    d = Path(report_dir)
+    try:
+        summary: dict[str, Any] = json.loads((d / "summary.json").read_text())
+        items = pd.read_parquet(d / "items.parquet")
+        base, cand = Checkpoint(**summary["base"]), Checkpoint(**summary["candidate"])
+        suite_name, suite_hash = summary["suite"]["name"], summary["suite"]["hash"]
+        stored_probe = (summary.get("probes") or {}).get("termination")
+        term = ProbeRow.from_dict(stored_probe) if stored_probe else None
+        nf = NoiseFloor(**{**summary["noise_floor"], "batch_sizes": _pair_or_none(summary["noise_floor"])}) \
+            if summary.get("noise_floor") else None  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RegressError(f"{report_dir} is not a regress report folder ({type(e).__name__}: {e})") from e
+    policy = _stored_policy(summary, d, policy_file)
+    tasks, overall = task_table(items)
+    cmp = Comparison(
+        base, cand, suite_name, suite_hash, summary.get("backend", "?"), items, tasks, overall,
+        judge(tasks, policy, (term,) if term else ()), policy,
+        warnings=tuple(summary.get("warnings", [])), config_check=tuple(summary.get("config_check") or ()),
+        termination=term, noise_floor=nf, detector=summary.get("detector"),
+    )  # fmt: skip
+    return cmp, write_report(cmp, d)
+
+
+# -- stages ---------------------------------------------------------------------------
+
+
+def comparison_of(
+    base: RunResult, cand: RunResult, suite: Suite, backend: str, policy: Policy, nf: NoiseFloor | None = None
+) -> Comparison:
+    """Pair the two runs item by item, measure, run the detectors and judge."""
+    items, warnings = pair(base.records, cand.records)
+    items = add_drift(items, base.drift, cand.drift)
+    tasks, overall = task_table(items)
+    term = probe_row(base.termination, cand.termination)
+    verdict = judge(tasks, policy, (term,) if term else ())
+    findings = tuple(config_check(base, cand))
+    notes = (nf.note(),) if nf is not None else ()
+    return Comparison(
+        base.checkpoint, cand.checkpoint, suite.name, suite.content_hash, backend, items, tasks, overall, verdict,
+        policy, warnings=(*warnings, *findings, *notes), config_check=findings, termination=term, noise_floor=nf,
+        detector=detectors.table_scores(),
+    )  # fmt: skip
 
 
 def config_check(base: RunResult, cand: RunResult) -> list[str]:
@@ -78,108 +196,31 @@ def config_check(base: RunResult, cand: RunResult) -> list[str]:
     return out
 
 
-def comparison_of(base: RunResult, cand: RunResult, suite: Suite, backend: str, policy: Policy) -> Comparison:
-    items, warnings = pair(base.records, cand.records)
-    items = add_drift(items, base.drift, cand.drift)
-    tasks = task_table(items)
-    term = termination_row(base, cand)
-    gated = [*tasks, term] if term is not None else tasks
-    verdict = judge(gated, policy)
-    findings = config_check(base, cand)
-    extras: dict[str, Any] = {"policy": policy, "config_check": findings, "detector": detectors.table_scores()}
-    if term is not None:
-        extras["probes"] = {"termination": term}
-    return Comparison(
-        base.checkpoint, cand.checkpoint, suite.name, suite.content_hash, backend, items, tasks, verdict,
-        tuple(warnings) + tuple(findings), extras,
-    )  # fmt: skip
-
-
-def noise_floor(path: str, suite: Suite, cfg: RunConfig, first: RunResult) -> dict[str, Any]:
-    """Evaluate the base a second time with the requests in reverse order (and, for ``hf``,
-    whose batches regress forms, another batch size); the share of items whose output
-    changes is the engine's noise floor. vLLM and servers batch as they schedule."""
-    again_cfg = replace(cfg, noise_variant=1)
-    sizes = None
-    if cfg.backend == "hf":
-        bs = hf_batching(cfg.options)[0]
-        sizes = [bs, max(1, bs // 4 + 1)]
-        again_cfg = replace(again_cfg, options=replace(cfg.options, batch_size=sizes[1]))
-    again = evaluate(path, suite, again_cfg)
+def noise_floor(base_ck: LoadedCheckpoint, suite: Suite, cfg: RunConfig, first: RunResult) -> NoiseFloor:
+    """Evaluate the base a second time with the requests in reverse order (and, where
+    regress forms the batches, another batch size); the share of items whose output
+    changes is the engine's noise floor."""
+    options, sizes = rerun_options(cfg.backend, cfg.options)
+    again = evaluate(base_ck, suite, replace(cfg, options=options, noise_variant=1))
     a = {(r.task, r.item_id): r.output for r in first.records}
     b = {(r.task, r.item_id): r.output for r in again.records}
     changed = sum(a[k] != b.get(k) for k in a)
-    return {
-        "changed": changed,
-        "n": len(a),
-        "rate": changed / len(a) if a else 0.0,
-        "batch_sizes": sizes,  # None: the engine's own batching
-        "bitwise_repeatable": changed == 0,
-    }
+    return NoiseFloor(changed, len(a), changed / len(a) if a else 0.0, sizes, changed == 0)
 
 
-def with_noise_floor(policy: Policy, rate: float) -> Policy:
-    return policy.override(noise_floor=rate)
+def _pair_or_none(stored: dict[str, Any]) -> tuple[int, int] | None:
+    sizes = stored.get("batch_sizes")
+    return (int(sizes[0]), int(sizes[1])) if sizes else None
 
 
-def run_comparison(req: CompareRequest) -> tuple[Comparison, Path]:
-    from harness.report import write_report
-
-    suite = load_suite(req.config.suite)
-    policy = build_policy(suite, req.policy_file)
-    out = Path(req.out) if req.out else default_out(req.base, req.model, suite.name)
-    check_writable(out, "output folder")
-    preflight((req.base, req.model), suite, req.config, out)  # all bad input, before anything is written
-    base = evaluate(req.base, suite, req.config)
-    nf = noise_floor(req.base, suite, req.config, base) if req.noise_floor else None
-    if nf is not None:
-        policy = with_noise_floor(policy, nf["rate"])
-    cand = evaluate(req.model, suite, req.config, reference=base.records)
-    cmp = comparison_of(base, cand, suite, req.config.backend, policy)
-    if nf is not None:
-        cmp.extras["noise_floor"] = nf
-        note = (
-            f"noise floor: {nf['changed']} of {nf['n']} base outputs changed between two runs of the base "
-            + (f"(batch sizes {nf['batch_sizes'][0]} and {nf['batch_sizes'][1]}, reversed order)" if nf["batch_sizes"]
-               else "(requests in reversed order)")
-            + ("; the engine is bitwise repeatable here, the floor is zero" if nf["bitwise_repeatable"] else
-               f"; flips within {100 * nf['rate']:.2f}% of items are treated as noise")
-        )  # fmt: skip
-        cmp = replace(cmp, warnings=(*cmp.warnings, note))
-    return cmp, write_report(cmp, out)
-
-
-def rejudge(report_dir: str, policy_file: str | None) -> tuple[Comparison, Path]:
-    """Re-judge a stored report's items under a (new) policy, without running a model."""
-    import json
-
-    from harness.report import write_report
-    from harness.report.summary import EXTRA_KEYS
-    from harness.types import Checkpoint
-
-    d = Path(report_dir)
-    try:
-        summary: dict[str, Any] = json.loads((d / "summary.json").read_text())
-        items = pd.read_parquet(d / "items.parquet")
-        base, cand = Checkpoint(**summary["base"]), Checkpoint(**summary["candidate"])
-        suite_name, suite_hash = summary["suite"]["name"], summary["suite"]["hash"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RegressError(f"{report_dir} is not a regress report folder ({type(e).__name__}: {e})") from e
-    if "policy" in summary:  # the policy the report was judged under, then --policy on top
+def _stored_policy(summary: dict[str, Any], d: Path, policy_file: str | None) -> Policy:
+    """The policy a report was judged under, then ``--policy`` on top; for a report that
+    does not record one, its suite's, else the defaults."""
+    if "policy" in summary:
         policy = parse_policy(summary["policy"], where=f"policy in {d / 'summary.json'}")
-        policy = load_policy_file(policy_file, policy) if policy_file else policy
-    else:
-        try:
-            suite = load_suite(suite_name)
-            policy = build_policy(suite, policy_file)
-        except RegressError:
-            policy = load_policy_file(policy_file) if policy_file else Policy()
-    tasks = task_table(items)
-    term = (summary.get("probes") or {}).get("termination")  # gated too, as in comparison_of
-    verdict = judge([*tasks, term] if term else tasks, policy)
-    extras = {k: summary[k] for k in EXTRA_KEYS if k in summary}
-    cmp = Comparison(
-        base, cand, suite_name, suite_hash, summary.get("backend", "?"), items, tasks, verdict,
-        tuple(summary.get("warnings", [])), {**extras, "policy": policy},
-    )  # fmt: skip
-    return cmp, write_report(cmp, d)
+        return load_policy_file(policy_file, policy) if policy_file else policy
+    try:
+        return build_policy(load_suite(summary["suite"]["name"]), policy_file)
+    except RegressError:
+        return load_policy_file(policy_file) if policy_file else Policy()
+

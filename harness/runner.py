@@ -1,6 +1,7 @@
 """Run one checkpoint over a suite: lm-eval drives, the backend answers, the store keeps.
 
-``evaluate(checkpoint, suite, config)`` returns the checkpoint's per-item ``Record``s.
+``evaluate(loaded_checkpoint, suite, config)`` returns the checkpoint's per-item ``Record``s
+(``pipeline`` checks and reads the checkpoint first, once).
 When the store already holds complete records under the same key (same checkpoint
 content, suite content, backend settings, record format), they are returned with no
 engine started and no inference call made.
@@ -16,47 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness import checkpoint as ckpt
 from harness import probes
 from harness.backends import load_backend, output_settings
 from harness.config import RunConfig
 from harness.errors import RegressError, SuiteError
 from harness.lm_adapter import RegressLM, _gen_request, gen_key
 from harness.store import RunStore, lm_eval_version, run_key
-from harness.types import Checkpoint, Generation, LoglikRequest, Record, RunResult, Suite, TaskSpec
+from harness.types import DriftValues, Generation, LoadedCheckpoint, LoglikRequest, Record, RunResult, Suite, TaskSpec
 
 log = logging.getLogger(__name__)
-
-
-def preflight(paths: Sequence[str], suite: Suite, cfg: RunConfig, out: Path | None = None) -> list[Any]:
-    """Check everything a run needs before any store or report folder is made.
-
-    Each checkpoint (folder, config, weights, tokenizer, chat template if the suite needs
-    one), the backend's name, the store and report folders; with two checkpoints (base,
-    candidate), that their vocabularies match (a warning when only their tokenizer files
-    differ). Returns the loaded tokenizers, in the order of ``paths``.
-    """
-    from harness.backends import BACKENDS
-    from harness.errors import BackendError
-    from harness.store import check_writable
-
-    if cfg.backend not in BACKENDS:
-        raise BackendError(f"unknown backend {cfg.backend!r}; choose one of: {', '.join(BACKENDS)}")
-    resolved = [ckpt.validate(p) for p in paths]
-    tokenizers = []
-    for path, p in zip(paths, resolved):
-        tok = ckpt.load_tokenizer(p, cfg.options.trust_remote_code)
-        if suite.chat_template and not getattr(tok, "chat_template", None):
-            raise RegressError(f"checkpoint {path} has no chat template, which suite {suite.name!r} needs")
-        tokenizers.append(tok)
-    if len(resolved) == 2:
-        warning = ckpt.compare_tokenizers(tokenizers[0], tokenizers[1], resolved[0], resolved[1])
-        if warning:
-            log.warning("regress: warning: %s", warning)
-    check_writable(Path(cfg.store_dir), "record store")
-    if out is not None:
-        check_writable(out, "output folder")
-    return tokenizers
 
 
 def store_meta(path: str, fp: str, suite: Suite, cfg: RunConfig, files: dict[str, str] | None = None) -> dict[str, Any]:
@@ -86,28 +55,25 @@ def store_folder(cfg: RunConfig, meta: dict[str, Any]) -> Path:
     return own
 
 
-def evaluate(path: str, suite: Suite, cfg: RunConfig, reference: Sequence[Record] | None = None) -> RunResult:
-    """Records of ``path`` on ``suite`` (stored, or computed and stored), plus its probes.
+def evaluate(
+    ck: LoadedCheckpoint, suite: Suite, cfg: RunConfig, reference: Sequence[Record] | None = None
+) -> RunResult:
+    """Records of checkpoint ``ck`` on ``suite`` (stored, or computed and stored), plus its probes.
 
-    ``reference`` is the base's records when ``path`` is a candidate: the drift probes
+    ``reference`` is the base's records when ``ck`` is a candidate: the drift probes
     score the base's answers under this checkpoint. Without it they score its own.
+    The engine starts only when a request is not in the store.
     """
-    (tokenizer,) = preflight([path], suite, cfg)
-    p = Path(path).expanduser().resolve()
-    files = ckpt.fingerprint_files(p)
-    fp = ckpt.fingerprint_of(files)
-    meta = store_meta(str(p), fp, suite, cfg, files)
-    eot = probes.eot_setup(p, tokenizer)
-    eot_texts = [tokenizer.decode([i], skip_special_tokens=False) for i in eot.stop_ids]
+    meta = store_meta(ck.path, ck.fingerprint, suite, cfg, dict(ck.files))
+    tokenizer = ck.tokenizer
 
     def chat(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     with RunStore.open(store_folder(cfg, meta), meta) as store:
         lm = RegressLM(
-            lambda: load_backend(cfg.backend, str(p), cfg.options), store, chat, str(p),
-            chunk_size=cfg.options.chunk_size,
-        )  # fmt: skip
+            lambda: load_backend(cfg.backend, ck, cfg.options), store, chat, ck.path, chunk_size=cfg.options.chunk_size
+        )
         lm.reverse = bool(cfg.noise_variant)
         try:
             reused = store.complete
@@ -116,7 +82,8 @@ def evaluate(path: str, suite: Suite, cfg: RunConfig, reference: Sequence[Record
             else:
                 samples = run_lm_eval(lm, suite, cfg)
                 records = [r for t in suite.tasks for r in records_of(t, samples.get(t.name, []), lm)]
-            drift, term = run_probes(lm, suite, reference if reference is not None else records, eot_texts, chat)
+            ref = reference if reference is not None else records
+            drift, term = run_probes(lm, suite, ref, ck.eot_texts, chat)
             if not reused:
                 store.write_records(records)
         finally:
@@ -126,16 +93,16 @@ def evaluate(path: str, suite: Suite, cfg: RunConfig, reference: Sequence[Record
             store.path.name, lm.backend_requests, lm.backend_calls, lm.stored_requests,
         )  # fmt: skip
         return RunResult(
-            Checkpoint(str(p), fp), tuple(records), str(store.path), reused, lm.backend_calls, drift, term, eot,
+            ck.checkpoint, tuple(records), str(store.path), reused, lm.backend_calls, drift, term, ck.eot,
             backend_requests=lm.backend_requests,
         )  # fmt: skip
 
 
 def run_probes(
     lm: RegressLM, suite: Suite, reference: Sequence[Record], eot_texts: Sequence[str], chat: Any
-) -> tuple[dict[tuple[str, str], tuple[float, float]], tuple[Generation, ...]]:
+) -> tuple[DriftValues, tuple[Generation, ...]]:
     """The suite's probes through the same store-backed model: drift, then termination."""
-    drift: dict[tuple[str, str], tuple[float, float]] = {}
+    drift: DriftValues = {}
     if suite.probes.get("drift", True) and eot_texts:
         answers = lm.score(probes.drift_requests(reference, eot_texts))
         drift = probes.drift_values(reference, eot_texts, answers)

@@ -18,14 +18,8 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from harness import checkpoint as ckpt
-from harness.config import RunConfig
-from harness.pipeline import build_policy, comparison_of
-from harness.runner import evaluate
-from harness.store import check_writable
-from harness.suites import load_suite
+from harness.types import Comparison, TaskRow
 
 METRICS = (
     ("acc_candidate", "accuracy"),
@@ -37,10 +31,21 @@ METRICS = (
 
 @dataclass(frozen=True)
 class TrendPoint:
+    """One checkpoint of the run: its step (or position), verdict and task rows."""
+
     path: str
     step: int
     verdict: str
-    tasks: list[dict[str, Any]]
+    tasks: tuple[TaskRow, ...]
+    overall: TaskRow
+
+
+def points_of(paths: list[str], comparisons: list[Comparison]) -> tuple[list[TrendPoint], bool]:
+    """One point per checkpoint (as named on the command line), ordered by step (stable:
+    equal steps keep the order given); and whether the steps are training steps."""
+    steps, by_step = steps_of(paths)
+    points = [TrendPoint(p, s, c.verdict.level, c.tasks, c.overall) for p, c, s in zip(paths, comparisons, steps)]
+    return sorted(points, key=lambda p: p.step), by_step
 
 
 def steps_of(paths: list[str]) -> tuple[list[int], bool]:
@@ -59,26 +64,6 @@ def steps_of(paths: list[str]) -> tuple[list[int], bool]:
     return list(range(len(paths))), False
 
 
-def run_trend(
-    base: str, checkpoints: list[str], cfg: RunConfig, out: Path, policy_file: str | None
-) -> list[TrendPoint]:
-    suite = load_suite(cfg.suite)
-    policy = build_policy(suite, policy_file)
-    for p in (base, *checkpoints):
-        ckpt.validate(p)
-    check_writable(out, "output folder")
-    base_run = evaluate(base, suite, cfg)
-    points = []
-    steps, by_step = steps_of(checkpoints)
-    for path, step in zip(checkpoints, steps):
-        cand = evaluate(path, suite, cfg, reference=base_run.records)
-        cmp = comparison_of(base_run, cand, suite, cfg.backend, policy)
-        points.append(TrendPoint(path, step, cmp.verdict.level, cmp.tasks))
-    points.sort(key=lambda p: p.step)  # stable: equal steps keep the order given
-    write_trend(base, points, out, "step" if by_step else "position given")
-    return points
-
-
 def last_passing(points: list[TrendPoint]) -> TrendPoint | None:
     """The latest checkpoint such that it and every earlier one passed."""
     best = None
@@ -92,12 +77,12 @@ def last_passing(points: list[TrendPoint]) -> TrendPoint | None:
 def _plot(points: list[TrendPoint], xlabel: str) -> str:
     from harness.report.plots import plt, to_data_uri
 
-    names = [t["name"] for t in points[0].tasks if t["name"] != "overall"] if points else []
+    names = [t.name for t in points[0].tasks] if points else []
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.2))
     steps = [p.step for p in points]
     for ax, (key, label) in zip(axes, METRICS):
         for name in names:
-            ys = [next((t.get(key) for t in p.tasks if t["name"] == name), None) for p in points]
+            ys = [next((getattr(t, key) for t in p.tasks if t.name == name), None) for p in points]
             ys = [float("nan") if y is None else y for y in ys]
             ax.plot(steps, ys, marker="o", label=name)
         for p in points:
@@ -121,18 +106,20 @@ def write_trend(base: str, points: list[TrendPoint], out: Path, xlabel: str = "s
         "base": base,
         "last_passing": best.path if best else None,
         "ordered_by": xlabel,  # "step" (from the names) or "position given"
-        "points": [{"path": p.path, "step": p.step, "verdict": p.verdict, "tasks": p.tasks} for p in points],
+        "points": [
+            {"path": p.path, "step": p.step, "verdict": p.verdict,
+             "tasks": [t.to_dict() for t in (*p.tasks, p.overall)]}  # fmt: skip
+            for p in points
+        ],
     }
     atomic_write(out / "trend.json", json.dumps(data, indent=2, default=str).encode())
     rows = "".join(
         f"<tr class='{p.verdict}'><td>{p.step}</td><td>{escape(p.path)}</td><td>{p.verdict}</td>"
-        + "".join(f"<td>{t['acc_candidate']:.3f}</td>" for t in p.tasks if t["name"] != "overall")
+        + "".join(f"<td>{t.acc_candidate:.3f}</td>" for t in p.tasks)
         + "</tr>"
         for p in points
     )
-    heads = (
-        "".join(f"<th>{escape(t['name'])}</th>" for t in points[0].tasks if t["name"] != "overall") if points else ""
-    )
+    heads = "".join(f"<th>{escape(t.name)}</th>" for t in points[0].tasks) if points else ""
     html = f"""<!doctype html><html><head><meta charset="utf-8"><title>regress trend</title>
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
 <style>body{{font:14px system-ui,sans-serif;margin:1.5em}} td,th{{border:1px solid #ccc;padding:3px 7px}}

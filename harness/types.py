@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -310,11 +310,6 @@ class TaskRow:
             if d[f"{col}_n"] is None:
                 del d[f"{col}_mean"], d[f"{col}_n"]
         return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TaskRow:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: (math.inf if k == "length_ratio" and v is None else v) for k, v in d.items() if k in names})
 
 
 @dataclass(frozen=True)

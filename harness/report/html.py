@@ -1,6 +1,6 @@
 """``report.html``: one self-contained page (no network), rendered with Jinja2 autoescape.
 
-    html = render_html(cmp, build_summary(cmp))
+    html = render_html(cmp)
 
 The page holds a verdict banner with the rules that fired, a per-task table, the plots of
 ``plots`` as PNG data URIs, and a flip explorer: every negative flip plus seeded samples
@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -35,9 +36,10 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from harness import detectors
-from harness.compare import Comparison
+from harness import __version__, detectors
 from harness.report import plots
+from harness.report.summary import SCHEMA_VERSION
+from harness.types import Comparison, RuleOutcome, TaskRow
 
 MAX_SAMPLE = 300  # positive flips and other changed answers shown (seeded samples)
 DATA_BUDGET = 3_500_000  # bytes of explorer JSON; the rest of the page is ~0.5 MB
@@ -46,7 +48,10 @@ SEED = 0
 # explorer's data fits DATA_BUDGET.
 CAP_LEVELS = ((2000, 400, 4000), (1000, 300, 2000), (600, 200, 1000), (300, 120, 500), (160, 80, 240))
 _ID_CAP, _ANSWER_CAP, _UNIT_CAP = 200, 200, 120
-_DRIFT_KEYS = (("stop_drift_mean", "stop drift"), ("answer_drift_mean", "answer drift"))
+_DRIFT_COLS: tuple[tuple[str, Callable[[TaskRow], float | None]], ...] = (
+    ("stop drift", lambda t: t.stop_drift_mean),
+    ("answer drift", lambda t: t.answer_drift_mean),
+)
 
 # C0/C1 controls but \t and \n, DEL, bidi embeddings/overrides/isolates, lone surrogates,
 # noncharacters: anything that could hide, reorder or break text on the page.
@@ -354,8 +359,8 @@ def explorer_data(items: pd.DataFrame, tasks: list[str], budget: int = DATA_BUDG
 # -- page -----------------------------------------------------------------------------
 
 
-def _rule_rows(cmp: Comparison) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    rows = [r.__dict__ for r in cmp.verdict.results]
+def _rule_rows(cmp: Comparison) -> tuple[list[RuleOutcome], dict[str, str]]:
+    rows = list(cmp.verdict.results)
     worst: dict[str, str] = {}
     for r in cmp.verdict.results:
         if r.fired and worst.get(r.task) != "FAIL":
@@ -363,13 +368,13 @@ def _rule_rows(cmp: Comparison) -> tuple[list[dict[str, Any]], dict[str, str]]:
     return rows, worst
 
 
-def render_html(cmp: Comparison, summary: dict[str, Any]) -> str:
+def render_html(cmp: Comparison) -> str:
     items = cmp.items
-    task_names = [str(t["name"]) for t in cmp.tasks if t["name"] != "overall"]
+    task_names = [t.name for t in cmp.tasks]
     data_json, notes = explorer_data(items, task_names)
     rules, worst = _rule_rows(cmp)
-    fired = [r for r in rules if r["fired"]]
-    drift_cols = [(k, label) for k, label in _DRIFT_KEYS if any(_finite(t.get(k)) for t in cmp.tasks)]
+    fired = [r for r in rules if r.fired]
+    drift_cols = [(label, drift) for label, drift in _DRIFT_COLS if any(_finite(drift(t)) for t in cmp.tasks)]
     plot_list = [
         ("plot-accuracy", "Accuracy per task", plots.accuracy_plot(cmp.tasks)),
         ("plot-flips", "Flips per task", plots.flips_plot(cmp.tasks)),
@@ -382,15 +387,16 @@ def render_html(cmp: Comparison, summary: dict[str, Any]) -> str:
         f"default-src 'none'; img-src data:; style-src '{_sha256(css)}'; script-src '{_sha256(js)}'; "
         "base-uri 'none'; form-action 'none'"
     )
-    overall = next((t for t in cmp.tasks if t["name"] == "overall"), None)
     page = _env.get_template("report.html").render(
-        s=summary,
+        cmp=cmp,
+        regress_version=__version__,
+        schema_version=SCHEMA_VERSION,
         level=cmp.verdict.level,
         fired=fired,
         rules=rules,
         worst=worst,
         tasks=cmp.tasks,
-        overall=overall,
+        overall=cmp.overall,
         drift_cols=drift_cols,
         plots=[(pid, title, uri) for pid, title, uri in plot_list if uri],
         notes=notes,

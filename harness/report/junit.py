@@ -16,8 +16,7 @@ from __future__ import annotations
 import re
 from xml.etree import ElementTree as ET
 
-from harness.compare import Comparison
-from harness.gate import RuleResult
+from harness.types import Comparison, RuleOutcome
 
 _BAD_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -30,7 +29,7 @@ def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.6g}"
 
 
-def _detail(r: RuleResult) -> str:
+def _detail(r: RuleOutcome) -> str:
     p = "" if r.p_value is None else f", p-value {_num(r.p_value)}"
     return f"{r.task} {r.rule}: value {_num(r.value)}, limit {_num(r.threshold)}{p}; {r.message}"
 

@@ -16,12 +16,10 @@ overrides included) made visible or replaced.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pandas as pd
 
-from harness.compare import Comparison
+from harness.types import Comparison, TaskRow
 
 MAX_REASONS = 10
 MAX_TASKS = 15
@@ -66,30 +64,29 @@ def _task_levels(cmp: Comparison) -> dict[str, str]:
     return levels
 
 
-def _task_row(t: dict[str, Any], level: str) -> str:
-    name = "**overall**" if level == "" else _code(t["name"], 40)
+def _task_row(t: TaskRow, level: str) -> str:
+    name = "**overall**" if level == "" else _code(t.name, 40)
     return (
-        f"| {_ICON.get(level, '')} {name} | {t['n']} | {_pct(t['acc_base'])} | {_pct(t['acc_candidate'])} | "
-        f"{100 * t['delta']:+.1f} [{100 * t['delta_lo']:+.1f}, {100 * t['delta_hi']:+.1f}] | "
-        f"{t['negative_flips']} | {t['positive_flips']} | {_pct(t['identity_rate'])} | "
-        f"{_pct(t['nonterm_rate_base'])}→{_pct(t['nonterm_rate_candidate'])} | "
-        f"{_pct(t['loop_rate_base'])}→{_pct(t['loop_rate_candidate'])} |"
+        f"| {_ICON.get(level, '')} {name} | {t.n} | {_pct(t.acc_base)} | {_pct(t.acc_candidate)} | "
+        f"{100 * t.delta:+.1f} [{100 * t.delta_lo:+.1f}, {100 * t.delta_hi:+.1f}] | "
+        f"{t.negative_flips} | {t.positive_flips} | {_pct(t.identity_rate)} | "
+        f"{_pct(t.nonterm_rate_base)}→{_pct(t.nonterm_rate_candidate)} | "
+        f"{_pct(t.loop_rate_base)}→{_pct(t.loop_rate_candidate)} |"
     )
 
 
 def _task_table(cmp: Comparison, levels: dict[str, str]) -> list[str]:
-    tasks = [t for t in cmp.tasks if t["name"] != "overall"]
-    tasks.sort(key=lambda t: (_RANK[levels.get(t["name"], "PASS")], t["delta"]))
+    tasks = sorted(cmp.tasks, key=lambda t: (_RANK[levels.get(t.name, "PASS")], t.delta))
     lines = [
         "| task | n | acc base | acc cand | Δ pts (95% CI) | −flips | +flips | identical | non-term | loops |",
         "|---|---:|---:|---:|---|---:|---:|---:|---|---|",
     ]
-    lines += [_task_row(t, levels.get(t["name"], "PASS")) for t in tasks[:MAX_TASKS]]
+    lines += [_task_row(t, levels.get(t.name, "PASS")) for t in tasks[:MAX_TASKS]]
     if len(tasks) > MAX_TASKS:
         rest = tasks[MAX_TASKS:]
-        n_fired = sum(1 for t in rest if t["name"] in levels)
+        n_fired = sum(1 for t in rest if t.name in levels)
         lines.append(f"| … {len(rest)} more tasks ({n_fired} with a rule fired); see report.html | | | | | | | | | |")
-    lines += [_task_row(t, "") for t in cmp.tasks if t["name"] == "overall"]
+    lines.append(_task_row(cmp.overall, ""))
     return lines
 
 

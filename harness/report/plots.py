@@ -1,6 +1,6 @@
 """Plots for the report, rendered with matplotlib (Agg) to embedded PNG data URIs.
 
-Each function takes the comparison's task rows (``compare.task_table``) or its item frame
+Each function takes the comparison's ``TaskRow``s (``compare.task_table``) or its item frame
 (``compare.ITEM_COLUMNS``) and returns a ``data:image/png;base64,...`` string, or None
 where there is nothing to plot (no generated items, no stop-drift column)::
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import matplotlib
@@ -23,6 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+
+from harness.types import TaskRow  # noqa: E402
 
 BASE_COLOR, CAND_COLOR = "#4C72B0", "#DD8452"
 NEG_COLOR, POS_COLOR = "#C44E52", "#55A868"
@@ -37,8 +40,7 @@ def to_data_uri(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _task_rows(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [t for t in tasks if t["name"] != "overall"]
+Rates = Callable[[TaskRow], tuple[float, float]]  # a row's (base, candidate) pair of one measure
 
 
 def _label(name: Any) -> str:
@@ -64,32 +66,35 @@ def _legend(fig: Any, ax: Any) -> None:
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8, frameon=False)
 
 
-def _paired_bars(ax: Any, rows: list[dict[str, Any]], key_b: str, key_c: str, pct: bool = True) -> None:
+def _paired_bars(ax: Any, rows: Sequence[TaskRow], rates: Rates, pct: bool = True) -> None:
     """Base and candidate bars per task (top to bottom in suite order)."""
     y = np.arange(len(rows))
     scale = 100.0 if pct else 1.0
-    for off, key, color, label in ((-0.2, key_b, BASE_COLOR, "base"), (0.2, key_c, CAND_COLOR, "candidate")):
-        v = np.array([_num(t.get(key)) * scale for t in rows])
+    for side, off, color, label in ((0, -0.2, BASE_COLOR, "base"), (1, 0.2, CAND_COLOR, "candidate")):
+        v = np.array([_num(rates(t)[side]) * scale for t in rows])
         ax.barh(y + off, v, 0.4, color=color, label=label)
-    ax.set_yticks(y, [_label(t["name"]) for t in rows])
+    ax.set_yticks(y, [_label(t.name) for t in rows])
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
 
 
-def accuracy_plot(tasks: list[dict[str, Any]]) -> str:
+def accuracy_plot(rows: Sequence[TaskRow]) -> str:
     """Accuracy of base and candidate per task, with Wilson 95% intervals."""
-    rows = _task_rows(tasks)
     fig, axes = _per_task_axes(len(rows))
     ax = axes[0][0]
     y = np.arange(len(rows))
-    for off, side, color, label in ((-0.2, "base", BASE_COLOR, "base"), (0.2, "candidate", CAND_COLOR, "candidate")):
-        acc = np.array([_num(t[f"acc_{side}"]) for t in rows])
-        lo = np.array([_num(t.get(f"acc_{side}_lo"), a) for t, a in zip(rows, acc)])
-        hi = np.array([_num(t.get(f"acc_{side}_hi"), a) for t, a in zip(rows, acc)])
+    sides = (
+        (-0.2, BASE_COLOR, "base", [(t.acc_base, t.acc_base_lo, t.acc_base_hi) for t in rows]),
+        (0.2, CAND_COLOR, "candidate", [(t.acc_candidate, t.acc_candidate_lo, t.acc_candidate_hi) for t in rows]),
+    )
+    for off, color, label, vals in sides:
+        acc = np.array([_num(v[0]) for v in vals])
+        lo = np.array([_num(v[1], a) for v, a in zip(vals, acc)])
+        hi = np.array([_num(v[2], a) for v, a in zip(vals, acc)])
         ax.barh(y + off, acc, 0.4, color=color, label=label)
         err = [np.maximum(acc - lo, 0), np.maximum(hi - acc, 0)]
         ax.errorbar(acc, y + off, xerr=err, fmt="none", ecolor="black", capsize=3, lw=1)
-    ax.set_yticks(y, [_label(t["name"]) for t in rows])
+    ax.set_yticks(y, [_label(t.name) for t in rows])
     ax.invert_yaxis()
     ax.set_xlim(0, 1.02)
     ax.set_xlabel("accuracy")
@@ -99,14 +104,13 @@ def accuracy_plot(tasks: list[dict[str, Any]]) -> str:
     return to_data_uri(fig)
 
 
-def flips_plot(tasks: list[dict[str, Any]]) -> str:
+def flips_plot(rows: Sequence[TaskRow]) -> str:
     """Negative (right -> wrong, drawn left) and positive flips (drawn right) per task."""
-    rows = _task_rows(tasks)
     fig, axes = _per_task_axes(len(rows))
     ax = axes[0][0]
     y = np.arange(len(rows))
-    neg = np.array([int(t["negative_flips"]) for t in rows])
-    pos = np.array([int(t["positive_flips"]) for t in rows])
+    neg = np.array([t.negative_flips for t in rows])
+    pos = np.array([t.positive_flips for t in rows])
     ax.barh(y, -neg, 0.6, color=NEG_COLOR, label="negative (right → wrong)")
     ax.barh(y, pos, 0.6, color=POS_COLOR, label="positive (wrong → right)")
     lim = max(int(neg.max(initial=0)), int(pos.max(initial=0)), 1) * 1.25
@@ -117,7 +121,7 @@ def flips_plot(tasks: list[dict[str, Any]]) -> str:
             ax.text(p, yi, f" {p}", va="center", ha="left", fontsize=8)
     ax.set_xlim(-lim, lim)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(y, [_label(t["name"]) for t in rows])
+    ax.set_yticks(y, [_label(t.name) for t in rows])
     ax.invert_yaxis()
     ax.set_xlabel("items")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{abs(v):g}"))
@@ -127,18 +131,19 @@ def flips_plot(tasks: list[dict[str, Any]]) -> str:
     return to_data_uri(fig)
 
 
-def degeneration_plot(tasks: list[dict[str, Any]]) -> str | None:
+def degeneration_plot(tasks: Sequence[TaskRow]) -> str | None:
     """Non-termination and tail-repetition rates per task, base vs candidate."""
-    rows = [t for t in _task_rows(tasks) if t.get("n_generated")]
+    rows = [t for t in tasks if t.n_generated]
     if not rows:
         return None
     fig, axes = _per_task_axes(len(rows), ncols=2, width=4.6)
-    for ax, key, title in (
-        (axes[0][0], "nonterm", "Non-termination (ran to token limit)"),
-        (axes[0][1], "loop", "Tail repetition (output ends in a loop)"),
-    ):
-        _paired_bars(ax, rows, f"{key}_rate_base", f"{key}_rate_candidate")
-        top = max(max(_num(t.get(f"{key}_rate_{s}")) for t in rows for s in ("base", "candidate")) * 100, 1.0)
+    panels: tuple[tuple[Any, Rates, str], ...] = (
+        (axes[0][0], lambda t: (t.nonterm_rate_base, t.nonterm_rate_candidate), "Non-termination (ran to token limit)"),
+        (axes[0][1], lambda t: (t.loop_rate_base, t.loop_rate_candidate), "Tail repetition (output ends in a loop)"),
+    )
+    for ax, rates, title in panels:
+        _paired_bars(ax, rows, rates)
+        top = max(max(_num(r) for t in rows for r in rates(t)) * 100, 1.0)
         ax.set_xlim(0, min(100.0, top * 1.2) if top < 80 else 102)
         ax.set_xlabel("% of generated outputs")
         ax.set_title(title, fontsize=10)

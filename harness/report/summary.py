@@ -19,11 +19,10 @@ from importlib import resources
 from typing import Any
 
 from harness import __version__
-from harness.compare import Comparison
-from harness.gate import Policy, policy_to_dict
+from harness.gate import policy_to_dict
+from harness.types import Comparison
 
 SCHEMA_VERSION = 1
-EXTRA_KEYS = ("probes", "config_check", "noise_floor", "detector")
 
 
 def _clean(x: Any) -> Any:
@@ -46,9 +45,6 @@ def schema() -> dict[str, Any]:
 
 
 def build_summary(cmp: Comparison) -> dict[str, Any]:
-    tasks = [t for t in cmp.tasks if t["name"] != "overall"]
-    overall = next((t for t in cmp.tasks if t["name"] == "overall"), None)
-    policy = cmp.extras.get("policy")
     return _clean(
         {
             "schema_version": SCHEMA_VERSION,
@@ -56,14 +52,17 @@ def build_summary(cmp: Comparison) -> dict[str, Any]:
             "verdict": cmp.verdict.level,
             "reasons": list(cmp.verdict.reasons),
             "warnings": list(cmp.warnings),
-            "base": {"path": cmp.base.path, "fingerprint": cmp.base.fingerprint},
-            "candidate": {"path": cmp.candidate.path, "fingerprint": cmp.candidate.fingerprint},
+            "base": asdict(cmp.base),
+            "candidate": asdict(cmp.candidate),
             "suite": {"name": cmp.suite, "hash": cmp.suite_hash},
             "backend": cmp.backend,
-            "tasks": tasks,
-            "overall": overall,
+            "tasks": [t.to_dict() for t in cmp.tasks],
+            "overall": cmp.overall.to_dict(),
             "rules": [asdict(r) for r in cmp.verdict.results],
-            **({"policy": policy_to_dict(policy)} if isinstance(policy, Policy) else {}),
-            **{k: v for k, v in cmp.extras.items() if k in EXTRA_KEYS},
+            "policy": policy_to_dict(cmp.policy),
+            **({"probes": {"termination": cmp.termination.to_dict()}} if cmp.termination else {}),
+            "config_check": list(cmp.config_check),
+            **({"noise_floor": asdict(cmp.noise_floor)} if cmp.noise_floor else {}),
+            **({"detector": dict(cmp.detector)} if cmp.detector is not None else {}),
         }
     )

@@ -8,11 +8,11 @@ import os
 import shutil
 from pathlib import Path
 
-from harness.compare import Comparison
 from harness.errors import RegressError
 from harness.report.html import render_html
 from harness.report.markdown import render_markdown
 from harness.report.summary import build_summary
+from harness.types import Comparison
 
 
 def _items_for_parquet(cmp: Comparison):  # type: ignore[no-untyped-def]
@@ -34,7 +34,7 @@ def write_report(cmp: Comparison, out: str | Path) -> Path:
         summary = build_summary(cmp)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
         (tmp / "report.md").write_text(render_markdown(cmp), encoding="utf-8")
-        (tmp / "report.html").write_text(render_html(cmp, summary), encoding="utf-8")
+        (tmp / "report.html").write_text(render_html(cmp), encoding="utf-8")
         _items_for_parquet(cmp).to_parquet(tmp / "items.parquet", index=False)
         from harness.report.junit import render_junit
 
