@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -146,7 +146,7 @@ def rejudge(report_dir: str, policy_file: str | None) -> tuple[Comparison, Path]
 
     d = Path(report_dir)
     try:
-        summary: dict[str, Any] = json.loads((d / "summary.json").read_text())
+        summary: Mapping[str, Any] = json.loads((d / "summary.json").read_text())
         items = pd.read_parquet(d / "items.parquet")
         base, cand = Checkpoint(**summary["base"]), Checkpoint(**summary["candidate"])
         suite_name, suite_hash = summary["suite"]["name"], summary["suite"]["hash"]
@@ -208,12 +208,12 @@ def noise_floor(base_ck: LoadedCheckpoint, suite: Suite, cfg: RunConfig, first: 
     return NoiseFloor(changed, len(a), changed / len(a) if a else 0.0, sizes, changed == 0)
 
 
-def _pair_or_none(stored: dict[str, Any]) -> tuple[int, int] | None:
+def _pair_or_none(stored: Mapping[str, Any]) -> tuple[int, int] | None:
     sizes = stored.get("batch_sizes")
     return (int(sizes[0]), int(sizes[1])) if sizes else None
 
 
-def _stored_policy(summary: dict[str, Any], d: Path, policy_file: str | None) -> Policy:
+def _stored_policy(summary: Mapping[str, Any], d: Path, policy_file: str | None) -> Policy:
     """The policy a report was judged under, then ``--policy`` on top; for a report that
     does not record one, its suite's, else the defaults."""
     if "policy" in summary:

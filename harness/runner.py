@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,20 @@ from harness.config import RunConfig
 from harness.errors import RegressError, SuiteError
 from harness.lm_adapter import RegressLM, _gen_request, gen_key
 from harness.store import RunStore, lm_eval_version, run_key
-from harness.types import DriftValues, Generation, LoadedCheckpoint, LoglikRequest, Record, RunResult, Suite, TaskSpec
+from harness.types import (
+    DriftValues,
+    Generation,
+    LoadedCheckpoint,
+    LoglikRequest,
+    Messages,
+    Record,
+    RunResult,
+    Suite,
+    TaskSpec,
+)
 
 log = logging.getLogger(__name__)
+Sample = Mapping[str, Any]  # one item as lm-eval's log_samples gives it (doc, arguments, resps, metrics)
 
 
 def store_meta(path: str, fp: str, suite: Suite, cfg: RunConfig, files: dict[str, str] | None = None) -> dict[str, Any]:
@@ -45,7 +56,7 @@ def store_meta(path: str, fp: str, suite: Suite, cfg: RunConfig, files: dict[str
     return {**parts, "key": run_key(parts), **extra}
 
 
-def store_folder(cfg: RunConfig, meta: dict[str, Any]) -> Path:
+def store_folder(cfg: RunConfig, meta: Mapping[str, Any]) -> Path:
     label = Path(meta["checkpoint"]).name.replace(os.sep, "_")[:40] or "ckpt"
     own = Path(cfg.store_dir) / f"{label}-{meta['key']}"
     if not own.exists():  # the same content under another name (a copy, a move) is the same run
@@ -67,7 +78,7 @@ def evaluate(
     meta = store_meta(ck.path, ck.fingerprint, suite, cfg, dict(ck.files))
     tokenizer = ck.tokenizer
 
-    def chat(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    def chat(messages: Messages, add_generation_prompt: bool) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     with RunStore.open(store_folder(cfg, meta), meta) as store:
@@ -114,7 +125,7 @@ def run_probes(
     return drift, term
 
 
-def run_lm_eval(lm: RegressLM, suite: Suite, cfg: RunConfig) -> dict[str, list[dict[str, Any]]]:
+def run_lm_eval(lm: RegressLM, suite: Suite, cfg: RunConfig) -> Mapping[str, list[Sample]]:
     """Hand the suite to lm-eval's evaluator with ``lm`` as the model; return its samples."""
     import lm_eval
     import lm_eval.evaluator
@@ -165,7 +176,7 @@ def _cache_lm_eval_templates() -> None:
         return
     compiled = functools.lru_cache(maxsize=1024)(U.env.from_string)
 
-    def apply_template(template: str, doc: dict[str, Any]) -> str:
+    def apply_template(template: str, doc: Mapping[str, Any]) -> str:
         return compiled(template).render(**doc)
 
     apply_template._regress_cached = True  # type: ignore[attr-defined]
@@ -181,7 +192,7 @@ def _text_hash(s: str) -> str:
     return hashlib.sha256(s.encode()).hexdigest()[:16]
 
 
-def _metric(task: TaskSpec, sample: dict[str, Any]) -> str:
+def _metric(task: TaskSpec, sample: Sample) -> str:
     names = sample.get("metrics") or []
     for m in ("exact_match", "acc", *names):
         if m in sample:
@@ -196,7 +207,7 @@ def _args(arg: Any) -> tuple[Any, Any]:
     return arg[0], arg[1]
 
 
-def records_of(task: TaskSpec, samples: list[dict[str, Any]], lm: RegressLM) -> list[Record]:
+def records_of(task: TaskSpec, samples: Sequence[Sample], lm: RegressLM) -> list[Record]:
     """One ``Record`` per lm-eval sample, with what the backend recorded joined in."""
     out = []
     for s in sorted(samples, key=lambda x: x["doc_id"]):

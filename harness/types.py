@@ -59,8 +59,8 @@ class Suite:
     tasks: tuple[TaskSpec, ...]
     chat_template: bool
     content_hash: str
-    policy: dict[str, Any] = field(default_factory=dict)
-    probes: dict[str, Any] = field(default_factory=dict)
+    policy: Mapping[str, Any] = field(default_factory=dict)  # raw, parsed by gate.parse_policy
+    probes: Mapping[str, Any] = field(default_factory=dict)  # raw: drift on/off, termination probe spec
 
     def task(self, name: str) -> TaskSpec:
         for t in self.tasks:
@@ -223,6 +223,8 @@ class Record:
         d["metrics"] = dict(d.get("metrics") or {})
         return cls(**d)
 
+
+Messages = list[dict[str, str]]  # a chat: [{"role": ..., "content": ...}, ...]
 
 # (task, item_id) -> (log P(end-of-turn) after the reference answer, mean log-prob per token of it)
 DriftValues = Mapping[tuple[str, str], tuple[float, float]]

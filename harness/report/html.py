@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -209,7 +209,7 @@ def output_segments(text: str, div: int, cap: int) -> list[list[Any]]:
     return _split(shared, 0, s_cap, 0.25) + _split(rest, 1, cap - s_cap, 0.7)
 
 
-def _loop_info(row: dict[str, Any], cand: str) -> dict[str, Any] | None:
+def _loop_info(row: Mapping[str, Any], cand: str) -> dict[str, Any] | None:
     """The candidate's tail loop for display: its unit as text, repeats, start character."""
     if not _true(row.get("loop_cand")):
         return None
@@ -247,7 +247,7 @@ def _num(x: Any) -> float | None:
     return round(float(x), 4) if _finite(x) else None
 
 
-def _item(row: dict[str, Any], task_idx: int, kind: str, caps: tuple[int, int, int]) -> dict[str, Any]:
+def _item(row: Mapping[str, Any], task_idx: int, kind: str, caps: tuple[int, int, int]) -> dict[str, Any]:
     """One explorer item (short keys keep 10,000-item pages small)."""
     cp, ct, co = caps
     b, c = _raw(row["output_base"]), _raw(row["output_cand"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict
 from functools import cache
 from importlib import resources
@@ -39,7 +40,7 @@ def _clean(x: Any) -> Any:
 
 
 @cache
-def schema() -> dict[str, Any]:
+def schema() -> Mapping[str, Any]:
     """The JSON Schema of summary.json."""
     return json.loads(resources.files("harness").joinpath("summary.schema.json").read_text(encoding="utf-8"))
 
