@@ -13,8 +13,9 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from harness.config import BackendOptions, RunConfig
+from harness.config import BackendOptions, RunConfig, add_arguments
 from harness.errors import RegressError
 
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
@@ -32,40 +33,13 @@ def _env_defaults() -> None:
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--suite", default="demo", help="suite name (suites/NAME.yaml) or path to a suite YAML")
-    p.add_argument("--backend", default="hf", help="hf | vllm | openai")
-    p.add_argument("--store", default=os.environ.get("REGRESS_STORE", "baselines"), help="record store folder")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items of each task")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--device", default=None)
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument("--data-parallel-size", type=int, default=1)
-    p.add_argument("--gpu-memory-utilization", type=float, default=None)
-    p.add_argument("--base-url", action="append", default=[], help="OpenAI-compatible server (repeatable)")
-    p.add_argument("--api-model", default=None, help="model name the server knows (openai backend)")
-    p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--chunk-size", type=int, default=None, help="requests per backend call, stored as each finishes")
-    p.add_argument("--trust-remote-code", action="store_true")
+    # generated from the fields of RunConfig and BackendOptions (harness/config.py): one place per option
+    add_arguments(p, RunConfig)
+    add_arguments(p, BackendOptions)
 
 
 def _run_config(a: argparse.Namespace) -> RunConfig:
-    opts = BackendOptions(
-        batch_size=a.batch_size,
-        dtype=a.dtype,
-        device=a.device,
-        max_model_len=a.max_model_len,
-        tensor_parallel_size=a.tensor_parallel_size,
-        data_parallel_size=a.data_parallel_size,
-        gpu_memory_utilization=a.gpu_memory_utilization,
-        base_urls=tuple(a.base_url),
-        api_model=a.api_model,
-        concurrency=a.concurrency,
-        chunk_size=a.chunk_size,
-        trust_remote_code=a.trust_remote_code,
-    )
-    return RunConfig(suite=a.suite, backend=a.backend, options=opts, store_dir=a.store, limit=a.limit)
+    return RunConfig.from_args(a)  # checks every value: a RegressError names the flag
 
 
 def _print_verdict(cmp, out: Path) -> None:  # type: ignore[no-untyped-def]
@@ -179,8 +153,16 @@ def cmd_trend(a: argparse.Namespace) -> int:
     return 1 if points and points[-1].verdict == "FAIL" else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors (a bad value, a missing argument) are a ``RegressError``: one line, exit 2,
+    no usage dump, as every other error. Subcommand parsers are made of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        raise RegressError(" ".join(message.split()))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="regress", description="Forgetting-regression gate for fine-tuned checkpoints")
+    p = _Parser(prog="regress", description="Forgetting-regression gate for fine-tuned checkpoints")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -234,9 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _env_defaults()
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+        if "backend" in vars(args):  # a command that runs checkpoints: check every option before it reads anything
+            _run_config(args)
         return int(args.fn(args))
     except RegressError as e:
         print(f"regress: error: {e}", file=sys.stderr)

@@ -1,38 +1,181 @@
 """One validated configuration object per run, built at the CLI edge and passed down whole.
 
 ``BackendOptions`` holds what any backend may take (unset fields mean the backend's own
-default); ``RunConfig`` names the checkpoint(s), suite, backend and output places.
+default); ``RunConfig`` names the suite, backend, options and output places.
+
+Each option is declared once, as a field with an ``option(...)`` spec: its flag, help,
+allowed values. From that one declaration ``add_arguments`` makes the argparse flags,
+``from_args`` builds the object from the parsed namespace, and ``__post_init__`` checks the
+values, so a config built in code is checked as one built from the command line. Adding an
+option is one field. An invalid value is a one-line ``RegressError`` that names the option
+by its flag (``--batch-size must be at least 1 (got 0)``).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
+
+from harness.errors import RegressError
+
+_SPEC = "regress.option"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one field is set and which values it takes. Bounds and choices do not apply to None
+    (the backend's default)."""
+
+    help: str = ""
+    flag: str | None = None  # "--store" where the flag is not the field's name with dashes
+    cli: bool = True  # False: settable in code only (no flag today)
+    cli_default: Callable[[], Any] | None = None  # where the flag's default is not the field's
+    choices: tuple[str, ...] | Callable[[], Iterable[str]] = ()  # a callable: names known only at run time
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+
+    def allowed(self) -> tuple[str, ...]:
+        return tuple(self.choices() if callable(self.choices) else self.choices)
+
+
+def option(default: Any = dataclasses.MISSING, **spec: Any) -> Any:
+    """A dataclass field with its ``Spec`` (the keyword arguments)."""
+    return field(default=default, metadata={_SPEC: Spec(**spec)})
+
+
+def _specs(cls: type) -> list[tuple[dataclasses.Field[Any], Spec]]:
+    return [(f, f.metadata[_SPEC]) for f in dataclasses.fields(cls) if _SPEC in f.metadata]
+
+
+def flag_of(f: dataclasses.Field[Any], spec: Spec) -> str:
+    return spec.flag or "--" + f.name.replace("_", "-")
+
+
+def _problem(name: str, label: str, spec: Spec, value: Any) -> str | None:
+    """What is wrong with ``value`` (None: nothing); ``label`` is how the user set it."""
+    allowed = spec.allowed()
+    if allowed and value not in allowed:
+        return f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    # each test is "value within bound", so that NaN fails every one
+    bounds = [
+        (spec.at_least, "at least", lambda lo: value >= lo),
+        (spec.above, "above", lambda lo: value > lo),
+        (spec.at_most, "at most", lambda hi: value <= hi),
+    ]
+    if all(ok(b) for b, _, ok in bounds if b is not None):
+        return None
+    rule = " and ".join(f"{word} {b:g}" for b, word, _ in bounds if b is not None)
+    return f"{label} must be {rule} (got {value!r})"
+
+
+def check(obj: Any) -> None:
+    """Raise one ``RegressError`` for the first field of ``obj`` whose value its spec refuses."""
+    for f, spec in _specs(type(obj)):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        # named by the flag a user types; a code-only field by its own name
+        problem = _problem(f.name, flag_of(f, spec) if spec.cli else f.name, spec, value)
+        if problem:
+            raise RegressError(problem)
+
+
+def _argparse_type(hint: Any) -> tuple[Any, bool]:
+    """(the scalar type argparse converts to, whether the field is a repeatable tuple)."""
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0], True
+    return hint, False
+
+
+def add_arguments(p: argparse.ArgumentParser, cls: type) -> None:
+    """The flags of ``cls``'s command-line fields: a bool is a switch, a tuple a repeatable flag."""
+    hints = typing.get_type_hints(cls)
+    for f, spec in _specs(cls):
+        if not spec.cli:
+            continue
+        default: Any = spec.cli_default() if spec.cli_default else f.default
+        kind, repeated = _argparse_type(hints[f.name])
+        names = spec.allowed()
+        # choices are checked by the dataclass, not argparse, so both edges say the same line
+        metavar = "{" + ",".join(names) + "}" if names else None
+        if kind is bool:
+            p.add_argument(flag_of(f, spec), action="store_true", default=default, help=spec.help)
+        elif repeated:
+            p.add_argument(flag_of(f, spec), action="append", type=kind, default=list(default), help=spec.help)
+        else:
+            p.add_argument(flag_of(f, spec), type=kind, default=default, metavar=metavar, help=spec.help)
+
+
+def _values(ns: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """Field name -> parsed value of ``cls``'s command-line fields (argparse's dest is the flag's)."""
+    out = {}
+    for f, spec in _specs(cls):
+        if spec.cli:
+            value = getattr(ns, flag_of(f, spec).lstrip("-").replace("-", "_"))
+            out[f.name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _backend_names() -> Iterable[str]:
+    from harness.backends import BACKENDS  # the backends package imports this module
+
+    return BACKENDS
 
 
 @dataclass(frozen=True)
 class BackendOptions:
-    batch_size: int | None = None
-    dtype: str | None = None
-    device: str | None = None
-    max_model_len: int | None = None
-    tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
-    gpu_memory_utilization: float | None = None
-    enforce_eager: bool | None = None
-    base_urls: tuple[str, ...] = ()
-    api_model: str | None = None
-    concurrency: int = 16
-    max_retries: int = 5
-    trust_remote_code: bool = False
-    chunk_size: int | None = None
+    batch_size: int | None = option(None, at_least=1, help="prompts per batch (hf)")
+    dtype: str | None = option(None, choices=("auto", "float32", "bfloat16", "float16"), help="weights' dtype")
+    device: str | None = option(None, help="torch device: cpu, cuda, cuda:1 (hf)")
+    max_model_len: int | None = option(None, at_least=1, help="context length (vllm)")
+    tensor_parallel_size: int = option(1, at_least=1, help="GPUs per model replica (vllm)")
+    data_parallel_size: int = option(1, at_least=1, help="model replicas (vllm)")
+    gpu_memory_utilization: float | None = option(None, above=0, at_most=1, help="share of GPU memory (vllm)")
+    enforce_eager: bool | None = option(None, cli=False)
+    base_urls: tuple[str, ...] = option((), flag="--base-url", help="OpenAI-compatible server (repeatable)")
+    api_model: str | None = option(None, help="model name the server knows (openai backend)")
+    concurrency: int = option(16, at_least=1, help="requests in flight per server (openai)")
+    max_retries: int = option(5, at_least=0, cli=False)
+    trust_remote_code: bool = option(False, help="run the checkpoint's own modelling code")
+    chunk_size: int | None = option(None, at_least=1, help="requests per backend call, stored as each finishes")
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> BackendOptions:
+        return cls(**_values(ns, cls))
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    suite: str
-    backend: str = "hf"
+    suite: str = option(cli_default=lambda: "demo", help="suite name (suites/NAME.yaml) or path to a suite YAML")
+    backend: str = option("hf", choices=_backend_names, help="the engine that runs the checkpoints")
     options: BackendOptions = field(default_factory=BackendOptions)
-    store_dir: str = "baselines"
-    limit: int | None = None
+    store_dir: str = option(
+        "baselines",
+        flag="--store",
+        cli_default=lambda: os.environ.get("REGRESS_STORE", "baselines"),
+        help="record store folder",
+    )
+    limit: int | None = option(None, at_least=1, help="evaluate only the first N items of each task")
     # >0: a noise-floor rerun (its own store key; requests in reverse order, other batch size)
-    noise_variant: int = 0
+    noise_variant: int = option(0, at_least=0, cli=False)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> RunConfig:
+        return cls(options=BackendOptions.from_args(ns), **_values(ns, cls))
