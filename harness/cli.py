@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from harness.config import BackendOptions, RunConfig, add_arguments
 from harness.errors import RegressError
+from harness.types import Comparison
 
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
 
@@ -42,7 +43,7 @@ def _run_config(a: argparse.Namespace) -> RunConfig:
     return RunConfig.from_args(a)  # checks every value: a RegressError names the flag
 
 
-def _print_verdict(cmp, out: Path) -> None:  # type: ignore[no-untyped-def]
+def _print_verdict(cmp: Comparison, out: Path) -> None:
     v = cmp.verdict
     print(f"{v.level}: {cmp.candidate.path} vs {cmp.base.path} ({cmp.suite})")
     for r in v.reasons:
@@ -51,11 +52,9 @@ def _print_verdict(cmp, out: Path) -> None:  # type: ignore[no-untyped-def]
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from harness.runner import evaluate
-    from harness.suites import load_suite
+    from harness.pipeline import run_one
 
-    suite = load_suite(a.suite)
-    res = evaluate(a.model, suite, _run_config(a))
+    res = run_one(a.model, _run_config(a))
     by_task: dict[str, list[float]] = {}
     for r in res.records:
         by_task.setdefault(r.task, []).append(r.score)
@@ -140,7 +139,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_trend(a: argparse.Namespace) -> int:
-    from harness.trend import last_passing, run_trend
+    from harness.pipeline import run_trend
+    from harness.trend import last_passing
 
     out = Path(a.out) if a.out else Path("reports") / f"trend-{Path(a.base).name}"
     points = run_trend(a.base, a.checkpoints, _run_config(a), out, a.policy)
