@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from harness import compare, gate
-from harness.types import Checkpoint, Record
+from harness.types import Checkpoint, Comparison, Record
 
 MAX_TOKENS = 128
 PWN = "window.__pwned"
@@ -149,7 +149,7 @@ def plant_surrogates(items: pd.DataFrame) -> pd.DataFrame:
 
 
 def fake_comparison(n_items: int = 500, seed: int = 0, hostile: bool = True, drift: bool = True,
-                    out_len: int = MAX_TOKENS, tasks: tuple[str, ...] = TASKS) -> compare.Comparison:  # fmt: skip
+                    out_len: int = MAX_TOKENS, tasks: tuple[str, ...] = TASKS) -> Comparison:  # fmt: skip
     base, cand = fake_records(n_items, seed, out_len, tasks)
     if hostile:
         plant_hostile(base, cand)
@@ -161,14 +161,9 @@ def fake_comparison(n_items: int = 500, seed: int = 0, hostile: bool = True, dri
         loops = items["loop_cand"].to_numpy()
         items["stop_drift"] = np.where(loops, rng.normal(-4.0, 1.5, len(items)), rng.normal(-0.2, 0.4, len(items)))
         items["answer_drift"] = rng.normal(-0.1, 0.2, len(items))
-    tasks = compare.task_table(items)
-    if drift:
-        for t in tasks:
-            sel = items if t["name"] == "overall" else items[items["task"] == t["name"]]
-            t["stop_drift_mean"] = float(sel["stop_drift"].mean())
-            t["answer_drift_mean"] = float(sel["answer_drift"].mean())
-    verdict = gate.judge(tasks, gate.Policy())
-    return compare.Comparison(
+    tasks, overall = compare.task_table(items)  # the drift means come from the item columns
+    policy = gate.Policy()
+    return Comparison(
         Checkpoint(".cache/demo/base", "fp-base-5678"),
         Checkpoint(".cache/demo/ft-all-<b>tokens</b>", "fp-cand-1234"),
         "demo",
@@ -176,6 +171,8 @@ def fake_comparison(n_items: int = 500, seed: int = 0, hostile: bool = True, dri
         "hf",
         items,
         tasks,
-        verdict,
+        overall,
+        gate.judge(tasks, policy),
+        policy,
         tuple(warnings),
     )

@@ -24,13 +24,14 @@ comparison. Seeded; a few seconds.
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import asdict, replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from harness import compare, gate, stats
+from harness.types import TaskRow
 
 N_NULL = 250
 N_PLANTED = 250
@@ -104,8 +105,8 @@ def to_frame(pairs: Pairs) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def task_rows(pairs: Pairs) -> list[dict[str, Any]]:
-    """``compare.task_table``'s per-task rows (the keys the gate reads), from the stats."""
+def task_rows(pairs: Pairs) -> tuple[TaskRow, ...]:
+    """``compare.task_table``'s per-task rows, from the stats (lengths as ``to_frame`` makes them)."""
     rows = []
     for task, c in pairs.items():
         rates = {
@@ -114,9 +115,16 @@ def task_rows(pairs: Pairs) -> list[dict[str, Any]]:
             for side, col in (("base", "base"), ("candidate", "cand"))
         }
         summary = stats.paired_summary(c["correct_base"], c["correct_cand"])
-        identity = float(c["identical"].mean())
-        rows.append({"name": task, **summary, "identity_rate": identity, "n_generated": summary["n"], **rates})
-    return rows
+        len_b, len_c = (float(np.where(c[f"nonterm_{s}"], 64, 8).sum()) for s in ("base", "cand"))
+        row = TaskRow(
+            name=task, **summary,  # type: ignore[arg-type]
+            mcnemar_p_holm=summary["mcnemar_p"], identical_outputs=int(c["identical"].sum()),
+            identity_rate=float(c["identical"].mean()), answer_change_rate=float(c["answer_changed"].mean()),
+            n_generated=int(summary["n"]), **rates, length_ratio=len_c / len_b,
+        )  # fmt: skip
+        rows.append(row)
+    adjusted = stats.holm([r.mcnemar_p for r in rows])
+    return tuple(replace(r, mcnemar_p_holm=p) for r, p in zip(rows, adjusted))
 
 
 def fires(pairs: Pairs, policy: gate.Policy) -> tuple[bool, set[str]]:
@@ -197,14 +205,16 @@ def test_plant_drop_is_exact() -> None:
 
 
 def test_task_rows_match_compare() -> None:
-    """The fast rows are compare.task_table's rows, and judge reaches the same verdict."""
+    """The fast rows are compare.task_table's rows (every field), and judge reaches the same verdict."""
     rng = np.random.default_rng(3)
     runs = {f"t{i}": synthetic_runs(1000, 3, rng) for i in range(3)}
     for k in range(4):
         pairs = plant_drop(null_pairs(runs, rng, 500), "t1", 0.04 * k, rng)
-        fast, slow = task_rows(pairs), compare.task_table(to_frame(pairs))
+        fast, (slow, overall) = task_rows(pairs), compare.task_table(to_frame(pairs))
+        assert [f.name for f in fast] == [s.name for s in slow] == ["t0", "t1", "t2"]
         for f, s in zip(fast, slow):
-            assert f == {key: s[key] for key in f}
+            assert f == s, {k: (v, getattr(s, k)) for k, v in asdict(f).items() if v != getattr(s, k)}
+        assert overall.name == "overall" and overall.n == sum(f.n for f in fast)
         assert gate.judge(fast, gate.Policy()) == gate.judge(slow, gate.Policy())
 
 
@@ -225,12 +235,10 @@ def test_false_alarms_on_nulls_resampled_from_real_demo_records(demo, session_st
     from scipy.stats import binomtest
 
     from harness.config import RunConfig
-    from harness.runner import evaluate
-    from harness.suites import load_suite
+    from harness.pipeline import run_one
 
-    suite = load_suite("demo")
     cfg = RunConfig(suite="demo", store_dir=str(session_store))
-    runs_by_ckpt = [evaluate(str(demo[name]), suite, cfg).records for name in ("base", "ft-answer-only")]
+    runs_by_ckpt = [run_one(str(demo[name]), cfg).records for name in ("base", "ft-answer-only")]
     runs: dict[str, dict[str, np.ndarray]] = {}
     for task in dict.fromkeys(r.task for r in runs_by_ckpt[0]):
         cols = [[r for r in recs if r.task == task] for recs in runs_by_ckpt]

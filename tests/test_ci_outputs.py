@@ -22,7 +22,7 @@ from harness.report.markdown import MAX_FLIPS, render_markdown
 from harness.report.summary import build_summary, schema
 from harness.types import Checkpoint
 from tests._report_fakes import HOSTILE_OUTPUTS, fake_comparison
-from tests.test_gate import make_comparison
+from tests.test_gate import make_comparison, probe_row
 
 XSD = Path(__file__).parent / "data" / "junit-10.xsd"
 FAILING = {"demo_add": {"cells": (300, 60, 10, 130), "nonterm": (0, 20)}, "demo_rev": {"cells": (400, 0, 0, 100)},
@@ -106,10 +106,9 @@ def test_summary_validates(tmp_path: Path, hostile) -> None:  # type: ignore[no-
 
 def test_summary_with_probe_extras_validates() -> None:
     cmp = make_comparison(PASSING)
-    term = {"name": "probe:termination", "probe": True, "n": 50, "n_generated": 50, "nonterm_rate_base": 0.0,
-            "nonterm_rate_candidate": 0.5, "loop_rate_base": 0.0, "loop_rate_candidate": 0.4}  # fmt: skip
-    verdict = gate.judge([*cmp.tasks, term], gate.Policy())
-    cmp = replace(cmp, verdict=verdict, extras={**cmp.extras, "probes": {"termination": term}, "config_check": []})
+    term = probe_row(50, 0.5, 0.4)
+    verdict = gate.judge(cmp.tasks, gate.Policy(), [term])
+    cmp = replace(cmp, verdict=verdict, termination=term, config_check=())
     summary = build_summary(cmp)
     jsonschema.validate(summary, schema(), cls=jsonschema.Draft202012Validator)
     assert summary["verdict"] == "FAIL" and summary["probes"]["termination"]["n"] == 50

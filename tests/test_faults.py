@@ -204,7 +204,7 @@ def test_bad_suites(capsys, tmp_path, base_ckpt):
 
 def test_same_vocab_other_tokenizer_files_is_a_warning(tmp_path, base_ckpt, caplog):
     from harness.config import RunConfig
-    from harness.runner import preflight
+    from harness.pipeline import preflight
     from harness.suites import load_suite
 
     cand = variant(base_ckpt, tmp_path, "cand")
@@ -213,8 +213,9 @@ def test_same_vocab_other_tokenizer_files_is_a_warning(tmp_path, base_ckpt, capl
     (cand / "tokenizer.json").write_text(json.dumps(tok, indent=1))
     cfg = RunConfig(suite=str(write_suite(tmp_path)), store_dir=str(tmp_path / "store"))
     with caplog.at_level(logging.WARNING):
-        toks = preflight([str(base_ckpt), str(cand)], load_suite(cfg.suite), cfg, tmp_path / "report")
-    assert len(toks) == 2
+        loaded = preflight([str(base_ckpt), str(cand)], load_suite(cfg.suite), cfg, tmp_path / "report")
+    assert [Path(ck.path) for ck in loaded] == [base_ckpt.resolve(), cand.resolve()]
+    assert loaded[0].fingerprint != loaded[1].fingerprint  # the tokenizer files are part of the fingerprint
     assert any("tokenizer files differ" in r.getMessage() and "vocabularies match" in r.getMessage()
                for r in caplog.records)  # fmt: skip
     assert not (tmp_path / "store").exists()

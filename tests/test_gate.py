@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from scipy import stats as sps
 from harness import compare, gate, stats
 from harness.cli import main
 from harness.errors import PolicyError
-from harness.types import Checkpoint
+from harness.types import Checkpoint, Comparison, ProbeRow, TaskRow, TerminationStats
 
 # -- a comparison from cell counts ----------------------------------------------------
 
@@ -69,27 +70,44 @@ def items_frame(spec: dict[str, dict[str, Any]]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[list(compare.ITEM_COLUMNS)]
 
 
-def make_comparison(spec: dict[str, dict[str, Any]], policy: gate.Policy | None = None) -> compare.Comparison:
+def make_comparison(spec: dict[str, dict[str, Any]], policy: gate.Policy | None = None) -> Comparison:
     policy = policy or gate.Policy()
     items = items_frame(spec)
-    tasks = compare.task_table(items)
-    return compare.Comparison(
+    tasks, overall = compare.task_table(items)
+    return Comparison(
         Checkpoint("ckpt/base", "fp-base"), Checkpoint("ckpt/cand", "fp-cand"), "synthetic", "hash0", "hf",
-        items, tasks, gate.judge(tasks, policy), (), {"policy": policy},
+        items, tasks, overall, gate.judge(tasks, policy), policy,
     )  # fmt: skip
 
 
-def row(name: str, cells: tuple[int, int, int, int], **extra: Any) -> dict[str, Any]:
-    """One task row as compare.task_table makes it (accuracy part), plus ``extra``."""
+def row(name: str, cells: tuple[int, int, int, int], **extra: Any) -> TaskRow:
+    """One task row as compare.task_table makes it from the 2x2 ``cells`` (both, neg, pos,
+    neither) of items that all agree in output unless they flipped, with ``extra`` fields set."""
     both, neg, pos, neither = cells
     base = np.repeat([1, 1, 0, 0], cells)
     cand = np.repeat([1, 0, 1, 0], cells)
     n = both + neg + pos + neither
-    r = {"name": name, **stats.paired_summary(base, cand), "identity_rate": (both + neither) / n if n else 1.0}
-    r.update({"n_generated": 0, "nonterm_rate_base": 0.0, "nonterm_rate_candidate": 0.0})
-    r.update({"loop_rate_base": 0.0, "loop_rate_candidate": 0.0})
-    r.update(extra)
-    return r
+    s = stats.paired_summary(base, cand)
+    r = TaskRow(
+        name=name, **s,  # type: ignore[arg-type]
+        mcnemar_p_holm=s["mcnemar_p"], identical_outputs=both + neither,
+        identity_rate=(both + neither) / n if n else 1.0, answer_change_rate=(neg + pos) / n if n else 0.0,
+        n_generated=0, nonterm_rate_base=0.0, nonterm_rate_candidate=0.0,
+        loop_rate_base=0.0, loop_rate_candidate=0.0, length_ratio=1.0,
+    )  # fmt: skip
+    return replace(r, **extra)
+
+
+def probe_row(n: int, nonterm: float, loops: float) -> ProbeRow:
+    """A termination-probe row of ``n`` generations: the base always stops, the candidate
+    runs to the limit on ``nonterm`` of them and loops on ``loops`` of them."""
+
+    def term(nonterm: float, loops: float) -> TerminationStats:
+        return TerminationStats(n, 1 - nonterm, nonterm, loops, 5.0, 64.0 if nonterm else 5.0, 64.0, ())
+
+    return ProbeRow(name="probe:termination", n=n, n_generated=n,
+                    nonterm_rate_base=0.0, nonterm_rate_candidate=nonterm, loop_rate_base=0.0,
+                    loop_rate_candidate=loops, base=term(0.0, 0.0), candidate=term(nonterm, loops))  # fmt: skip
 
 
 def fired(verdict: gate.Verdict) -> set[tuple[str, str]]:
@@ -124,13 +142,13 @@ def test_layers_and_per_task_precedence() -> None:
 
 def test_override_sets_a_value_for_every_task() -> None:
     p = gate.parse_policy({"tasks": {"a": {"noise_floor": 0.2, "alpha": 0.01}}})
-    q = p.override(noise_floor=0.03)
+    q = gate.override(p, noise_floor=0.03)
     assert q.for_task("a").noise_floor == q.for_task("b").noise_floor == 0.03
     assert q.for_task("a").alpha == 0.01
     with pytest.raises(PolicyError, match="'noise_floor' must be in"):
-        p.override(noise_floor=2)
+        gate.override(p, noise_floor=2)
     with pytest.raises(PolicyError, match="unknown policy key 'noise'"):
-        p.override(noise=0.1)
+        gate.override(p, noise=0.1)
 
 
 def test_policy_round_trips_through_its_yaml_form() -> None:
@@ -269,7 +287,6 @@ def test_verdict_lists_every_fired_rule_with_numbers() -> None:
         row("a", (1500, 100, 40, 360), n_generated=BIG, nonterm_rate_candidate=0.05),
         row("b", (30, 1, 1, 8)),
         row("c", (1600, 0, 0, 400)),
-        row("overall", (3130, 101, 41, 768)),
     ]
     v = gate.judge(tasks, gate.Policy())
     assert fired(v) == {("a", "acc_drop"), ("a", "negative_flips"), ("a", "nonterm"), ("b", "inconclusive")}
@@ -278,9 +295,23 @@ def test_verdict_lists_every_fired_rule_with_numbers() -> None:
     for reason in v.reasons:
         assert reason.startswith(("[FAIL] a ", "[WARN] b ")) and "limit" in reason
     assert "-3.0 pts" in v.reasons[0] and "p=" in v.reasons[0]
-    assert all(r.task != "overall" for r in v.results)  # overall is reported, not gated
+    assert {r.task for r in v.results} == {"a", "b", "c"}
     acc = next(r for r in v.results if r.rule == "acc_drop" and r.task == "a")
     assert (acc.value, acc.threshold) == (pytest.approx(0.03), 0.01) and acc.p_value < 1e-6
+
+
+def test_overall_is_reported_not_gated() -> None:
+    """The overall row of a/b/c above (3130, 101, 41, 768) fails acc_drop when judged on its
+    own, yet a comparison's verdict holds the task rows' outcomes only."""
+    spec = {"a": {"cells": (1500, 100, 40, 360)}, "b": {"cells": (30, 1, 1, 8)}, "c": {"cells": (1600, 0, 0, 400)}}
+    cmp = make_comparison(spec)
+    assert (cmp.overall.name, cmp.overall.n, cmp.overall.negative_flips, cmp.overall.positive_flips) == (
+        "overall", 4040, 101, 41,
+    )  # fmt: skip
+    assert [t.name for t in cmp.tasks] == ["a", "b", "c"]
+    assert ("overall", "acc_drop") in fired(gate.judge([cmp.overall], gate.Policy()))
+    assert {r.task for r in cmp.verdict.results} == {"a", "b", "c"}
+    assert fired(cmp.verdict) == {("a", "acc_drop"), ("a", "negative_flips"), ("b", "inconclusive")}
 
 
 def test_inconclusive_is_never_a_silent_pass() -> None:
@@ -313,10 +344,7 @@ def test_per_task_thresholds_and_severity_off() -> None:
 
 def test_probe_row_gets_only_its_rules() -> None:
     """A probe row (termination probe: rates only, no accuracy) is judged on its rates."""
-    probe = {"name": "probe:termination", "probe": True, "n": 200, "n_generated": 200,
-             "nonterm_rate_base": 0.0, "nonterm_rate_candidate": 0.6,
-             "loop_rate_base": 0.0, "loop_rate_candidate": 0.5}  # fmt: skip
-    v = gate.judge([row("t", (1600, 0, 0, 400)), probe], gate.Policy())
+    v = gate.judge([row("t", (1600, 0, 0, 400))], gate.Policy(), [probe_row(200, 0.6, 0.5)])
     assert {r.rule for r in v.results if r.task == "probe:termination"} == {"nonterm", "loops"}
     assert fired(v) == {("probe:termination", "nonterm"), ("probe:termination", "loops")}
 
@@ -349,7 +377,7 @@ def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip report.html's plots (seconds each) where a test is about the verdict only."""
     import harness.report.writer as writer
 
-    monkeypatch.setattr(writer, "render_html", lambda cmp, summary: f"<p>{summary['verdict']}</p>")
+    monkeypatch.setattr(writer, "render_html", lambda cmp: f"<p>{cmp.verdict.level}</p>")
 
 
 def _report(tmp_path: Path, spec: dict, name: str = "r") -> Path:

@@ -122,11 +122,11 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, base_ckpt, monkey
     # 5. killed after the last answer but before the records: nothing left to compute
     (records_file,) = store.glob("*/records.jsonl")
     records_file.unlink()
-    from harness import runner
+    from harness import pipeline
 
     results = []
-    evaluate = runner.evaluate
-    monkeypatch.setattr(runner, "evaluate", lambda *a, **k: results.append(evaluate(*a, **k)) or results[-1])
+    evaluate = pipeline.evaluate
+    monkeypatch.setattr(pipeline, "evaluate", lambda *a, **k: results.append(evaluate(*a, **k)) or results[-1])
     assert main(_argv(base_ckpt, suite, store)[1:]) == 0
     (res,) = results
     assert not res.reused and res.backend_calls == 0 and res.backend_requests == 0, "the backend must not be started"
