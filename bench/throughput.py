@@ -123,12 +123,11 @@ def engine_child(side: str, base: str, tmp: Path, warm: bool) -> None:
     t0 = time.perf_counter()
     if side == "regress":
         from harness.config import RunConfig
-        from harness.runner import evaluate
-        from harness.suites import load_suite
+        from harness.pipeline import run_one
 
-        suite = load_suite(write_suite(tmp, GEN_TASKS, probes=False))
+        suite = write_suite(tmp, GEN_TASKS, probes=False)
         store = tempfile.mkdtemp(prefix="store-engine-", dir=tmp)
-        res = evaluate(base, suite, RunConfig(suite=suite.path, backend="vllm", store_dir=store))
+        res = run_one(base, RunConfig(suite=suite, backend="vllm", store_dir=store))  # checks and reads base once
         took = time.perf_counter() - t0
         prompts_file.write_text(json.dumps([r.prompt for r in gen_requests(res.records)]))
     else:
@@ -271,9 +270,8 @@ def synthetic(n: int, seed: int, flip: float) -> list[Any]:
 def section_report(tmp: Path, pairs: int, rows: list[list[str]]) -> None:
     from harness.pipeline import build_policy, comparison_of
     from harness.report import write_report
-    from harness.runner import RunResult
     from harness.suites import load_suite
-    from harness.types import Checkpoint
+    from harness.types import Checkpoint, RunResult
 
     suite = load_suite("demo")
     base = RunResult(Checkpoint("base", "b" * 16), tuple(synthetic(pairs, 0, 0.0)), "", True, 0)

@@ -148,10 +148,9 @@ def test_per_item_scores_equal_lm_eval_hf(demo, session_store, tmp_path):
             theirs[(task, row["doc_id"])] = float(row[metric])
 
     from harness.config import RunConfig
-    from harness.runner import evaluate
-    from harness.suites import load_suite
+    from harness.pipeline import run_one
 
-    run = evaluate(str(demo["base"]), load_suite("demo"), RunConfig(suite="demo", store_dir=str(session_store)))
+    run = run_one(str(demo["base"]), RunConfig(suite="demo", store_dir=str(session_store)))
     ours = {(r.task, int(r.item_id.split("-")[1])): r.score for r in run.records if r.task in tasks}
     assert len(theirs) == 400
     mismatched = [k for k, v in theirs.items() if ours[k] != v]

@@ -68,7 +68,9 @@ def test_termination_stats():
         Generation("x", 2, "eos", None, (9,)),
         Generation("cd" * 40, 80, "length", None, tuple([3, 4] * 40)),
     ]
-    s = probes.termination_stats(gens)
-    assert s["n"] == 4 and s["stop_rate"] == 0.5 and s["nonterm_rate"] == 0.5
-    assert s["loop_rate"] == 0.5
-    assert s["length_max"] == 80 and s["lengths"] == [2, 3, 80, 80]
+    from harness.compare import termination_stats
+
+    s = termination_stats(gens)
+    assert s.n == 4 and s.stop_rate == 0.5 and s.nonterm_rate == 0.5
+    assert s.loop_rate == 0.5
+    assert s.length_max == 80 and s.lengths == (2, 3, 80, 80)
