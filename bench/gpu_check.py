@@ -150,6 +150,7 @@ def main() -> int:
         print(f"{row['path']:28s} {row['s']:8.2f} {row['tokens']:9d} {tps:10.1f} {ratio:>12s}", flush=True)
 
     try:
+        from harness import checkpoint
         from harness.backends.hf import HFBackend
         from harness.config import BackendOptions
 
@@ -158,7 +159,8 @@ def main() -> int:
         texts = prompts(tok, n)
         print(f"device {device}; random Llama, {n_params / 1e6:,.1f}M parameters; {n} prompts x {max_tokens} tokens")
         print(f"{'path':28s} {'seconds':>8s} {'tokens':>9s} {'tokens/s':>10s} {'time / bare':>12s}", flush=True)
-        hf = HFBackend(str(ckpt), BackendOptions(batch_size=batch, device="cpu" if cpu else "cuda"))
+        loaded = checkpoint.load(ckpt)  # tokenizer and end-of-turn ids, as a run reads them
+        hf = HFBackend(loaded, BackendOptions(batch_size=batch, device="cpu" if cpu else "cuda"))
         bare_loop(hf.model, tok, texts[:batch], 2, batch)  # warm-up (kernels, allocator)
         bare_t, bare_tok = bare_loop(hf.model, tok, texts, max_tokens, batch)
         add({"path": "bare model.generate loop", "s": bare_t, "tokens": bare_tok})
@@ -169,12 +171,14 @@ def main() -> int:
         if not cpu:
             torch.cuda.empty_cache()
         if not a.no_vllm and not cpu:
+            from harness.backends import vllm as vllm_backend
+
             try:
-                from harness.backends.vllm import VLLMBackend
+                vllm_backend.import_engine()
             except ImportError as e:
                 print(f"vllm: not importable ({e.name or e}); skipped")
             else:
-                vb = VLLMBackend(str(ckpt), BackendOptions(gpu_memory_utilization=0.5, dtype="bfloat16"))
+                vb = vllm_backend.VLLMBackend(loaded, BackendOptions(gpu_memory_utilization=0.5, dtype="bfloat16"))
                 v_t, v_tok = regress_path(vb, texts, max_tokens, work / "store-vllm")
                 add({"path": "regress vllm", "s": v_t, "tokens": v_tok, "ratio": v_t / bare_t})
                 vb.close()

@@ -150,12 +150,12 @@ def engine_child(side: str, base: str, tmp: Path, warm: bool) -> None:
 def section_engine(demo: dict[str, Path], tmp: Path, rows: list[list[str]], repeats: int = 2) -> list[Any]:
     import json
 
+    from harness import checkpoint
     from harness.backends.vllm import VLLMBackend
     from harness.config import BackendOptions
     from harness.types import GenRequest
 
-    base = str(demo["base"])
-    VLLMBackend(base, BackendOptions()).close()  # warm-up: the OS's file cache, for both sides
+    VLLMBackend(checkpoint.load(demo["base"]), BackendOptions()).close()  # warm-up: the OS's file cache, both sides
     n = 0
     for warm in (False, True):
         times: dict[str, list[float]] = {"regress": [], "bare": []}
@@ -183,13 +183,15 @@ def section_engine(demo: dict[str, Path], tmp: Path, rows: list[list[str]], repe
 
 
 def section_tokens(demo: dict[str, Path], reqs: list[Any], rows: list[list[str]]) -> None:
+    from harness import checkpoint
     from harness.backends import load_backend
     from harness.config import BackendOptions
 
     for name in ("base", "ft-all-tokens"):
         speeds = {}
+        loaded = checkpoint.load(demo[name])
         for be in ("hf", "vllm"):
-            b = load_backend(be, str(demo[name]), BackendOptions())
+            b = load_backend(be, loaded, BackendOptions())
             t, gens = timed(lambda b=b: b.generate(reqs))
             b.close()
             n = sum(g.n_tokens for g in gens)

@@ -133,7 +133,7 @@ class RegressLM(LM):
             return
         backend = self.backend
         items = list(todo.items())[:: -1 if self.reverse else 1]
-        size = self.chunk_size or getattr(backend, "chunk_size", 256) or 256
+        size = self.chunk_size or backend.chunk_size
         desc = "generating" if kind == "gen" else "scoring"
         with tqdm(total=len(items), desc=desc, unit="req", disable=None) as bar:
             for s in range(0, len(items), size):

@@ -1,12 +1,13 @@
 """Probes of degeneration that move before answers flip, and the end-of-turn config check.
 
-* ``config_check(path)``: which token the chat template ends an assistant turn with,
-  generation_config's eos ids and the tokenizer's eos. A template that ends turns with a
-  token the checkpoint does not stop on is the classic cause of "it never stops"; it is
-  reported, with the fix, before any generation.
+* ``eot_setup(path, tokenizer)``: which token the chat template ends an assistant turn
+  with, generation_config's eos ids and the tokenizer's eos; its ``stop_ids`` are the
+  end-of-turn ids every backend stops on. ``config_findings``: a template that ends turns
+  with a token the checkpoint does not stop on is the classic cause of "it never stops";
+  it is reported, with the fix, before any generation.
 * Termination probe: open-ended chat prompts generated with the end-of-turn tokens as the
-  only stop and a generous token limit; per checkpoint the stop rate, the output lengths
-  and the tail-repetition rate.
+  only stop and a generous token limit; ``compare.termination_stats`` summarises each
+  checkpoint's stop rate, output lengths and tail-repetition rate.
 * Drift probes, for each generated item the base answered and stopped on:
   stop-token drift = candidate's log P(end-of-turn | prompt + base answer) minus the
   base's; base-answer drift = mean per-token log-prob of the base's answer under the
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import SuiteError
-from harness.types import EotSetup, Generation, GenRequest, LoglikRequest, Record
+from harness.types import EotSetup, GenRequest, LoglikRequest, Record
 
 SENTINEL = "\u2063regress\u2063"
 
@@ -32,15 +33,29 @@ SENTINEL = "\u2063regress\u2063"
 # -- configuration check --------------------------------------------------------------
 
 
-def eot_setup(path: str | Path, tokenizer: Any) -> EotSetup:
-    gen_ids: list[int] = []
-    gc = Path(path) / "generation_config.json"
-    if gc.is_file():
+def generation_eos_ids(path: str | Path) -> tuple[int, ...]:
+    """generation_config's eos ids as transformers reads them when it loads the model: from
+    generation_config.json, or, where that file is missing or not JSON, derived from
+    config.json (as ``from_pretrained`` sets ``model.generation_config``, and as vLLM reads
+    it); () where neither says or transformers rejects the file."""
+    from transformers import GenerationConfig
+
+    try:
         try:
-            eos = json.loads(gc.read_text()).get("eos_token_id")
-        except ValueError:
-            eos = None
-        gen_ids = [int(x) for x in (eos if isinstance(eos, list) else [eos]) if x is not None]
+            config = GenerationConfig.from_pretrained(str(path), local_files_only=True)
+        except OSError:
+            config = GenerationConfig.from_pretrained(
+                str(path), config_file_name="config.json", _from_model_config=True, local_files_only=True
+            )
+    except (OSError, ValueError):
+        return ()
+    eos = config.eos_token_id
+    return tuple(int(x) for x in (eos if isinstance(eos, list | tuple) else [eos]) if x is not None)
+
+
+def eot_setup(path: str | Path, tokenizer: Any) -> EotSetup:
+    """How ``path`` ends assistant turns: its chat template's turn end and the ids it stops
+    on (``EotSetup.stop_ids``, the one list every backend stops on)."""
     end_text = end_id = None
     if getattr(tokenizer, "chat_template", None):
         try:
@@ -55,7 +70,7 @@ def eot_setup(path: str | Path, tokenizer: Any) -> EotSetup:
             if ids:
                 end_id = int(ids[0])
                 end_text = tokenizer.decode([end_id], skip_special_tokens=False)
-    return EotSetup(end_text, end_id, tuple(gen_ids), tokenizer.eos_token_id)
+    return EotSetup(end_text, end_id, generation_eos_ids(path), tokenizer.eos_token_id)
 
 
 def config_findings(name: str, setup: EotSetup) -> list[str]:
@@ -142,29 +157,3 @@ def _logsumexp(xs: Sequence[float]) -> float:
     if m == float("-inf"):
         return m
     return m + math.log(sum(math.exp(x - m) for x in xs))
-
-
-def termination_stats(gens: Sequence[Generation]) -> dict[str, Any]:
-    from harness import detectors
-
-    n = len(gens)
-    lengths = sorted(g.n_tokens for g in gens)
-    loops = [
-        (detectors.tail_repetition(g.token_ids) if g.token_ids else detectors.tail_repetition_text(g.text))
-        is not None
-        for g in gens
-    ]
-
-    def q(p: float) -> float:
-        return float(lengths[min(n - 1, int(p * (n - 1) + 0.5))]) if n else 0.0
-
-    return {
-        "n": n,
-        "stop_rate": sum(g.finish != "length" for g in gens) / n if n else 1.0,
-        "nonterm_rate": sum(g.finish == "length" for g in gens) / n if n else 0.0,
-        "loop_rate": sum(loops) / n if n else 0.0,
-        "length_p50": q(0.5),
-        "length_p90": q(0.9),
-        "length_max": float(lengths[-1]) if n else 0.0,
-        "lengths": lengths,
-    }

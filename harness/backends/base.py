@@ -1,14 +1,19 @@
 """The backend contract: the few calls the pipeline needs from an inference engine.
 
-A backend is started once per checkpoint and answers, in bulk:
+A backend is started once per checkpoint, from the checkpoint loaded once per run
+(``harness.types.LoadedCheckpoint``: its tokenizer and end-of-turn ids come from there),
+and answers, in bulk:
 
 * ``generate(requests)``: greedy generations with finish reasons and token ids;
 * ``loglikelihood(requests)``: summed log-probs of continuations (multiple choice, probes);
-* ``apply_chat_template(messages)``: the checkpoint's own chat template, as text;
-* ``eot_token_ids`` / ``eot_texts``: the end-of-turn ids it stops on and their text.
+* ``chunk_size``: how many requests to hand over per call (each chunk is stored as it finishes);
+* ``close()``: stop the engine and free its memory.
 
-Backends never see lm-eval objects; ``harness.lm_adapter.RegressLM`` turns lm-eval
-``Instance``s into ``GenRequest``/``LoglikRequest`` lists and back. Backends are
+Each engine module (``hf``, ``vllm``, ``openai``) owns its knowledge and provides, besides
+its backend class, the functions of ``EngineModule``: its defaults resolved into the
+settings that key the store, the options of the noise floor's second run, and the import
+of its engine. Backends never see lm-eval objects; ``harness.lm_adapter.RegressLM`` turns
+lm-eval ``Instance``s into ``GenRequest``/``LoglikRequest`` lists and back. Backends are
 registered by name in ``harness.backends`` with lazy imports.
 """
 
@@ -17,12 +22,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from harness.types import Generation, GenRequest, Loglik, LoglikRequest
+from harness.config import BackendOptions
+from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest
 
 
 @runtime_checkable
 class Backend(Protocol):
-    name: str
     # How many requests to hand over per call when streaming records to the store.
     chunk_size: int
 
@@ -30,18 +35,53 @@ class Backend(Protocol):
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]: ...
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str: ...
-
-    @property
-    def eot_token_ids(self) -> tuple[int, ...]: ...
-
-    @property
-    def eot_texts(self) -> tuple[str, ...]: ...
-
-    @property
-    def tokenizer_name(self) -> str: ...
-
     def close(self) -> None: ...
+
+
+class EngineModule(Protocol):
+    """What ``harness.backends`` asks of an engine module, none of which starts an engine."""
+
+    def import_engine(self) -> object:
+        """Import the engine's packages (after setting their environment); ImportError where
+        one is not installed."""
+        ...
+
+    def output_settings(self, options: BackendOptions) -> dict[str, Any]:
+        """The settings that can move this backend's answers, defaults filled in: the part
+        of the store key the backend makes."""
+        ...
+
+    def rerun_options(self, options: BackendOptions) -> tuple[BackendOptions, tuple[int, int] | None]:
+        """Options of the noise floor's second run of the base, and the two batch sizes
+        (None where the engine batches as it schedules)."""
+        ...
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()  # asks the driver for a count; does not initialise CUDA
+
+
+class CheckpointBackend:
+    """What every backend takes from the loaded checkpoint: its tokenizer, loaded once per
+    run, and ``eot``, the one list of end-of-turn ids (``ckpt.eot.stop_ids``) it stops on.
+    Prompts are rendered by the chat template, which writes BOS itself, so encoding adds
+    no specials."""
+
+    def __init__(self, ckpt: LoadedCheckpoint, options: BackendOptions) -> None:
+        self.options = options
+        self.checkpoint = ckpt.path
+        self.tokenizer: Any = ckpt.tokenizer
+        self.eot: tuple[int, ...] = ckpt.eot.stop_ids
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def bos_id(self) -> int:
+        """The token an empty context stands for: BOS, else the first end-of-turn id."""
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self.eot[0]
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
@@ -73,31 +113,3 @@ def split_pair(
     if not ctx:
         return [bos_id], encode(continuation)
     return ctx, encode(context + continuation)[len(ctx) :]
-
-
-class TokenizerMixin:
-    """What every backend answers from the checkpoint's own tokenizer: its end-of-turn ids
-    (``self._eot``) and their text, its chat template, and prompt encoding. Prompts are
-    rendered by the chat template, which writes BOS itself, so encoding adds no specials."""
-
-    tokenizer: Any
-    checkpoint: str
-    _eot: tuple[int, ...]
-
-    @property
-    def eot_token_ids(self) -> tuple[int, ...]:
-        return self._eot
-
-    @property
-    def eot_texts(self) -> tuple[str, ...]:
-        return tuple(self.tokenizer.decode([i], skip_special_tokens=False) for i in self._eot)
-
-    @property
-    def tokenizer_name(self) -> str:
-        return self.checkpoint
-
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids

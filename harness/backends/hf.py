@@ -1,65 +1,109 @@
 """The ``hf`` backend: transformers on CPU or GPU.
 
 Greedy batched generation with left padding over length-sorted batches, the checkpoint's
-own end-of-turn ids as eos, per-sequence stop strings, and log-likelihoods for multiple
-choice computed the way lm-eval's ``HFLM`` computes them (context/continuation split on
-the token boundary of the whole string), so per-item scores match ``lm_eval --model hf``.
+end-of-turn ids (``ckpt.eot.stop_ids``) as eos, per-sequence stop strings, and
+log-likelihoods for multiple choice computed the way lm-eval's ``HFLM`` computes them
+(context/continuation split on the token boundary of the whole string), so per-item
+scores match ``lm_eval --model hf``.
+
+Its defaults (device, dtype, batch and chunk size) are resolved here, and so are the
+settings of the store key (``output_settings``) and the noise floor's second run.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from harness.backends import hf_batching, hf_device, hf_dtype
-from harness.backends.base import TokenizerMixin, cut_at_stop, split_pair
-from harness.checkpoint import load_tokenizer
+from harness.backends.base import CheckpointBackend, cuda_available, cut_at_stop, split_pair
 from harness.config import BackendOptions
 from harness.errors import BackendError
-from harness.types import Generation, GenRequest, Loglik, LoglikRequest
+from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest
+
+BATCH_SIZE = 64  # the batch size when none is given
 
 
-def eot_ids_of(tokenizer: Any, generation_config: Any) -> tuple[int, ...]:
-    """End-of-turn ids: generation_config's eos ids (one or several) and the tokenizer's eos."""
-    ids: list[int] = []
-    eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
-    for x in eos if isinstance(eos, list | tuple) else [eos]:
-        if x is not None and x not in ids:
-            ids.append(int(x))
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(int(tokenizer.eos_token_id))
-    return tuple(ids)
+# -- defaults and the store key ---------------------------------------------------------
 
 
-class HFBackend(TokenizerMixin):
-    name = "hf"
+def resolve_device(options: BackendOptions) -> str:
+    return options.device or ("cuda" if cuda_available() else "cpu")
 
-    def __init__(self, checkpoint: str, options: BackendOptions) -> None:
+
+def resolve_dtype(options: BackendOptions, device: str) -> str:
+    """The dtype weights are loaded in: float32 on CPU, the checkpoint's own elsewhere."""
+    if options.dtype in (None, "auto"):
+        return "float32" if device.partition(":")[0] == "cpu" else "auto"
+    return options.dtype
+
+
+def resolve_batching(options: BackendOptions) -> tuple[int, int]:
+    """(batch size, chunk size): each chunk is sorted by length and batched within, so
+    both decide which prompts are padded together."""
+    batch = options.batch_size or BATCH_SIZE
+    return batch, options.chunk_size or max(batch * 4, 256)
+
+
+def accelerator(options: BackendOptions) -> str:
+    """What computes the answers: the GPU's name, "cpu", "mps", ... Two cards (or a card and
+    a CPU) give different float noise, so a base stored on one is not reused for a
+    candidate run on another; the card is named, not the index it is reached by."""
+    kind, _, index = resolve_device(options).partition(":")
+    if kind != "cuda":
+        return kind
+    if not cuda_available():
+        return "cpu"
+    return torch.cuda.get_device_name(int(index) if index.isdigit() else 0)  # the backend initialises CUDA anyway
+
+
+def output_settings(options: BackendOptions) -> dict[str, Any]:
+    accel = accelerator(options)
+    batch, chunk = resolve_batching(options)
+    dtype = resolve_dtype(options, resolve_device(options))
+    return {"accelerator": accel, "dtype": dtype, "batch_size": batch, "chunk_size": chunk}
+
+
+def rerun_options(options: BackendOptions) -> tuple[BackendOptions, tuple[int, int]]:
+    """The noise floor's second run: another batch size, so other prompts share a batch."""
+    batch = resolve_batching(options)[0]
+    second = max(1, batch // 4 + 1)
+    return replace(options, batch_size=second), (batch, second)
+
+
+def import_engine() -> object:
+    import transformers
+
+    return transformers
+
+
+# -- the backend ------------------------------------------------------------------------
+
+
+class HFBackend(CheckpointBackend):
+    def __init__(self, ckpt: LoadedCheckpoint, options: BackendOptions) -> None:
         from transformers import AutoModelForCausalLM
 
-        self.options = options
-        self.checkpoint = checkpoint
-        self.device = hf_device(options)
-        self.tokenizer = load_tokenizer(checkpoint, options.trust_remote_code)
-        dtype = hf_dtype(options, self.device)
+        super().__init__(ckpt, options)
+        self.device = resolve_device(options)
+        dtype = resolve_dtype(options, self.device)
         torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
         try:
             self.model = AutoModelForCausalLM.from_pretrained(
-                checkpoint,
+                ckpt.path,
                 dtype=torch_dtype,
                 local_files_only=True,
                 trust_remote_code=options.trust_remote_code,
             ).to(self.device)  # type: ignore[arg-type]  # transformers' decorator typing
         except (OSError, ValueError, RuntimeError) as e:
-            raise BackendError(f"cannot load model weights from {checkpoint}: {str(e).splitlines()[0]}") from e
+            raise BackendError(f"cannot load model weights from {ckpt.path}: {str(e).splitlines()[0]}") from e
         self.model.eval()
-        self._eot = eot_ids_of(self.tokenizer, self.model.generation_config)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self._eot[0]
-        self.batch_size, self.chunk_size = hf_batching(options)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot[0]
+        self.batch_size, self.chunk_size = resolve_batching(options)
         self.calls = 0  # backend calls, counted for the baseline-reuse tests
 
     def close(self) -> None:
@@ -101,14 +145,14 @@ class HFBackend(TokenizerMixin):
             attention_mask=att.to(self.device),
             max_new_tokens=max_tokens,
             do_sample=False,
-            eos_token_id=list(self._eot),
+            eos_token_id=list(self.eot),
             pad_token_id=self.pad_id,
             **kwargs,
         )[:, width:].tolist()
         return [self._finish(row, stop, max_tokens) for row in gen]
 
     def _finish(self, row: list[int], stop: tuple[str, ...], max_tokens: int) -> Generation:
-        eot = set(self._eot)
+        eot = set(self.eot)
         cut = next((k for k, t in enumerate(row) if t in eot), None)
         toks = row if cut is None else row[:cut]
         if cut is None and self.pad_id not in eot:
@@ -128,9 +172,7 @@ class HFBackend(TokenizerMixin):
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
         self.calls += 1
-        bos = self.tokenizer.bos_token_id
-        bos = bos if bos is not None else self._eot[0]
-        pairs = [split_pair(self.encode, r.context, r.continuation, bos) for r in requests]
+        pairs = [split_pair(self.encode, r.context, r.continuation, self.bos_id()) for r in requests]
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         out: list[Loglik | None] = [None] * len(pairs)
         for s in tqdm(range(0, len(order), self.batch_size), desc="loglikelihood", leave=False, disable=None):

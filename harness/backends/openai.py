@@ -6,7 +6,7 @@ chat template (the adapter does that) and sent as token ids, tokenized exactly a
 ``hf`` and ``vllm`` backends tokenize them, so no server adds a second BOS.
 
 * Generation: greedy, the request's stop strings and token budget, the checkpoint's
-  end-of-turn ids as ``stop_token_ids``. Finish reason from the API: ``length`` ->
+  end-of-turn ids (``ckpt.eot.stop_ids``) as ``stop_token_ids``. Finish reason from the API: ``length`` ->
   ``length``; ``stop`` -> ``stop`` when a stop string ended it (vLLM's ``stop_reason``;
   a server that does not report it: when the request had stop strings and no end-of-turn
   id is seen), else ``eos``. Token ids from ``token_ids`` (vLLM's ``return_token_ids``), else
@@ -19,6 +19,9 @@ chat template (the adapter does that) and sent as token ids, tokenized exactly a
   call raises ``BackendError`` (exit 2). The adapter has stored every earlier chunk
   (``chunk_size`` is kept moderate for that), so the same command resumes; an outage is
   never recorded as an empty answer.
+
+The store key holds the model name asked for (``output_settings``): the server's own
+settings and hardware are out of regress's sight.
 """
 
 from __future__ import annotations
@@ -31,11 +34,10 @@ from typing import Any
 
 import httpx
 
-from harness.backends.base import TokenizerMixin, cut_at_stop, split_pair
-from harness.checkpoint import load_tokenizer
+from harness.backends.base import CheckpointBackend, cut_at_stop, split_pair
 from harness.config import BackendOptions
 from harness.errors import BackendError
-from harness.types import Generation, GenRequest, Loglik, LoglikRequest
+from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 BACKOFF_S = 0.5  # first retry delay; doubled on each retry, capped at BACKOFF_MAX_S
@@ -48,31 +50,23 @@ def api_root(url: str) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
-def eot_ids(tokenizer: Any, checkpoint: str) -> tuple[int, ...]:
-    """The checkpoint's end-of-turn ids, as the ``hf`` backend reads them (without torch)."""
-    from transformers import GenerationConfig
-
-    try:
-        eos = GenerationConfig.from_pretrained(checkpoint, local_files_only=True).eos_token_id
-    except (OSError, ValueError):
-        eos = None
-    ids: list[int] = []
-    for x in [*(eos if isinstance(eos, list | tuple) else [eos]), tokenizer.eos_token_id]:
-        if x is not None and int(x) not in ids:
-            ids.append(int(x))
-    return tuple(ids)
+def output_settings(options: BackendOptions) -> dict[str, Any]:
+    return {"api_model": options.api_model}  # the server's own settings regress cannot see
 
 
-class OpenAIBackend(TokenizerMixin):
-    name = "openai"
+def rerun_options(options: BackendOptions) -> tuple[BackendOptions, None]:
+    return options, None  # the server batches as it schedules
 
-    def __init__(self, checkpoint: str, options: BackendOptions) -> None:
+
+def import_engine() -> object:
+    return httpx  # imported with this module; nothing else to import
+
+
+class OpenAIBackend(CheckpointBackend):
+    def __init__(self, ckpt: LoadedCheckpoint, options: BackendOptions) -> None:
         if not options.base_urls:
             raise BackendError("the openai backend needs --base-url URL (one per server; repeat it for a fleet)")
-        self.options = options
-        self.checkpoint = checkpoint
-        self.tokenizer = load_tokenizer(checkpoint, options.trust_remote_code)
-        self._eot = eot_ids(self.tokenizer, checkpoint)
+        super().__init__(ckpt, options)
         self.urls = [api_root(u) for u in options.base_urls]
         self.concurrency = max(1, options.concurrency) * len(self.urls)
         self.max_retries = max(0, options.max_retries)
@@ -220,7 +214,7 @@ class OpenAIBackend(TokenizerMixin):
                 "max_tokens": r.max_tokens,
                 "temperature": 0.0,
                 "stop": list(r.stop) or None,
-                "stop_token_ids": list(self._eot),  # vLLM/SGLang; the eos ids are the default elsewhere
+                "stop_token_ids": list(self.eot),  # vLLM/SGLang; the eos ids are the default elsewhere
                 "return_token_ids": True,  # vLLM: the generated ids, for the token-level detectors
             }
             for r in requests
@@ -240,16 +234,16 @@ class OpenAIBackend(TokenizerMixin):
             raise BackendError(f"server ended a generation with finish_reason {finish!r}")
         if isinstance(stop_reason, str) or hit is not None:
             return Generation(text, n_tokens, "stop", hit or stop_reason, tuple(toks))
-        if "stop_reason" not in choice and r.stop and not (toks and toks[-1] in self._eot):
+        if "stop_reason" not in choice and r.stop and not (toks and toks[-1] in self.eot):
             # a server that does not say why it stopped, on a request with stop strings,
             # that did not end on an end-of-turn id: a (removed) stop string ended it
             return Generation(text, n_tokens, "stop", r.stop[0] if len(r.stop) == 1 else None, tuple(toks))
-        if toks and toks[-1] in self._eot:  # vLLM's token_ids end with the eos id
+        if toks and toks[-1] in self.eot:  # vLLM's token_ids end with the eos id
             eot: int | None = toks.pop()
         elif isinstance(stop_reason, int):
             eot = stop_reason
         else:
-            eot = self._eot[0] if self._eot else None
+            eot = self.eot[0] if self.eot else None
         reason = self.tokenizer.decode([eot], skip_special_tokens=False) if eot is not None else None
         return Generation(text, n_tokens, "eos", reason, tuple(toks))
 
@@ -257,9 +251,7 @@ class OpenAIBackend(TokenizerMixin):
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
         self.calls += 1
-        bos = self.tokenizer.bos_token_id
-        bos = bos if bos is not None else self._eot[0]
-        pairs = [split_pair(self.encode, r.context, r.continuation, bos) for r in requests]
+        pairs = [split_pair(self.encode, r.context, r.continuation, self.bos_id()) for r in requests]
         body = {"max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
         answers = self._map([{**body, "prompt": c + k} for c, k in pairs])
         return [_loglik(a["choice"], len(c), len(k)) for a, (c, k) in zip(answers, pairs)]

