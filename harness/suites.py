@@ -1,6 +1,8 @@
 """Suites: a named set of lm-eval tasks (plus probes and a gate policy), loaded and checked.
 
-A suite is a YAML file, e.g. ``suites/demo.yaml``::
+A suite is a YAML file, e.g. ``suites/demo.yaml``; a suite name is looked up in the user's
+own ``./suites/`` first, then among the built-in suites (the repository's ``suites/``, which
+the wheel carries as ``harness/builtin_suites/``)::
 
     name: demo
     version: 1
@@ -30,20 +32,31 @@ import yaml
 from harness.errors import SuiteError
 from harness.types import Suite, TaskSpec
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+# The built-in suites: the top-level suites/ of the source tree (a checkout, an editable
+# install), which a wheel carries as harness/builtin_suites/ (setup.py copies it at build time).
+_PACKAGED_SUITES = Path(__file__).resolve().parent / "builtin_suites"
+BUILTIN_SUITES = _PACKAGED_SUITES if _PACKAGED_SUITES.is_dir() else Path(__file__).resolve().parent.parent / "suites"
 SUITE_KEYS = {"name", "version", "description", "task_dirs", "tasks", "chat_template", "policy", "probes"}
 
 
+def suite_dirs() -> list[Path]:
+    """Where a suite name is looked up, first match first: the user's own ``./suites/`` (relative
+    to the working directory), then the built-in suites."""
+    return [Path.cwd() / "suites", BUILTIN_SUITES]
+
+
 def resolve_suite_path(name_or_path: str) -> Path:
+    """A suite YAML path as given, or a suite name: ``suites/NAME.yaml`` in ``suite_dirs()``."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
             raise SuiteError(f"suite file not found: {name_or_path}")
         return p.resolve()
-    cand = SUITES_DIR / f"{name_or_path}.yaml"
-    if cand.is_file():
-        return cand
-    known = sorted(f.stem for f in SUITES_DIR.glob("*.yaml"))
+    for d in suite_dirs():
+        cand = d / f"{name_or_path}.yaml"
+        if cand.is_file():
+            return cand.resolve()
+    known = sorted({f.stem for d in suite_dirs() for f in d.glob("*.yaml")})
     raise SuiteError(f"unknown suite {name_or_path!r}; known suites: {', '.join(known) or 'none'}")
 
 
