@@ -43,6 +43,13 @@ class TaskSpec:
     name: str
     config: dict[str, Any] | None
     source: str  # file path or "lm-eval registry"
+    # The lm-eval group the suite named that this task was expanded from ("mmlu"), if any.
+    group: str | None = None
+    # The metric that gates, as "metric,filter" the way lm-eval names it ("exact_match,strict-match");
+    # None: the first metric of the task's first filter.
+    gate_metric: str | None = None
+    # How faithful a local copy of the data is ("approximate", "subset"); "" for the real thing.
+    fidelity: str = ""
 
     @property
     def output_type(self) -> str:
