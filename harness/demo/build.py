@@ -55,6 +55,10 @@ FT = {"steps": 60, "lr": 1e-3, "batch_size": 64, "seed": 1, "warmup": 5}
 FT_LOSS = {"ft-answer-only": "answer", "ft-all-tokens": "all", "ft-no-eos": "answer_no_eot"}
 
 
+# The files whose code decides the base (other modules here, e.g. the real-model build, do not).
+BASE_SOURCES = ("__init__.py", "tokenizer.py", "train.py", "world.py")
+
+
 def _digest(*parts: object) -> str:
     h = hashlib.sha256()
     for part in parts:
@@ -65,7 +69,7 @@ def _digest(*parts: object) -> str:
 def base_key() -> str:
     """What decides the base: the world, tokenizer and trainer code, its recipe, versions."""
     here = Path(__file__).parent
-    code = [(f.name, f.read_bytes()) for f in sorted(here.glob("*.py")) if f.name != "build.py"]
+    code = [(name, (here / name).read_bytes()) for name in BASE_SOURCES]
     return _digest(code, BASE_MIX, BASE, torch.__version__, transformers.__version__)
 
 
