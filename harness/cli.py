@@ -153,6 +153,23 @@ def cmd_trend(a: argparse.Namespace) -> int:
     return 1 if points and points[-1].verdict == "FAIL" else 0
 
 
+def cmd_tokens(a: argparse.Namespace) -> int:
+    from harness import tokens
+
+    rule = tokens.TokenRule(min_prob=a.min_prob, outlier_k=a.outlier_k)
+    if a.batch_size < 1:
+        raise RegressError(f"--batch-size must be at least 1 (got {a.batch_size})")
+    out = Path(a.out) if a.out else Path("reports") / f"tokens-{Path(a.data).stem}"
+    audit = tokens.run(a.base, a.data, out, rule, a.batch_size)
+    s = audit.summary()
+    print(f"{s['examples']} examples, {s['assistant_tokens']} assistant tokens, {s['key_tokens']} key "
+          f"({s['key_share']:.1%}): the base does not already produce them")  # fmt: skip
+    print(f"masked.jsonl: {s['kept']} examples kept; dropped {s['outliers_dropped']} outlier prompt(s) and "
+          f"{s['no_key_dropped']} without a key token")  # fmt: skip
+    print(f"  audit: {out / 'audit.md'}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors (a bad value, a missing argument) are a ``RegressError``: one line, exit 2,
     no usage dump, as every other error. Subcommand parsers are made of this class too."""
@@ -211,6 +228,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--strict", action="store_true")
     _add_run_args(d)
     d.set_defaults(fn=cmd_demo)
+
+    k = sub.add_parser("tokens", help="score a chat SFT file's assistant tokens under the base; write a key-token mask")
+    k.add_argument("--base", required=True, help="the base checkpoint (its chat template renders the examples)")
+    k.add_argument("--data", required=True, help='chat SFT JSONL: one {"messages": [...]} per line')
+    k.add_argument("--out", default=None, help="output folder (default reports/tokens-DATA)")
+    k.add_argument(
+        "--min-prob",
+        type=float,
+        default=0.0,
+        help="a token the base produces greedily is still key below this probability (default 0: off)",
+    )
+    k.add_argument(
+        "--outlier-k",
+        type=float,
+        default=3.0,
+        help="a prompt is an outlier above Q3 + K x IQR of the log prompt perplexities (default 3)",
+    )
+    k.add_argument("--batch-size", type=int, default=8)
+    k.set_defaults(fn=cmd_tokens)
     return p
 
 
