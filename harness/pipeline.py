@@ -34,7 +34,7 @@ from harness.errors import BackendError, RegressError
 from harness.gate import judge, load_policy_file, override, parse_policy
 from harness.runner import evaluate
 from harness.store import check_writable
-from harness.suites import load_suite
+from harness.suites import load_suite, suite_for
 from harness.trend import TrendPoint, points_of, write_trend
 from harness.types import Checkpoint, Comparison, LoadedCheckpoint, NoiseFloor, Policy, ProbeRow, RunResult, Suite
 
@@ -100,7 +100,7 @@ def default_out(base: str, model: str, suite: str) -> Path:
 
 def run_one(path: str, cfg: RunConfig) -> RunResult:
     """``regress run``: one checkpoint's records on the suite (stored, or computed and stored)."""
-    suite = load_suite(cfg.suite)
+    suite = suite_for(cfg)
     (loaded,) = preflight([path], suite, cfg)
     return evaluate(loaded, suite, cfg)
 
@@ -109,7 +109,7 @@ def run_comparison(req: CompareRequest) -> tuple[Comparison, Path]:
     """``regress compare``: base and candidate on the suite, compared, judged and reported."""
     from harness.report import write_report
 
-    suite = load_suite(req.config.suite)
+    suite = suite_for(req.config)
     policy = build_policy(suite, req.policy_file)
     out = Path(req.out) if req.out else default_out(req.base, req.model, suite.name)
     base_ck, cand_ck = preflight((req.base, req.model), suite, req.config, out)  # all bad input, before any write
@@ -127,7 +127,7 @@ def run_trend(
 ) -> list[TrendPoint]:
     """``regress trend``: each checkpoint against the base (evaluated once; every
     checkpoint checked before any is run), ordered by step, written as trend.html/json."""
-    suite = load_suite(cfg.suite)
+    suite = suite_for(cfg)
     policy = build_policy(suite, policy_file)
     base_ck, *cands = preflight([base, *checkpoints], suite, cfg, out)
     base_run = evaluate(base_ck, suite, cfg)
@@ -180,7 +180,9 @@ def comparison_of(
     term = probe_row(base.termination, cand.termination)
     verdict = judge(tasks, policy, (term,) if term else ())
     findings = tuple(config_check(base, cand))
-    notes = (nf.note(),) if nf is not None else ()
+    notes: tuple[str, ...] = (nf.note(),) if nf is not None else ()
+    # a registered task read from a local copy that is not the original (HellaSwag: approximate; TriviaQA: subset)
+    notes += tuple(dict.fromkeys(f"{t.group or t.name}: local data: {t.fidelity}" for t in suite.tasks if t.fidelity))
     return Comparison(
         base.checkpoint, cand.checkpoint, suite.name, suite.content_hash, backend, items, tasks, overall, verdict,
         policy, warnings=(*warnings, *findings, *notes), config_check=findings, termination=term, noise_floor=nf,

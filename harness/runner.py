@@ -192,12 +192,42 @@ def _text_hash(s: str) -> str:
     return hashlib.sha256(s.encode()).hexdigest()[:16]
 
 
-def _metric(task: TaskSpec, sample: Sample) -> str:
-    names = sample.get("metrics") or []
-    for m in ("exact_match", "acc", *names):
-        if m in sample:
-            return m
-    raise SuiteError(f"task {task.name}: no metric in lm-eval's sample ({names})")
+def _value(v: Any) -> float | None:
+    """A per-item metric value as a number: IFEval's instruction-level accuracies come as a
+    list of bools per item (lm-eval averages them over all instructions), kept here as their mean."""
+    if isinstance(v, bool | int | float):
+        return float(v)
+    if isinstance(v, list | tuple) and v and all(isinstance(x, bool | int | float) for x in v):
+        return sum(float(x) for x in v) / len(v)
+    return None
+
+
+def item_metrics(samples: Sequence[Sample]) -> dict[str, float]:
+    """Every metric of every filter of one item, keyed "metric,filter" as lm-eval names them."""
+    out: dict[str, float] = {}
+    for s in samples:
+        for m in s.get("metrics") or []:
+            v = _value(s.get(m))
+            if v is not None:
+                out[f"{m},{s.get('filter', 'none')}"] = v
+    return out
+
+
+def gate_key(task: TaskSpec, samples: Sequence[Sample], metrics: Mapping[str, float]) -> str:
+    """The item's gating metric as "metric,filter": the suite's, else the first metric of the
+    task's first filter as lm-eval lists them (the config's metric_list, the samples' filter order)."""
+    if task.gate_metric is not None:
+        if task.gate_metric not in metrics:
+            raise SuiteError(f"task {task.name}: lm-eval scored no {task.gate_metric!r} ({', '.join(metrics)})")
+        return task.gate_metric
+    listed = [m["metric"] for m in (task.config or {}).get("metric_list") or [] if isinstance(m, Mapping)]
+    first = samples[0]
+    names = [m for m in listed if isinstance(m, str) and m in first] or list(first.get("metrics") or [])
+    for m in (*names, "exact_match", "acc"):
+        key = f"{m},{first.get('filter', 'none')}"
+        if key in metrics:
+            return key
+    raise SuiteError(f"task {task.name}: no metric in lm-eval's sample ({first.get('metrics')})")
 
 
 def _args(arg: Any) -> tuple[Any, Any]:
@@ -208,12 +238,24 @@ def _args(arg: Any) -> tuple[Any, Any]:
 
 
 def records_of(task: TaskSpec, samples: Sequence[Sample], lm: RegressLM) -> list[Record]:
-    """One ``Record`` per lm-eval sample, with what the backend recorded joined in."""
+    """One ``Record`` per item, with what the backend recorded joined in.
+
+    lm-eval logs one sample per (item, filter); the record's ``score``/``metric``/``answer`` are
+    the gating metric's (``metric`` named plainly where the filter is lm-eval's "none", as our
+    own tasks always were), ``metrics`` every metric of every filter.
+    """
+    by_doc: dict[int, list[Sample]] = {}
+    for s in samples:
+        by_doc.setdefault(int(s["doc_id"]), []).append(s)
     out = []
-    for s in sorted(samples, key=lambda x: x["doc_id"]):
+    for doc_id in sorted(by_doc):
+        group = by_doc[doc_id]
+        metrics = item_metrics(group)
+        key = gate_key(task, group, metrics)
+        name, _, filt = key.partition(",")
+        s = next((x for x in group if x.get("filter", "none") == filt), group[0])
         doc = s["doc"]
-        item_id = str(doc.get("id", s["doc_id"])) if isinstance(doc, dict) else str(s["doc_id"])
-        metric = _metric(task, s)
+        item_id = str(doc.get("id", doc_id)) if isinstance(doc, dict) else str(doc_id)
         args = s["arguments"]
         args = list(args.values()) if isinstance(args, dict) else args
         base: dict[str, Any] = {
@@ -221,9 +263,9 @@ def records_of(task: TaskSpec, samples: Sequence[Sample], lm: RegressLM) -> list
             "item_id": item_id,
             "item_hash": item_hash(doc),
             "target": str(s.get("target", "")),
-            "score": float(s[metric]),
-            "metric": metric,
-            "metrics": {m: float(s[m]) for m in (s.get("metrics") or []) if isinstance(s.get(m), int | float)},
+            "score": metrics[key],
+            "metric": name if filt == "none" else key,
+            "metrics": metrics,
         }
         filtered = s.get("filtered_resps")
         if isinstance(filtered, list) and filtered and isinstance(filtered[0], list | tuple):

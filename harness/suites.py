@@ -10,33 +10,59 @@ the wheel carries as ``harness/builtin_suites/``)::
     tasks: [demo_add, demo_cmp]
     chat_template: true        # prompts go through the checkpoint's chat template
     policy: {...}              # optional gate policy overrides (see harness.gate)
+    data: ../../shared/benchmarks   # optional data root for registered tasks (relative to this file)
+    metrics: {gsm8k: "exact_match,flexible-extract"}   # optional: the metric that gates, per task or group
 
 A task is one of our own lm-eval task YAMLs over local JSONL (relative ``data_files`` are
-resolved against the YAML's folder, since lm-eval wants absolute paths) or a task that
-lm-eval has registered (its data must be in the local Hugging Face cache). YAML names
-things; Python does things: task YAMLs may not use ``!function``.
+resolved against the YAML's folder, since lm-eval wants absolute paths; YAML names things,
+Python does things: our task YAMLs may not use ``!function``), or a task or group that
+lm-eval has registered, run with lm-eval's own config (``harness.tasks``): on the files of a
+data root where it holds the dataset (``--data DIR``, else ``$REGRESS_DATA``, else the suite's
+``data:``; a suite's root that does not exist is skipped, so a suite can travel to machines that
+load from the hub), else from the Hugging Face cache. A group is expanded into its subtasks.
+Indexing lm-eval's registry takes ~15 s, so it is done only when a suite names a task that is
+not one of its own YAMLs.
 
 ``load_suite`` returns a ``Suite`` whose ``content_hash`` covers the suite file, every task
-YAML and every data file, so a changed item set never reuses a stale baseline.
+YAML and every data file (for a registered task: lm-eval's task version, its YAML and the data
+files' hashes or the cached dataset's fingerprint), so a changed item set never reuses a stale
+baseline. ``adhoc_suite`` builds a suite from task names (``--tasks a,b,c``); ``suite_for(cfg)``
+is the one the run configuration asks for.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from harness.errors import SuiteError
 from harness.types import Suite, TaskSpec
 
+if TYPE_CHECKING:
+    from harness.config import RunConfig
+
 # The built-in suites: the top-level suites/ of the source tree (a checkout, an editable
 # install), which a wheel carries as harness/builtin_suites/ (setup.py copies it at build time).
 _PACKAGED_SUITES = Path(__file__).resolve().parent / "builtin_suites"
 BUILTIN_SUITES = _PACKAGED_SUITES if _PACKAGED_SUITES.is_dir() else Path(__file__).resolve().parent.parent / "suites"
-SUITE_KEYS = {"name", "version", "description", "task_dirs", "tasks", "chat_template", "policy", "probes"}
+SUITE_KEYS = {
+    "name",
+    "version",
+    "description",
+    "task_dirs",
+    "tasks",
+    "chat_template",
+    "policy",
+    "probes",
+    "data",
+    "metrics",
+}
 
 
 def suite_dirs() -> list[Path]:
@@ -133,13 +159,85 @@ def _load_task_yaml(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def _registered_tasks() -> set[str]:
-    from lm_eval.tasks import TaskManager
+def data_root(given: str | None, suite_value: Any = None, suite_dir: Path | None = None) -> Path | None:
+    """Where registered tasks look for local data: ``given`` (``--data``), else ``$REGRESS_DATA``,
+    else the suite's ``data:`` (relative to the suite file; skipped when it does not exist)."""
+    explicit = given or os.environ.get("REGRESS_DATA")
+    if explicit:
+        root = Path(explicit).expanduser()
+        if not root.is_dir():
+            how = "--data" if given else "REGRESS_DATA"
+            raise SuiteError(f"data root {explicit} ({how}) is not a folder")
+        return root.resolve()
+    if suite_value is None:
+        return None
+    if not isinstance(suite_value, str):
+        raise SuiteError(f"the suite's 'data' must be a folder path, got {suite_value!r}")
+    root = Path(suite_value).expanduser()
+    root = root if root.is_absolute() or suite_dir is None else suite_dir / root
+    return root.resolve() if root.is_dir() else None
 
-    return set(TaskManager().all_tasks)
+
+def _gate_metrics(raw: Any, where: str) -> dict[str, str]:
+    from harness.tasks import normalise_metric
+
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise SuiteError(f"{where}: 'metrics' must map task or group names to a metric (\"exact_match,strict-match\")")
+    return {k: normalise_metric(v) for k, v in raw.items()}
 
 
-def load_suite(name_or_path: str) -> Suite:
+def _build(
+    name: str,
+    path: str,
+    header: bytes,
+    tasks: Sequence[str],
+    dirs: Sequence[Path],
+    root: Path | None,
+    metrics: Mapping[str, str],
+    **fields: Any,
+) -> Suite:
+    """The Suite of ``tasks``: each our own task YAML (first of ``dirs`` that has it) or a task or
+    group lm-eval has registered; the content hash over ``header`` and every task's content."""
+    h = hashlib.sha256(header)
+    specs: list[TaskSpec] = []
+    for task in tasks:
+        yml = next((d / f"{task}.yaml" for d in dirs if (d / f"{task}.yaml").is_file()), None)
+        if yml is not None:
+            cfg = _load_task_yaml(yml)
+            if cfg["task"] != task:
+                raise SuiteError(f"{yml}: declares task {cfg['task']!r}, expected {task!r}")
+            files = _resolve_data_files(cfg, yml.parent)
+            _check_items(task, files)
+            h.update(yml.read_bytes())
+            for f in files:
+                h.update(f.read_bytes())
+            gate = metrics.get(task)
+            if gate is not None:
+                from harness.tasks import _check_gate_metric
+
+                _check_gate_metric(task, cfg, gate)
+            specs.append(TaskSpec(task, cfg, str(yml), gate_metric=gate))
+            continue
+        from harness.tasks import bind, expand
+
+        for leaf in expand(task):
+            spec, parts = bind(leaf, root, metrics.get(leaf.name) or metrics.get(task))
+            h.update(json.dumps(parts, sort_keys=True, default=str).encode())
+            specs.append(spec)
+    names = [t.name for t in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SuiteError(f"suite {name}: task(s) {', '.join(twice)} listed twice (directly or through a group)")
+    unused = set(metrics) - set(names) - {t.group for t in specs if t.group} - set(tasks)
+    if unused:
+        raise SuiteError(f"suite {name}: 'metrics' names {', '.join(sorted(unused))}, not a task or group of the suite")
+    return Suite(name=name, path=path, tasks=tuple(specs), content_hash=h.hexdigest()[:16], **fields)
+
+
+def load_suite(name_or_path: str, data: str | None = None) -> Suite:
+    """The suite ``name_or_path``; ``data`` is ``--data`` (a data root for registered tasks)."""
     path = resolve_suite_path(name_or_path)
     raw = read_yaml(path)
     if not isinstance(raw, dict):
@@ -153,37 +251,42 @@ def load_suite(name_or_path: str) -> Suite:
     if len(set(tasks)) != len(tasks):
         raise SuiteError(f"{path}: a task is listed twice in 'tasks'")
     dirs = [path.parent / d for d in raw.get("task_dirs", [])]
-    h = hashlib.sha256(path.read_bytes())
-    specs: list[TaskSpec] = []
-    registered: set[str] | None = None
-    for name in tasks:
-        yml = next((d / f"{name}.yaml" for d in dirs if (d / f"{name}.yaml").is_file()), None)
-        if yml is not None:
-            cfg = _load_task_yaml(yml)
-            if cfg["task"] != name:
-                raise SuiteError(f"{yml}: declares task {cfg['task']!r}, expected {name!r}")
-            files = _resolve_data_files(cfg, yml.parent)
-            _check_items(name, files)
-            h.update(yml.read_bytes())
-            for f in files:
-                h.update(f.read_bytes())
-            specs.append(TaskSpec(name, cfg, str(yml)))
-            continue
-        if registered is None:
-            registered = _registered_tasks()
-        if name not in registered:
-            raise SuiteError(
-                f"unknown task {name!r} in suite {path.name} (not in {raw.get('task_dirs', [])} nor lm-eval's registry)"
-            )
-        h.update(name.encode())
-        specs.append(TaskSpec(name, None, "lm-eval registry"))
-    return Suite(
-        name=str(raw.get("name", path.stem)),
-        path=str(path),
+    return _build(
+        str(raw.get("name", path.stem)), str(path), path.read_bytes(), tasks, dirs,
+        data_root(data, raw.get("data"), path.parent), _gate_metrics(raw.get("metrics"), str(path)),
         version=str(raw.get("version", "1")),
-        tasks=tuple(specs),
         chat_template=bool(raw.get("chat_template", True)),
-        content_hash=h.hexdigest()[:16],
         policy=dict(raw.get("policy") or {}),
         probes=dict(raw.get("probes") or {}),
-    )
+    )  # fmt: skip
+
+
+def builtin_task_dirs() -> list[Path]:
+    """The task folders of the built-in suites (``suites/demo/``...): where ``--tasks`` finds our own tasks."""
+    return sorted(d for d in BUILTIN_SUITES.iterdir() if d.is_dir() and any(d.glob("*.yaml")))
+
+
+def adhoc_suite(names: Sequence[str], data: str | None = None) -> Suite:
+    """A suite of the tasks ``names`` (``--tasks a,b,c``): our own tasks (the built-in suites'
+    task folders) or lm-eval's registered ones, chat template on, the policy's defaults, no
+    termination probe. Its content hash covers the names and every task's content and data."""
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise SuiteError("--tasks names no task (give a,b,c)")
+    if len(set(names)) != len(names):
+        raise SuiteError("--tasks names a task twice")
+    header = json.dumps({"tasks": names}).encode()
+    digest = hashlib.sha256(header).hexdigest()[:8]
+    # named by the tasks when short: it names the report folder
+    label = "tasks-" + ("-".join(names) if len(",".join(names)) <= 40 else digest)
+    return _build(
+        label, f"--tasks {','.join(names)}", header, names, builtin_task_dirs(), data_root(data), {},
+        version="1", chat_template=True,
+    )  # fmt: skip
+
+
+def suite_for(cfg: RunConfig) -> Suite:
+    """The suite a run configuration asks for: ``--tasks`` when given, else ``--suite``."""
+    if cfg.tasks:
+        return adhoc_suite(cfg.tasks.split(","), cfg.data)
+    return load_suite(cfg.suite, cfg.data)
