@@ -1,11 +1,13 @@
 """Do the demo fine-tunes get the same reports from a reference commit and from the working tree?
 
-    .venv/bin/python bench/summary_equal.py [--ref 522fade] [--limit N] [--demo .cache/demo] [--keep]
+    .venv/bin/python bench/summary_equal.py [--ref 522fade] [--new REF] [--limit N] [--demo .cache/demo] [--keep]
 
 Issue 12 changes structure, not verdicts. This script runs ``regress demo --compare`` twice
 on the same demo checkpoints: once with the code of ``--ref`` (checked out into a temporary
 git worktree, removed afterwards) and once with the working tree's code, each in its own
-process with an empty record store, reports folder and file-hash cache. Both runs use this
+process with an empty record store, reports folder and file-hash cache. ``--new REF`` puts a
+commit in place of the working tree (a second temporary worktree), so that uncommitted work
+beside the change under test does not count. Both runs use this
 venv's interpreter; the reference run puts its worktree first on ``sys.path`` and checks
 that ``harness`` is imported from there.
 
@@ -201,6 +203,7 @@ def compare_one(ra: Path, rb: Path) -> tuple[bool, str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ref", default="522fade", help="reference git ref (default: 522fade, before issue 12)")
+    p.add_argument("--new", default=None, help="a git ref to compare instead of the working tree")
     p.add_argument("--limit", type=int, default=None, help="only the first N items of each task (quick check)")
     p.add_argument("--demo", default=str(REPO / ".cache" / "demo"), help="built demo checkpoints")
     p.add_argument("--keep", action="store_true", help="keep the reports and logs (the worktree is always removed)")
@@ -209,21 +212,29 @@ def main(argv: list[str] | None = None) -> int:
     if not (demo / "BUILD.json").is_file() or not (demo / "base").is_dir():
         print(f"summary_equal: no built demo checkpoints in {demo}; run .venv/bin/regress demo first", file=sys.stderr)
         return 2
-    sha = subprocess.run(["git", "rev-parse", "--short", a.ref], cwd=REPO, capture_output=True, text=True)
-    if sha.returncode != 0:
-        print(f"summary_equal: unknown git ref {a.ref}", file=sys.stderr)
-        return 2
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    status = ["git", "status", "--porcelain", "--untracked-files=no", "harness", "suites"]
-    dirty = ", with uncommitted changes" if subprocess.run(status, cwd=REPO, capture_output=True).stdout else ""
-    print(f"reference {a.ref} ({sha.stdout.strip()}) vs working tree (HEAD {head.stdout.strip()}{dirty}); "
-          f"limit {a.limit or 'none'}; checkpoints {demo}")  # fmt: skip
+    shas = {}
+    for ref in (a.ref, a.new or "HEAD"):
+        sha = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO, capture_output=True, text=True)
+        if sha.returncode != 0:
+            print(f"summary_equal: unknown git ref {ref}", file=sys.stderr)
+            return 2
+        shas[ref] = sha.stdout.strip()
+    if a.new:
+        new_what = f"{a.new} ({shas[a.new]})"
+    else:
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "harness", "suites"]
+        dirty = ", with uncommitted changes" if subprocess.run(status, cwd=REPO, capture_output=True).stdout else ""
+        new_what = f"working tree (HEAD {shas['HEAD']}{dirty})"
+    print(f"reference {a.ref} ({shas[a.ref]}) vs {new_what}; limit {a.limit or 'none'}; checkpoints {demo}")
     work = Path(tempfile.mkdtemp(prefix="summary-equal-"))
     tree = work / "ref-tree"
+    new_tree = work / "new-tree" if a.new else REPO
     try:
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), a.ref], cwd=REPO, check=True)
+        if a.new:
+            subprocess.run(["git", "worktree", "add", "--detach", "-q", str(new_tree), a.new], cwd=REPO, check=True)
         # the fine-tunes that have a before and an after, and a checkpoint in this build
-        ref_names, cur_names = fine_tunes(tree), fine_tunes(REPO)
+        ref_names, cur_names = fine_tunes(tree), fine_tunes(new_tree)
         missing = [n for n in ref_names if not (demo / n).is_dir()]
         if missing:
             raise RuntimeError(f"{demo} has no checkpoint for {missing}; build the demo for the reference's fine-tunes")
@@ -235,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             if n not in ref_names:
                 print(f"{n:16s} not compared: new since {a.ref} (no before)")
         ref_reports = run_side("reference", tree, demo, work, a.limit, names)
-        cur_reports = run_side("current", REPO, demo, work, a.limit, names)
+        cur_reports = run_side("current", new_tree, demo, work, a.limit, names)
         all_ok = True
         for n in names:
             ok, line = compare_one(ref_reports / f"demo-{n}", cur_reports / f"demo-{n}")
@@ -248,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"summary_equal: {e}", file=sys.stderr)
         return 2
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
+        for t in (tree, new_tree):
+            if t != REPO:
+                subprocess.run(["git", "worktree", "remove", "--force", str(t)], cwd=REPO, capture_output=True)
         if a.keep:
             print(f"reports and logs kept in {work}")
         else:
