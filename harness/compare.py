@@ -4,9 +4,10 @@
 (``ITEM_COLUMNS``), refusing items whose content hash differs or that one side lacks.
 ``task_table(items)`` reduces it to a ``TaskRow`` per task and one overall: accuracies with intervals,
 the paired delta and its interval, flips, McNemar p-values (Holm-corrected across tasks),
-answer-change and output-identity rates, non-termination and tail-repetition rates, and
-the length ratio. ``probe_row`` summarises the termination probe of both checkpoints as a
-``ProbeRow``. All of it is vectorised; 100k item pairs take well under a second.
+answer-change and output-identity rates, non-termination, tail-repetition and
+premature-ending rates (``add_premature``), and the length ratio. ``probe_row`` summarises
+the termination probe of both checkpoints as a ``ProbeRow``. All of it is vectorised; 100k
+item pairs take well under a second.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ ITEM_COLUMNS = (
     "identical", "answer_changed", "flip",
     "nonterm_base", "nonterm_cand", "loop_base", "loop_cand",
     "loop_unit_cand", "loop_repeats_cand", "loop_start_cand",
+    "premature_base", "premature_cand",
 )  # fmt: skip
 
 
@@ -121,9 +123,24 @@ def pair(base: Sequence[Record], cand: Sequence[Record]) -> tuple[pd.DataFrame, 
     )
     m["nonterm_base"] = m["finish_base"] == "length"
     m["nonterm_cand"] = m["finish_cand"] == "length"
+    m = add_premature(m)
     order = {t: i for i, t in enumerate(dict.fromkeys(r.task for r in base))}  # the suite's task order
     m = m.assign(_order=m["task"].map(order)).sort_values(["_order", "item_id"], kind="stable")
     return m[list(ITEM_COLUMNS)].reset_index(drop=True), warnings
+
+
+def add_premature(items: pd.DataFrame) -> pd.DataFrame:
+    """The premature-ending flags of generated items (``detectors.is_premature``): the
+    candidate's judged against the base's length on the same item, the base's own its
+    empty outputs only. Also fills an item table stored before the columns existed."""
+    gen = (items["kind"] == "generate_until").to_numpy()
+    out = items.copy()
+    out["premature_base"] = gen & detectors.premature_flags(items["finish_base"], items["ntok_base"],
+                                                            items["output_base"])  # fmt: skip
+    out["premature_cand"] = gen & detectors.premature_flags(
+        items["finish_cand"], items["ntok_cand"], items["output_cand"], items["finish_base"], items["ntok_base"]
+    )
+    return out
 
 
 def add_drift(
@@ -174,6 +191,8 @@ def _task_row(name: str, g: pd.DataFrame) -> TaskRow:
         nonterm_rate_candidate=rate("nonterm_cand"),
         loop_rate_base=rate("loop_base"),
         loop_rate_candidate=rate("loop_cand"),
+        premature_rate_base=rate("premature_base"),
+        premature_rate_candidate=rate("premature_cand"),
         length_ratio=(len_c / len_b) if len_b else (1.0 if not len_c else float("inf")),
         **drift,  # type: ignore[arg-type]
     )
@@ -182,6 +201,8 @@ def _task_row(name: str, g: pd.DataFrame) -> TaskRow:
 def task_table(items: pd.DataFrame) -> tuple[tuple[TaskRow, ...], TaskRow]:
     """Per-task rows (suite order preserved; McNemar p Holm-adjusted across the tasks) and
     the overall row over all items (its Holm p is its own)."""
+    if "premature_cand" not in items:  # an item table stored before premature endings were measured
+        items = add_premature(items)
     names = list(dict.fromkeys(items["task"]))
     rows = [_task_row(t, items[items["task"] == t]) for t in names]
     adjusted = stats.holm([r.mcnemar_p for r in rows])

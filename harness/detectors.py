@@ -41,6 +41,27 @@ repeats of short units, which is where legitimate repetition lives:
     end of an output read as a loop.
 
 All thresholds are keyword arguments, so a suite's policy can override them.
+
+Premature endings (``is_premature``): the other failure of end-of-turn tokens in the loss,
+"abruptly generating termination tokens" (the Llama 3 report). A candidate's generation
+ended too soon when it stopped by itself (finish ``eos`` or ``stop``, not the token limit)
+and either
+
+* its output is empty (nothing but whitespace): an answer that ends at once; or
+* it ended far earlier than the base did on the same item: the base also stopped by itself,
+  after at least ``min_base_tokens=16`` tokens, and the candidate used at most
+  ``max_fraction=0.25`` of the base's tokens.
+
+Rule of thumb and why: fine-tunes that only change style (drop a preamble, answer more
+tersely) commonly shorten an answer to about half; a quarter is twice as strict, so a style
+change does not read as an ending cut off. Under 16 base tokens the ratio means nothing
+(a number, a word, "yes"), so short answers count only when empty. A base that ran to its
+token limit gives no length to compare with. Known cost: a fine-tune trained to drop long
+reasoning and answer in a few tokens reads as premature on those items (its accuracy
+usually says the same).
+
+The base's own rate counts empty outputs only ("far earlier than itself" is undefined),
+so on an identical candidate the two rates are equal; the gate judges the rise.
 """
 
 from __future__ import annotations
@@ -82,6 +103,56 @@ class Loop:
 def is_nonterminated(finish: str | None) -> bool:
     """True when generation ran to its token limit (finish reason ``length``)."""
     return finish == "length"
+
+
+# Finish reasons of a generation that stopped by itself (not at the token limit).
+_STOPPED = ("eos", "stop")
+
+
+def is_premature(
+    finish: str | None,
+    n_tokens: int,
+    output: str,
+    base_finish: str | None = None,
+    base_n_tokens: int = 0,
+    *,
+    max_fraction: float = 0.25,
+    min_base_tokens: int = 16,
+) -> bool:
+    """True when a generation ended prematurely: it stopped by itself with an empty output,
+    or far earlier than the base on the same item (see the module docstring). Without the
+    base's finish (``base_finish=None``: the base's own rate) only the empty case applies."""
+    if finish not in _STOPPED:
+        return False
+    if not output.strip():
+        return True
+    return base_finish in _STOPPED and base_n_tokens >= min_base_tokens and n_tokens <= max_fraction * base_n_tokens
+
+
+def premature_flags(
+    finish: Sequence[str],
+    n_tokens: Sequence[int],
+    output: Sequence[str],
+    base_finish: Sequence[str] | None = None,
+    base_n_tokens: Sequence[int] | None = None,
+    *,
+    max_fraction: float = 0.25,
+    min_base_tokens: int = 16,
+) -> np.ndarray:
+    """``is_premature`` over columns at once (a bool array), for the item table."""
+    fin = np.asarray(finish, dtype=object)
+    stopped = np.isin(fin, _STOPPED)
+    empty = np.fromiter((not (o if isinstance(o, str) else "").strip() for o in output), dtype=bool, count=len(fin))
+    out = stopped & empty
+    if base_finish is None or base_n_tokens is None:
+        return out
+    nb = np.asarray(base_n_tokens, dtype=float)
+    early = (
+        np.isin(np.asarray(base_finish, dtype=object), _STOPPED)
+        & (nb >= min_base_tokens)
+        & (np.asarray(n_tokens, dtype=float) <= max_fraction * nb)
+    )
+    return out | (stopped & early)
 
 
 def tail_repetition(

@@ -31,6 +31,9 @@ nonterm            rise of non-termination (finish=length) rate >         0.01  
                    max_nonterm_rise and significant
 loops              rise of tail-repetition rate > max_loop_rise and       0.01     FAIL
                    significant
+premature          rise of premature-ending rate (empty, or <= 1/4 of     0.01     FAIL
+                   the base's tokens; detectors.is_premature) >
+                   max_premature_rise and significant
 stop_drift         mean stop-token drift (nats) < min_stop_drift          -1.0     WARN
 identity           byte-identical output rate < min_identity_rate         off      WARN
 inconclusive       the drop detectable with 80% power > max_detectable_   0.05     WARN
@@ -51,7 +54,7 @@ comparisons):
   ignores (a 2.5% false-alarm rate bought with power lost). The report still shows the
   two-sided McNemar p of ``compare``.
 - Holm across tasks, per rule family: the accuracy rules (acc_drop and negative_flips share
-  one test), non-termination and tail repetition. Each family's family-wise false-alarm
+  one test), non-termination, tail repetition and premature endings. Each family's family-wise false-alarm
   rate is at most alpha.
 - negative_flips is not an absolute count. On a null comparison (candidate drawn from the
   same per-item distribution as the base, i.e. churn without forgetting) the NFR equals
@@ -65,7 +68,7 @@ comparisons):
   max_acc_drop that hides heavy forgetting. Teams whose bar is "no item may get worse, even
   if others get better" set ``nfr_net_loss_only: false`` (absolute mode) or
   ``min_identity_rate``; those rules then measure churn by design.
-- Non-termination and loop rises are tested the same way (one-sided, Holm), from the two
+- Non-termination, loop and premature-ending rises are tested the same way (one-sided, Holm), from the two
   rates' counts with the discordance taken at its maximum, which is conservative (the task
   rows carry rates, not the per-item 2x2 table).
 - Inconclusive: the minimum detectable drop at 80% power uses the gate's own test (one
@@ -124,6 +127,7 @@ _SPEC: dict[str, tuple[str, float, float, bool]] = {
     "nfr_net_loss_only": ("bool", 0.0, 0.0, False),
     "max_nonterm_rise": ("rate", 0.0, 1.0, False),
     "max_loop_rise": ("rate", 0.0, 1.0, False),
+    "max_premature_rise": ("rate", 0.0, 1.0, False),
     "min_stop_drift": ("real", -math.inf, math.inf, False),
     "min_identity_rate": ("rate", 0.0, 1.0, False),
     "max_detectable_drop": ("rate", 0.0, 1.0, True),
@@ -275,20 +279,23 @@ class Evidence:
     p_drop: float = 1.0
     p_nonterm: float = 1.0
     p_loop: float = 1.0
+    p_premature: float = 1.0
     mdd_gate: float = 0.0
 
 
 def _evidence(rows: Sequence[GatedRow], policy: Policy) -> dict[str, Evidence]:
     """Per row: the one-sided p-values of each family, Holm-adjusted across the rows."""
-    raw: dict[str, dict[str, float]] = {"p_drop": {}, "p_nonterm": {}, "p_loop": {}}
+    raw: dict[str, dict[str, float]] = {"p_drop": {}, "p_nonterm": {}, "p_loop": {}, "p_premature": {}}
     tasks = [t for t in rows if isinstance(t, TaskRow)]
     for t in tasks:
         if t.n:
             raw["p_drop"][t.name] = p_drop(t.negative_flips, t.positive_flips)
     for r in rows:
         if r.n_generated:
-            pairs = (("p_nonterm", r.nonterm_rate_base, r.nonterm_rate_candidate),
-                     ("p_loop", r.loop_rate_base, r.loop_rate_candidate))  # fmt: skip
+            pairs = [("p_nonterm", r.nonterm_rate_base, r.nonterm_rate_candidate),
+                     ("p_loop", r.loop_rate_base, r.loop_rate_candidate)]  # fmt: skip
+            if isinstance(r, TaskRow):  # the probe does not measure premature endings
+                pairs.append(("p_premature", r.premature_rate_base, r.premature_rate_candidate))
             for fam, rate_b, rate_c in pairs:
                 raw[fam][r.name] = p_rise(round(rate_b * r.n_generated), round(rate_c * r.n_generated), r.n_generated)
     adjusted: dict[str, dict[str, float]] = {r.name: {} for r in rows}
@@ -375,6 +382,13 @@ def _loops(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
     return _rise("tail repetition", t, t.loop_rate_base, t.loop_rate_candidate, th.max_loop_rise, ev.p_loop, th)
 
 
+def _premature(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
+    if not isinstance(t, TaskRow):
+        return None
+    return _rise("premature endings (empty or cut short)", t, t.premature_rate_base, t.premature_rate_candidate,
+                 th.max_premature_rise, ev.p_premature, th)  # fmt: skip
+
+
 def _rise(label: str, t: GatedRow, b: float, c: float, limit: float, p: float, th: Thresholds) -> Outcome | None:
     if not t.n_generated:
         return None
@@ -422,6 +436,7 @@ RULES: dict[str, Rule] = {
     "negative_flips": _negative_flips,
     "nonterm": _nonterm,
     "loops": _loops,
+    "premature": _premature,
     "stop_drift": _stop_drift,
     "identity": _identity,
     "inconclusive": _inconclusive,

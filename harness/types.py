@@ -271,8 +271,8 @@ class TaskRow:
     Accuracies with Wilson 95% intervals (``_lo``/``_hi``), the paired delta with Newcombe's
     interval, flips (counts, and rates with intervals), the exact two-sided McNemar p (and
     Holm-adjusted across the suite's tasks), the drop detectable with 80% power, output
-    identity and answer change, non-termination and tail-repetition rates of generated
-    items, the generated-length ratio, and the drift means (None where no drift was
+    identity and answer change, non-termination, tail-repetition and premature-ending rates
+    of generated items, the generated-length ratio, and the drift means (None where no drift was
     measured; ``stop_drift_n`` None where the items carry no drift at all).
     """
 
@@ -311,6 +311,10 @@ class TaskRow:
     stop_drift_n: int | None = None
     answer_drift_mean: float | None = None
     answer_drift_n: int | None = None
+    # Premature endings of generated items (detectors.is_premature): the candidate's are empty
+    # or far earlier than the base's on the same item; the base's own are its empty outputs.
+    premature_rate_base: float = 0.0
+    premature_rate_candidate: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The row as summary.json writes it (drift keys only where drift was measured)."""
@@ -414,6 +418,7 @@ class Thresholds:
     nfr_net_loss_only: bool = True
     max_nonterm_rise: float = 0.01
     max_loop_rise: float = 0.01
+    max_premature_rise: float = 0.01
     min_stop_drift: float = -1.0
     min_identity_rate: float | None = None
     max_detectable_drop: float = 0.05
@@ -426,6 +431,7 @@ DEFAULT_SEVERITY: Mapping[str, str] = {
     "negative_flips": "FAIL",
     "nonterm": "FAIL",
     "loops": "FAIL",
+    "premature": "FAIL",
     "stop_drift": "WARN",
     "identity": "WARN",
     "inconclusive": "WARN",

@@ -16,8 +16,10 @@ from harness.detectors import (
     Loop,
     detect_case,
     is_nonterminated,
+    is_premature,
     load_cases,
     precision_recall,
+    premature_flags,
     tail_repetition,
     tail_repetition_text,
 )
@@ -179,3 +181,42 @@ def test_precision_recall() -> None:
     assert math.isnan(p) and math.isnan(r)
     with pytest.raises(ValueError):
         precision_recall([True], [True, False])
+
+
+# -- premature endings ------------------------------------------------------------------
+# (finish, n_tokens, output, base_finish, base_n_tokens, expected, why)
+PREMATURE_CASES = [
+    ("eos", 0, "", "eos", 5, True, "empty answer, short base"),
+    ("stop", 1, "  \n", "eos", 40, True, "whitespace only is empty"),
+    ("eos", 0, "", "length", 64, True, "empty even when the base ran to its limit"),
+    ("eos", 0, "", None, 0, True, "the base's own rate: empty"),
+    ("eos", 3, "abc", None, 0, False, "the base's own rate: never 'earlier than itself'"),
+    ("length", 64, "", "eos", 40, False, "ran to the limit: non-termination, not premature"),
+    ("eos", 10, "x" * 10, "eos", 40, True, "a quarter of the base's tokens"),
+    ("eos", 11, "x" * 11, "eos", 40, False, "just over a quarter"),
+    ("eos", 4, "x" * 4, "eos", 16, True, "base at the 16-token minimum"),
+    ("eos", 3, "x" * 3, "eos", 15, False, "base under 16 tokens: ratio not judged"),
+    ("eos", 10, "x" * 10, "length", 200, False, "base ran to its limit: no length to compare"),
+    ("stop", 10, "x" * 10, "stop", 100, True, "stop strings count as stopping by itself"),
+    ("eos", 20, "x" * 20, "eos", 40, False, "half the base: a style change"),
+    ("eos", 40, "x" * 40, "eos", 40, False, "same length"),
+    (None, 0, "", "eos", 40, False, "multiple choice: no finish reason"),
+]
+
+
+@pytest.mark.parametrize("case", PREMATURE_CASES, ids=[c[-1] for c in PREMATURE_CASES])
+def test_is_premature_table(case: tuple) -> None:
+    finish, n, out, bfin, bn, want, why = case
+    assert is_premature(finish, n, out, bfin, bn) is want, why
+
+
+def test_premature_flags_match_the_scalar_rule() -> None:
+    rows = [c for c in PREMATURE_CASES if c[3] is not None]
+    flags = premature_flags([c[0] for c in rows], [c[1] for c in rows], [c[2] for c in rows],
+                            [c[3] for c in rows], [c[4] for c in rows])  # fmt: skip
+    assert flags.tolist() == [c[5] for c in rows]
+    own = premature_flags([c[0] for c in PREMATURE_CASES], [0] * len(PREMATURE_CASES),
+                          [c[2] for c in PREMATURE_CASES])  # fmt: skip
+    assert own.tolist() == [is_premature(c[0], c[1], c[2]) for c in PREMATURE_CASES]
+    assert is_premature("eos", 2, "ab", "eos", 40, max_fraction=0.01) is False
+    assert is_premature("eos", 2, "ab", "eos", 10, min_base_tokens=8) is True

@@ -67,7 +67,7 @@ def items_frame(spec: dict[str, dict[str, Any]]) -> pd.DataFrame:
                 }
             )  # fmt: skip
         )
-    return pd.concat(frames, ignore_index=True)[list(compare.ITEM_COLUMNS)]
+    return compare.add_premature(pd.concat(frames, ignore_index=True))[list(compare.ITEM_COLUMNS)]
 
 
 def make_comparison(spec: dict[str, dict[str, Any]], policy: gate.Policy | None = None) -> Comparison:
@@ -263,6 +263,27 @@ BIG = 2000  # items in a task large enough to be conclusive
             {},
             {"loops"},
         ),
+        (
+            "premature-ending rise",
+            (1600, 0, 0, 400),
+            {"n_generated": BIG, "premature_rate_base": 0.01, "premature_rate_candidate": 0.05},
+            {},
+            {"premature"},
+        ),
+        (
+            "premature endings within the limit",
+            (1600, 0, 0, 400),
+            {"n_generated": BIG, "premature_rate_base": 0.01, "premature_rate_candidate": 0.018},
+            {},
+            set(),
+        ),
+        (
+            "premature endings, limit raised",
+            (1600, 0, 0, 400),
+            {"n_generated": BIG, "premature_rate_candidate": 0.05},
+            {"max_premature_rise": 0.1},
+            set(),
+        ),
         ("stop drift", (1600, 0, 0, 400), {"stop_drift_mean": -2.5}, {}, {"stop_drift"}),
         ("stop drift within bound", (1600, 0, 0, 400), {"stop_drift_mean": -0.3}, {}, set()),
         ("stop drift undefined", (1600, 0, 0, 400), {"stop_drift_mean": float("nan")}, {}, set()),
@@ -347,6 +368,17 @@ def test_probe_row_gets_only_its_rules() -> None:
     v = gate.judge([row("t", (1600, 0, 0, 400))], gate.Policy(), [probe_row(200, 0.6, 0.5)])
     assert {r.rule for r in v.results if r.task == "probe:termination"} == {"nonterm", "loops"}
     assert fired(v) == {("probe:termination", "nonterm"), ("probe:termination", "loops")}
+
+
+def test_premature_rule_needs_significance_and_skips_probes() -> None:
+    """A rise of 3 in 40 generations is over the limit but not significant; the probe row
+    measures no premature endings and gets no premature outcome."""
+    small = row("t", (1600, 0, 0, 400), n_generated=40, premature_rate_candidate=3 / 40)
+    v = gate.judge([small], gate.Policy(), [probe_row(200, 0.0, 0.0)])
+    out = next(r for r in v.results if r.rule == "premature")
+    assert not out.fired and out.value == pytest.approx(0.075) and out.p_value > 0.05
+    assert not any(r.rule == "premature" for r in v.results if r.task == "probe:termination")
+    assert "premature" in gate.policy_to_dict(gate.Policy())["severity"]
 
 
 def test_min_detectable_drop_matches_simulated_power() -> None:

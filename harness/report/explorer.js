@@ -8,10 +8,11 @@
   var KIND = { neg: "negative flip", pos: "positive flip", chg: "changed" };
   function $(id) { return document.getElementById(id); }
   var ui = {
-    task: $("f-task"), kind: $("f-kind"), loops: $("f-loops"), q: $("f-q"), list: $("flip-list"),
+    task: $("f-task"), kind: $("f-kind"), loops: $("f-loops"), premature: $("f-premature"), q: $("f-q"),
+    list: $("flip-list"),
     count: $("f-count"), prev: $("f-prev"), next: $("f-next"), page: $("f-page")
   };
-  var st = { task: -1, kind: "", loops: false, q: "", page: 0 };
+  var st = { task: -1, kind: "", loops: false, premature: false, q: "", page: 0 };
   var shown = ITEMS;
 
   function el(tag, cls, text) {
@@ -50,6 +51,7 @@
     if (st.task >= 0 && it.t !== st.task) return false;
     if (st.kind && it.k !== st.kind) return false;
     if (st.loops && !it.lp) return false;
+    if (st.premature && !it.pe) return false;
     if (st.q && haystack(it).indexOf(st.q) < 0) return false;
     return true;
   }
@@ -108,6 +110,10 @@
     p.appendChild(pre);
     if (!base && it.lp) p.appendChild(loopInfo(it.lp));
     if (base && it.lb) p.appendChild(el("div", "loop", "base output also ends in a tail loop"));
+    if (!base && it.pe) {
+      p.appendChild(el("div", "loop", it.pb ? "ended empty (so did the base)"
+        : "premature ending: empty, or far earlier than the base's output"));
+    }
     return p;
   }
 
@@ -134,6 +140,7 @@
     h.appendChild(el("span", "task", TASKS[it.t]));
     h.appendChild(el("span", "iid", "item " + it.id));
     if (it.lp) h.appendChild(el("span", "badge loop", "candidate loops"));
+    if (it.pe && !it.pb) h.appendChild(el("span", "badge loop", "ends early"));
     if (it.dv < 0) h.appendChild(el("span", "badge", "outputs identical"));
     else h.appendChild(el("span", "badge", "diverge at character " + fmt(it.dv)));
     c.appendChild(h);
@@ -182,6 +189,7 @@
     st.task = parseInt(ui.task.value, 10);
     st.kind = ui.kind.value;
     st.loops = ui.loops.checked;
+    st.premature = ui.premature.checked;
     st.q = ui.q.value.trim().toLowerCase();
     shown = ITEMS.filter(match);
     st.page = 0;
@@ -192,6 +200,7 @@
   ui.task.addEventListener("change", apply);
   ui.kind.addEventListener("change", apply);
   ui.loops.addEventListener("change", apply);
+  ui.premature.addEventListener("change", apply);
   ui.q.addEventListener("input", function () {
     clearTimeout(timer);
     timer = setTimeout(apply, 150);

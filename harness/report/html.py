@@ -48,6 +48,7 @@ SEED = 0
 # explorer's data fits DATA_BUDGET.
 CAP_LEVELS = ((2000, 400, 4000), (1000, 300, 2000), (600, 200, 1000), (300, 120, 500), (160, 80, 240))
 _ID_CAP, _ANSWER_CAP, _UNIT_CAP = 200, 200, 120
+DEGENERATION_TITLE = "Non-termination, tail repetition and premature endings"
 _DRIFT_COLS: tuple[tuple[str, Callable[[TaskRow], float | None]], ...] = (
     ("stop drift", lambda t: t.stop_drift_mean),
     ("answer drift", lambda t: t.answer_drift_mean),
@@ -269,6 +270,8 @@ def _item(row: Mapping[str, Any], task_idx: int, kind: str, caps: tuple[int, int
         "nb": _int(row["ntok_base"]),
         "nc": _int(row["ntok_cand"]),
         "lb": _true(row.get("loop_base")),
+        "pe": _true(row.get("premature_cand")),  # the candidate ended empty or far earlier than the base
+        "pb": _true(row.get("premature_base")),
         "lp": _loop_info(row, c),
         "dv": -1 if same else div,
         "b": output_segments(b, div, co),
@@ -286,7 +289,10 @@ def _pools(items: pd.DataFrame) -> dict[str, np.ndarray]:
         return items[name].fillna(False).astype(bool).to_numpy()
 
     other = (flip == "") & (
-        col("answer_changed") | (col("loop_cand") & ~col("loop_base")) | (col("nonterm_cand") & ~col("nonterm_base"))
+        col("answer_changed")
+        | (col("loop_cand") & ~col("loop_base"))
+        | (col("nonterm_cand") & ~col("nonterm_base"))
+        | (col("premature_cand") & ~col("premature_base"))
     )
     return {"neg": np.flatnonzero(flip == "neg"), "pos": np.flatnonzero(flip == "pos"), "chg": np.flatnonzero(other)}
 
@@ -304,6 +310,7 @@ _ROW_COLUMNS = (
     "task", "item_id", "kind", "prompt", "target", "output_base", "output_cand", "answer_base", "answer_cand",
     "score_base", "score_cand", "finish_base", "finish_cand", "ntok_base", "ntok_cand",
     "loop_base", "loop_cand", "loop_unit_cand", "loop_repeats_cand", "loop_start_cand",
+    "premature_base", "premature_cand",
 )  # fmt: skip
 
 
@@ -379,7 +386,7 @@ def render_html(cmp: Comparison) -> str:
         ("plot-accuracy", "Accuracy per task", plots.accuracy_plot(cmp.tasks)),
         ("plot-flips", "Flips per task", plots.flips_plot(cmp.tasks)),
         ("plot-lengths", "Output length", plots.lengths_plot(items)),
-        ("plot-degeneration", "Non-termination and tail repetition", plots.degeneration_plot(cmp.tasks)),
+        ("plot-degeneration", DEGENERATION_TITLE, plots.degeneration_plot(cmp.tasks)),
         ("plot-stop-drift", "Stop-token drift", plots.stop_drift_plot(items)),
     ]
     css, js = _asset("report.css"), _asset("explorer.js")

@@ -71,21 +71,23 @@ def _task_row(t: TaskRow, level: str) -> str:
         f"{100 * t.delta:+.1f} [{100 * t.delta_lo:+.1f}, {100 * t.delta_hi:+.1f}] | "
         f"{t.negative_flips} | {t.positive_flips} | {_pct(t.identity_rate)} | "
         f"{_pct(t.nonterm_rate_base)}→{_pct(t.nonterm_rate_candidate)} | "
-        f"{_pct(t.loop_rate_base)}→{_pct(t.loop_rate_candidate)} |"
+        f"{_pct(t.loop_rate_base)}→{_pct(t.loop_rate_candidate)} | "
+        f"{_pct(t.premature_rate_base)}→{_pct(t.premature_rate_candidate)} |"
     )
 
 
 def _task_table(cmp: Comparison, levels: dict[str, str]) -> list[str]:
     tasks = sorted(cmp.tasks, key=lambda t: (_RANK[levels.get(t.name, "PASS")], t.delta))
     lines = [
-        "| task | n | acc base | acc cand | Δ pts (95% CI) | −flips | +flips | identical | non-term | loops |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---|---|",
+        "| task | n | acc base | acc cand | Δ pts (95% CI) | −flips | +flips | identical | non-term | loops "
+        "| ends early |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---|---|---|",
     ]
     lines += [_task_row(t, levels.get(t.name, "PASS")) for t in tasks[:MAX_TASKS]]
     if len(tasks) > MAX_TASKS:
         rest = tasks[MAX_TASKS:]
         n_fired = sum(1 for t in rest if t.name in levels)
-        lines.append(f"| … {len(rest)} more tasks ({n_fired} with a rule fired); see report.html | | | | | | | | | |")
+        lines.append(f"| … {len(rest)} more tasks ({n_fired} with a rule fired); see report.html | | | | | | | | | | |")
     lines.append(_task_row(cmp.overall, ""))
     return lines
 

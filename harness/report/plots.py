@@ -132,15 +132,17 @@ def flips_plot(rows: Sequence[TaskRow]) -> str:
 
 
 def degeneration_plot(tasks: Sequence[TaskRow]) -> str | None:
-    """Non-termination and tail-repetition rates per task, base vs candidate."""
+    """Non-termination, tail-repetition and premature-ending rates per task, base vs candidate."""
     rows = [t for t in tasks if t.n_generated]
     if not rows:
         return None
-    fig, axes = _per_task_axes(len(rows), ncols=2, width=4.6)
+    fig, axes = _per_task_axes(len(rows), ncols=3, width=4.2)
     panels: tuple[tuple[Any, Rates, str], ...] = (
         (axes[0][0], lambda t: (t.nonterm_rate_base, t.nonterm_rate_candidate), "Non-termination (ran to token limit)"),
         (axes[0][1], lambda t: (t.loop_rate_base, t.loop_rate_candidate), "Tail repetition (output ends in a loop)"),
-    )
+        (axes[0][2], lambda t: (t.premature_rate_base, t.premature_rate_candidate),
+         "Premature ending (empty or cut short)"),
+    )  # fmt: skip
     for ax, rates, title in panels:
         _paired_bars(ax, rows, rates)
         top = max(max(_num(r) for t in rows for r in rates(t)) * 100, 1.0)
@@ -148,6 +150,7 @@ def degeneration_plot(tasks: Sequence[TaskRow]) -> str | None:
         ax.set_xlabel("% of generated outputs")
         ax.set_title(title, fontsize=10)
     axes[0][1].set_yticklabels([])
+    axes[0][2].set_yticklabels([])
     _legend(fig, axes[0][0])
     return to_data_uri(fig)
 
