@@ -171,12 +171,14 @@ class RunConfig:
     )
     limit: int | None = option(None, at_least=1, help="evaluate only the first N items of each task")
     tasks: str | None = option(
-        None, help="comma-separated tasks (lm-eval's registered tasks or groups, or our own): a suite of them, "
-        "instead of --suite"
+        None,
+        help="comma-separated tasks (lm-eval's registered tasks or groups, or our own): a suite of them, "
+        "instead of --suite",
     )
     data: str | None = option(
-        None, help="data root for registered tasks: <namespace>__<name>/<config>/<split>.jsonl "
-        "(else $REGRESS_DATA, else the suite's data:)"
+        None,
+        help="data root for registered tasks: <namespace>__<name>/<config>/<split>.jsonl "
+        "(else $REGRESS_DATA, else the suite's data:)",
     )
     # >0: a noise-floor rerun (its own store key; requests in reverse order, other batch size)
     noise_variant: int = option(0, at_least=0, cli=False)
