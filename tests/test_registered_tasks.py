@@ -139,6 +139,26 @@ def test_store_key_covers_data_hashes_and_task_version(tmp_path, monkeypatch):
     assert key() not in (first, changed_data)  # a new task version is a new key
 
 
+def test_tasks_flag_builds_a_suite_of_our_own_tasks_without_the_registry(monkeypatch):
+    """--tasks demo_add,demo_cmp: the demo's own task YAMLs; lm-eval's registry is not indexed."""
+    from harness import tasks
+    from harness.config import RunConfig
+    from harness.suites import load_suite, suite_for
+
+    def no_index():
+        raise AssertionError("lm-eval's registry was indexed for our own tasks")
+
+    monkeypatch.setattr(tasks, "task_manager", no_index)
+    suite = suite_for(RunConfig(suite="demo", tasks="demo_add,demo_cmp"))
+    assert suite.name == "tasks-demo_add-demo_cmp" and [t.name for t in suite.tasks] == ["demo_add", "demo_cmp"]
+    demo = load_suite("demo")
+    assert suite.task("demo_add").config == demo.task("demo_add").config
+    assert suite.policy == {} and not suite.probes.get("termination") and suite.chat_template
+    # the hash covers the names and the tasks' content
+    other = suite_for(RunConfig(suite="demo", tasks="demo_add"))
+    assert len({suite.content_hash, other.content_hash, demo.content_hash}) == 3
+
+
 # -- checks before any model loads ---------------------------------------------------
 
 
