@@ -1,18 +1,28 @@
 """Compare: pair base and candidate records item by item and measure what moved.
 
-``pair(base, cand)`` joins the two record lists on (task, item_id) into one pandas frame
-(``ITEM_COLUMNS``), refusing items whose content hash differs or that one side lacks.
+``pair(base, cand, suite)`` joins the two record lists on (task, item_id) into one pandas frame
+(``ITEM_COLUMNS``), refusing items whose content hash differs or that one side lacks. A task's
+score is its gate metric (``TaskSpec.gate_metric``, else the record's own ``metric``); where the
+suite has groups, a ``group`` column names each subtask's group, and where items carry several
+metrics (or the suite names a gate metric) ``metrics_base``/``metrics_cand`` keep every metric of
+every item as JSON ({"metric,filter": value}).
 ``task_table(items)`` reduces it to a ``TaskRow`` per task and one overall: accuracies with intervals,
 the paired delta and its interval, flips, McNemar p-values (Holm-corrected across tasks),
 answer-change and output-identity rates, non-termination, tail-repetition and
 premature-ending rates (``add_premature``), and the length ratio. ``probe_row`` summarises
 the termination probe of both checkpoints as a ``ProbeRow``. All of it is vectorised; 100k
 item pairs take well under a second.
+
+``tables(items)`` adds the group rows: one ``TaskRow`` per group over the pooled items of its
+subtasks (the same paired measures as a task's), naming its subtasks; each subtask's row names
+its group. McNemar p-values are then Holm-adjusted across the gated units (standalone tasks and
+groups), and a subtask's within its group.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -20,7 +30,7 @@ import pandas as pd
 
 from harness import detectors, stats
 from harness.errors import RegressError
-from harness.types import DriftValues, Generation, ProbeExample, ProbeRow, Record, TaskRow, TerminationStats
+from harness.types import DriftValues, Generation, ProbeExample, ProbeRow, Record, Suite, TaskRow, TerminationStats
 
 ITEM_COLUMNS = (
     "task", "item_id", "kind", "metric", "prompt", "target",
@@ -47,19 +57,35 @@ def utf8(s: str) -> str:
         return s.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
-def _frame(records: Sequence[Record], side: str) -> pd.DataFrame:
+def _gate_score(r: Record, gate_metric: str | None) -> float:
+    """The record's score under the task's gate metric (its own ``score`` when that is the one)."""
+    if gate_metric is None or gate_metric == r.metric:
+        return r.score
+    try:
+        return float(r.metrics[gate_metric])
+    except KeyError:
+        raise CompareError(
+            f"task {r.task}: gate metric {gate_metric!r} is not among item {r.item_id}'s metrics "
+            f"({', '.join(r.metrics) or 'none recorded'})"
+        ) from None
+
+
+def _frame(
+    records: Sequence[Record], side: str, gate_metrics: Mapping[str, str] | None = None, several: bool = False
+) -> pd.DataFrame:
+    gm = gate_metrics or {}
     rows = {
         "task": [r.task for r in records],
         "item_id": [r.item_id for r in records],
         "item_hash": [r.item_hash for r in records],
         "prompt_hash": [r.prompt_hash for r in records],
         "kind": [r.kind for r in records],
-        "metric": [r.metric for r in records],
+        "metric": [gm.get(r.task) or r.metric for r in records],
         "prompt": [utf8(r.prompt) for r in records],
         "target": [utf8(r.target) for r in records],
         "output": [utf8(r.output) for r in records],
         "answer": [utf8(r.answer) for r in records],
-        "score": np.array([r.score for r in records], dtype=float),
+        "score": np.array([_gate_score(r, gm.get(r.task)) for r in records], dtype=float),
         "finish": [r.finish or "" for r in records],
         "ntok": np.array([r.n_tokens for r in records], dtype=np.int64),
     }
@@ -68,6 +94,8 @@ def _frame(records: Sequence[Record], side: str) -> pd.DataFrame:
     rows["loop_unit"] = [_unit_text(lp) for lp in loops]
     rows["loop_repeats"] = [float(lp.repeats) if lp else 0.0 for lp in loops]
     rows["loop_start"] = [int(lp.start) if lp else -1 for lp in loops]
+    if several:  # every metric of every filter, as the record holds them
+        rows["metrics"] = [json.dumps(r.metrics, ensure_ascii=False) for r in records]
     df = pd.DataFrame(rows)
     if df.duplicated(["task", "item_id"]).any():
         dup = df[df.duplicated(["task", "item_id"])].iloc[0]
@@ -91,9 +119,15 @@ def _unit_text(lp: detectors.Loop | None) -> str:
     return lp.unit if isinstance(lp.unit, str) else " ".join(map(str, lp.unit))
 
 
-def pair(base: Sequence[Record], cand: Sequence[Record]) -> tuple[pd.DataFrame, list[str]]:
-    """Join base and candidate on (task, item); return the item table and warnings."""
-    b, c = _frame(base, "base"), _frame(cand, "cand")
+def pair(base: Sequence[Record], cand: Sequence[Record], suite: Suite | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Join base and candidate on (task, item); return the item table and warnings.
+
+    ``suite`` (optional) gives each task's gate metric and group."""
+    specs = suite.tasks if suite is not None else ()
+    gate_metrics = {t.name: t.gate_metric for t in specs if t.gate_metric}
+    group_of = {t.name: t.group for t in specs if t.group}
+    several = bool(gate_metrics) or any(len(r.metrics) > 1 for records in (base, cand) for r in records)
+    b, c = _frame(base, "base", gate_metrics, several), _frame(cand, "cand", gate_metrics, several)
     m = b.merge(c, on=["task", "item_id"], how="outer", suffixes=("", "_c"), indicator=True)
     missing = m[m["_merge"] != "both"]
     if len(missing):
@@ -126,7 +160,13 @@ def pair(base: Sequence[Record], cand: Sequence[Record]) -> tuple[pd.DataFrame, 
     m = add_premature(m)
     order = {t: i for i, t in enumerate(dict.fromkeys(r.task for r in base))}  # the suite's task order
     m = m.assign(_order=m["task"].map(order)).sort_values(["_order", "item_id"], kind="stable")
-    return m[list(ITEM_COLUMNS)].reset_index(drop=True), warnings
+    columns = list(ITEM_COLUMNS)
+    if group_of:  # null for a standalone task
+        m["group"] = [group_of.get(t) for t in m["task"]]
+        columns.insert(1, "group")
+    if several:
+        columns += ["metrics_base", "metrics_cand"]
+    return m[columns].reset_index(drop=True), warnings
 
 
 def add_premature(items: pd.DataFrame) -> pd.DataFrame:
@@ -200,13 +240,61 @@ def _task_row(name: str, g: pd.DataFrame) -> TaskRow:
 
 def task_table(items: pd.DataFrame) -> tuple[tuple[TaskRow, ...], TaskRow]:
     """Per-task rows (suite order preserved; McNemar p Holm-adjusted across the tasks) and
-    the overall row over all items (its Holm p is its own)."""
+    the overall row over all items (its Holm p is its own). ``tables`` adds the group rows."""
+    tasks, _, overall = tables(items)
+    return tasks, overall
+
+
+def groups_of(items: pd.DataFrame) -> dict[str, list[str]]:
+    """Each group of the item table and its subtasks, in suite order (``{}`` without groups)."""
+    if "group" not in items:
+        return {}
+    out: dict[str, list[str]] = {}
+    for task, group in dict.fromkeys(zip(items["task"], items["group"])):
+        if isinstance(group, str) and group:
+            out.setdefault(group, []).append(task)
+    return out
+
+
+def _metric_name(g: pd.DataFrame) -> str | None:
+    """The gate metric of these items, named where the table keeps several metrics per item."""
+    if "metrics_base" not in g:
+        return None
+    return " / ".join(str(m) for m in dict.fromkeys(g["metric"])) or None
+
+
+def tables(items: pd.DataFrame) -> tuple[tuple[TaskRow, ...], tuple[TaskRow, ...], TaskRow]:
+    """Per-task rows, group rows and the overall row.
+
+    A group's row pools the items of its subtasks (``groups_of``). McNemar p is
+    Holm-adjusted across the gated units (standalone tasks and groups: a group counts once,
+    however many subtasks it has) and, for a subtask, across its group's subtasks; without
+    groups that is across the tasks, as ``task_table`` always did."""
     if "premature_cand" not in items:  # an item table stored before premature endings were measured
         items = add_premature(items)
     names = list(dict.fromkeys(items["task"]))
-    rows = [_task_row(t, items[items["task"] == t]) for t in names]
-    adjusted = stats.holm([r.mcnemar_p for r in rows])
-    return tuple(replace(r, mcnemar_p_holm=p) for r, p in zip(rows, adjusted)), _task_row("overall", items)
+    members = groups_of(items)
+    group_of = {t: g for g, ts in members.items() for t in ts}
+    clash = sorted(set(members) & set(names))
+    if clash:
+        raise CompareError(f"group {clash[0]!r} has the name of a task; a group and a task need different names")
+    rows = {
+        t: replace(_task_row(t, g), group=group_of.get(t), metric=_metric_name(g))
+        for t, g in ((t, items[items["task"] == t]) for t in names)
+    }
+    groups = {}
+    for name, subtasks in members.items():
+        g = items[items["task"].isin(subtasks)]
+        groups[name] = replace(_task_row(name, g), subtasks=tuple(subtasks), metric=_metric_name(g))
+        for t, p in zip(subtasks, stats.holm([rows[t].mcnemar_p for t in subtasks])):
+            rows[t] = replace(rows[t], mcnemar_p_holm=p)
+    units = [rows[t] for t in names if t not in group_of] + list(groups.values())
+    for u, p in zip(units, stats.holm([u.mcnemar_p for u in units])):
+        if u.name in groups:
+            groups[u.name] = replace(u, mcnemar_p_holm=p)
+        else:
+            rows[u.name] = replace(u, mcnemar_p_holm=p)
+    return tuple(rows[t] for t in names), tuple(groups.values()), _task_row("overall", items)
 
 
 def termination_stats(gens: Sequence[Generation]) -> TerminationStats:

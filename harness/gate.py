@@ -9,9 +9,10 @@ suite's ``policy:`` block and then by ``--policy FILE`` (YAML), globally or per 
     severity: {identity: FAIL, stop_drift: "off"}   # FAIL, WARN or off, per rule
 
 Unknown keys, wrong types and out-of-range values are rejected with a one-line
-``PolicyError`` naming the file and the key. ``judge(tasks, policy, probes)`` evaluates
-every rule on every ``TaskRow`` of ``compare.task_table`` (the overall row is reported, not
-gated) and the rise rules on each ``ProbeRow``, and returns a ``Verdict``: the level, one
+``PolicyError`` naming the file and the key. ``judge(tasks, policy, probes, groups)`` evaluates
+every rule on every gated unit (a standalone ``TaskRow`` of ``compare.tables``, or a group's
+pooled row; the overall row is reported, not gated), ``subtask_collapse`` on each subtask of
+a group, and the rise rules on each ``ProbeRow``, and returns a ``Verdict``: the level, one
 reason per rule that fired (with its numbers and limit) and one ``RuleOutcome`` per (task,
 rule) for junit.xml. Exit codes: PASS 0,
 WARN 0 (1 with --strict), FAIL 1. ``policy_to_dict`` writes a policy back in the YAML
@@ -39,11 +40,29 @@ identity           byte-identical output rate < min_identity_rate         off   
 inconclusive       the drop detectable with 80% power > max_detectable_   0.05     WARN
                    drop, no drop detected and the delta's 95% CI does
                    not rule one out (too small to prove anything)
+subtask_collapse   (per subtask of a group) accuracy drop >               0.10     FAIL
+                   max_subtask_drop, beyond the noise floor, and
+                   significant on its own (one-sided exact McNemar,
+                   Holm across the group's subtasks, < alpha)
 =================  =====================================================  =======  =====
 
+Groups (lm-eval's ``mmlu``, ``bbh_zeroshot``): the gated units are the standalone tasks and
+the groups. A group is judged as a whole by every rule above (bar ``subtask_collapse``) on
+its pooled row, the paired statistics over all its subtasks' items, and counts once in each
+Holm family, so a 57-subject group does not dilute the other tasks' tests 57-fold. Its
+subtasks are not gated one by one (a few dozen items per subject would make each one
+"inconclusive"); instead ``subtask_collapse`` flags a subtask whose own drop is large and
+significant, with its own Holm family within each group: pooling hides a subject that
+collapses (one subject of 57 losing 30 points moves the pooled accuracy by half a point),
+and losing a whole domain is forgetting the gate exists to catch, hence FAIL by default.
+The 10-point floor keeps it to collapses, not the ordinary spread of small subjects; a
+subtask's thresholds are its group's (``tasks: {mmlu: {max_subtask_drop: 0.2}}``) with its
+own settings on top.
+
 ``alpha`` (0.05) is the false-alarm budget of each statistical rule family across the
-tasks of a suite; ``noise_floor`` (0.0) is the share of items whose output changes
-between two runs of the base alone, whose flips count as noise.
+gated units of a suite (its standalone tasks and groups); ``noise_floor`` (0.0) is the
+share of items whose output changes between two runs of the base alone, whose flips count
+as noise.
 
 Calibration choices (tests/test_calibration.py measures them on null and planted-drop
 comparisons):
@@ -133,6 +152,7 @@ _SPEC: dict[str, tuple[str, float, float, bool]] = {
     "max_detectable_drop": ("rate", 0.0, 1.0, True),
     "alpha": ("rate", 0.0, 0.25, True),
     "noise_floor": ("rate", 0.0, 1.0, False),
+    "max_subtask_drop": ("rate", 0.0, 1.0, False),
 }
 _OPTIONAL = {f.name for f in fields(Thresholds) if "None" in str(f.type)}
 assert set(_SPEC) == {f.name for f in fields(Thresholds)}
@@ -441,25 +461,76 @@ RULES: dict[str, Rule] = {
     "identity": _identity,
     "inconclusive": _inconclusive,
 }
-assert set(RULES) == set(DEFAULT_SEVERITY)
 
 
-def judge(tasks: Sequence[TaskRow], policy: Policy, probes: Sequence[ProbeRow] = ()) -> Verdict:
-    """Apply every rule to every task row and probe row (the overall row is reported, not
-    gated). A probe row gets only the rules its numbers support (the rises)."""
-    rows: list[GatedRow] = [*tasks, *probes]
+def _subtask_collapse(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
+    if not isinstance(t, TaskRow) or t.group is None:
+        return None
+    drop, p = -t.delta, ev.p_drop
+    beyond_noise = t.negative_flips - t.positive_flips > th.noise_floor * t.n
+    fired = drop > th.max_subtask_drop and p < th.alpha and beyond_noise
+    msg = (
+        f"subtask of {t.group}: accuracy {t.acc_base:.3f} -> {t.acc_candidate:.3f} ({_pts(t.delta)}; "
+        f"{t.negative_flips} right->wrong vs {t.positive_flips} wrong->right of {t.n} items; one-sided McNemar "
+        f"p={p:.2g} (Holm across the group's subtasks), alpha {th.alpha:g}); limit: drop "
+        f"{_pts(-th.max_subtask_drop)[1:]}"
+    )
+    return Outcome(fired, drop, th.max_subtask_drop, msg, p)
+
+
+# Rules judged on each subtask of a group (the group itself gets RULES on its pooled row).
+SUBTASK_RULES: dict[str, Rule] = {"subtask_collapse": _subtask_collapse}
+assert set(RULES) | set(SUBTASK_RULES) == set(DEFAULT_SEVERITY)
+
+
+def _outcomes(
+    rules: Mapping[str, Rule], t: GatedRow, ev: Evidence, th: Thresholds, policy: Policy
+) -> list[RuleOutcome]:
+    """The outcome of each rule of ``rules`` that is on and applies to row ``t``."""
+    out = []
+    for rule, fn in rules.items():
+        sev = policy.severity.get(rule, "WARN")
+        if sev == "off":
+            continue
+        o = fn(t, ev, th)
+        if o is not None:
+            out.append(RuleOutcome(rule, t.name, sev, bool(o.fired), o.value, o.limit, o.message, o.p_value))
+    return out
+
+
+def judge(
+    tasks: Sequence[TaskRow], policy: Policy, probes: Sequence[ProbeRow] = (), groups: Sequence[TaskRow] = ()
+) -> Verdict:
+    """Apply every rule to every gated unit and probe row (the overall row is reported, not
+    gated). A probe row gets only the rules its numbers support (the rises).
+
+    The gated units are the standalone tasks and the ``groups`` (``compare.tables``), in
+    suite order: a group stands where its first subtask does, is judged on its pooled row and
+    counts once in each Holm family; each of its subtasks (a task row naming the group) gets
+    the ``SUBTASK_RULES``, Holm-adjusted across the group's subtasks. Without groups every
+    task is a unit, as before."""
+    by_name = {g.name: g for g in groups}
+    members: dict[str, list[TaskRow]] = {}
+    units: list[GatedRow] = []
+    for t in tasks:
+        if t.group is not None and t.group in by_name:
+            if t.group not in members:
+                members[t.group] = []
+                units.append(by_name[t.group])
+            members[t.group].append(t)
+        else:
+            units.append(t)
+    units += [g for g in groups if g.name not in members]
+    rows: list[GatedRow] = [*units, *probes]
     evidence = _evidence(rows, policy)
     results: list[RuleOutcome] = []
-    for t in rows:
-        th = policy.for_task(t.name)
-        for rule, fn in RULES.items():
-            sev = policy.severity.get(rule, "WARN")
-            if sev == "off":
-                continue
-            out = fn(t, evidence[t.name], th)
-            if out is not None:
-                results.append(RuleOutcome(rule, t.name, sev, bool(out.fired), out.value, out.limit, out.message,
-                                           out.p_value))  # fmt: skip
+    for row in rows:
+        results += _outcomes(RULES, row, evidence[row.name], policy.for_task(row.name), policy)
+        subs = members.get(row.name, []) if isinstance(row, TaskRow) and row.name in by_name else []
+        adjusted = stats.holm([p_drop(s.negative_flips, s.positive_flips) for s in subs])
+        for s, p in zip(subs, adjusted):
+            th = policy.for_subtask(s.name, row.name)
+            results += _outcomes(SUBTASK_RULES, s, Evidence(p_drop=p), th, policy)
     fired_rules = [r for r in results if r.fired]
     level = "FAIL" if any(r.severity == "FAIL" for r in fired_rules) else "WARN" if fired_rules else "PASS"
     reasons = tuple(f"[{r.severity}] {r.task} {r.rule}: {r.message}" for r in fired_rules)

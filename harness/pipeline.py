@@ -1,6 +1,6 @@
 """The one orchestrator: every command that runs checkpoints is a short list of stage calls.
 
-    preflight -> evaluate(base) -> evaluate(candidate) -> pair -> task_table -> judge -> report
+    preflight -> evaluate(base) -> evaluate(candidate) -> pair -> tables -> judge -> report
 
 * ``run_one`` is ``regress run``: one checkpoint's records.
 * ``run_comparison`` is ``regress compare`` and ``make regress``.
@@ -28,7 +28,7 @@ import pandas as pd
 from harness import checkpoint as ckpt
 from harness import detectors, probes
 from harness.backends import BACKENDS, rerun_options
-from harness.compare import add_drift, pair, probe_row, task_table
+from harness.compare import add_drift, pair, probe_row, tables
 from harness.config import RunConfig
 from harness.errors import BackendError, RegressError
 from harness.gate import judge, load_policy_file, override, parse_policy
@@ -157,12 +157,12 @@ def rejudge(report_dir: str, policy_file: str | None) -> tuple[Comparison, Path]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise RegressError(f"{report_dir} is not a regress report folder ({type(e).__name__}: {e})") from e
     policy = _stored_policy(summary, d, policy_file)
-    tasks, overall = task_table(items)
+    tasks, groups, overall = tables(items)  # groups from the items' group column
     cmp = Comparison(
         base, cand, suite_name, suite_hash, summary.get("backend", "?"), items, tasks, overall,
-        judge(tasks, policy, (term,) if term else ()), policy,
+        judge(tasks, policy, (term,) if term else (), groups), policy,
         warnings=tuple(summary.get("warnings", [])), config_check=tuple(summary.get("config_check") or ()),
-        termination=term, noise_floor=nf, detector=summary.get("detector"),
+        termination=term, noise_floor=nf, detector=summary.get("detector"), groups=groups,
     )  # fmt: skip
     return cmp, write_report(cmp, d)
 
@@ -174,11 +174,11 @@ def comparison_of(
     base: RunResult, cand: RunResult, suite: Suite, backend: str, policy: Policy, nf: NoiseFloor | None = None
 ) -> Comparison:
     """Pair the two runs item by item, measure, run the detectors and judge."""
-    items, warnings = pair(base.records, cand.records)
+    items, warnings = pair(base.records, cand.records, suite)
     items = add_drift(items, base.drift, cand.drift)
-    tasks, overall = task_table(items)
+    tasks, groups, overall = tables(items)
     term = probe_row(base.termination, cand.termination)
-    verdict = judge(tasks, policy, (term,) if term else ())
+    verdict = judge(tasks, policy, (term,) if term else (), groups)
     findings = tuple(config_check(base, cand))
     notes: tuple[str, ...] = (nf.note(),) if nf is not None else ()
     # a registered task read from a local copy that is not the original (HellaSwag: approximate; TriviaQA: subset)
@@ -186,7 +186,7 @@ def comparison_of(
     return Comparison(
         base.checkpoint, cand.checkpoint, suite.name, suite.content_hash, backend, items, tasks, overall, verdict,
         policy, warnings=(*warnings, *findings, *notes), config_check=findings, termination=term, noise_floor=nf,
-        detector=detectors.table_scores(),
+        detector=detectors.table_scores(), groups=groups,
     )  # fmt: skip
 
 

@@ -315,13 +315,26 @@ class TaskRow:
     # or far earlier than the base's on the same item; the base's own are its empty outputs.
     premature_rate_base: float = 0.0
     premature_rate_candidate: float = 0.0
+    # Groups (lm-eval's mmlu, bbh_zeroshot): a subtask's row names its group; a group's row
+    # (``Comparison.groups``, over the pooled items of its subtasks) names its subtasks.
+    group: str | None = None
+    subtasks: tuple[str, ...] = ()
+    # The metric that gates ("exact_match,flexible-extract"); set only where a suite's items
+    # carry several metrics or name a gate metric, so there is a choice to name.
+    metric: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The row as summary.json writes it (drift keys only where drift was measured)."""
+        """The row as summary.json writes it (drift keys only where drift was measured;
+        group, subtasks and metric only where set)."""
         d = {k: _json_number(v) for k, v in asdict(self).items()}
         for col in ("stop_drift", "answer_drift"):
             if d[f"{col}_n"] is None:
                 del d[f"{col}_mean"], d[f"{col}_n"]
+        for key in ("group", "subtasks", "metric"):
+            if not d[key]:
+                del d[key]
+        if "subtasks" in d:
+            d["subtasks"] = list(d["subtasks"])
         return d
 
 
@@ -424,6 +437,7 @@ class Thresholds:
     max_detectable_drop: float = 0.05
     alpha: float = 0.05
     noise_floor: float = 0.0
+    max_subtask_drop: float = 0.10
 
 
 DEFAULT_SEVERITY: Mapping[str, str] = {
@@ -435,6 +449,7 @@ DEFAULT_SEVERITY: Mapping[str, str] = {
     "stop_drift": "WARN",
     "identity": "WARN",
     "inconclusive": "WARN",
+    "subtask_collapse": "FAIL",
 }
 
 
@@ -454,6 +469,11 @@ class Policy:
     def for_task(self, name: str) -> Thresholds:
         own = self.tasks.get(name)
         return replace(self.defaults, **own) if own else self.defaults
+
+    def for_subtask(self, name: str, group: str) -> Thresholds:
+        """A subtask's limits: its group's, with the subtask's own settings on top."""
+        own = self.tasks.get(name)
+        return replace(self.for_task(group), **own) if own else self.for_task(group)
 
 
 @dataclass(frozen=True)
@@ -486,8 +506,8 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Everything a report needs: both checkpoints, the item table, the task rows and the
-    overall row, the probe row, the verdict and the policy it was reached under, the
+    """Everything a report needs: both checkpoints, the item table, the task rows, the
+    group rows and the overall row, the probe row, the verdict and the policy it was reached under, the
     config findings, the noise floor when measured, and the detector's settings."""
 
     base: Checkpoint
@@ -505,3 +525,6 @@ class Comparison:
     termination: ProbeRow | None = None
     noise_floor: NoiseFloor | None = None
     detector: Mapping[str, Any] | None = None
+    # One row per group of the suite over its subtasks' pooled items (subtask rows stay in
+    # ``tasks``, each naming its group); empty for a suite without groups.
+    groups: tuple[TaskRow, ...] = ()

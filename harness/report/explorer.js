@@ -5,6 +5,7 @@
   "use strict";
   var D = JSON.parse(document.getElementById("flip-data").textContent);
   var TASKS = D.tasks, ITEMS = D.items, PAGE = 40;
+  var GROUPS = D.groups || []; // [name, [task index, ...]]: a group filters on all its subtasks
   var KIND = { neg: "negative flip", pos: "positive flip", chg: "changed" };
   function $(id) { return document.getElementById(id); }
   var ui = {
@@ -12,7 +13,7 @@
     list: $("flip-list"),
     count: $("f-count"), prev: $("f-prev"), next: $("f-next"), page: $("f-page")
   };
-  var st = { task: -1, kind: "", loops: false, premature: false, q: "", page: 0 };
+  var st = { task: -1, group: null, kind: "", loops: false, premature: false, q: "", page: 0 };
   var shown = ITEMS;
 
   function el(tag, cls, text) {
@@ -26,6 +27,13 @@
   var perTask = TASKS.map(function () { return 0; });
   var perKind = { neg: 0, pos: 0, chg: 0 };
   ITEMS.forEach(function (it) { perTask[it.t] += 1; perKind[it.k] += 1; });
+  GROUPS.forEach(function (g, i) {
+    var n = 0;
+    g[1].forEach(function (t) { n += perTask[t]; });
+    var o = el("option", null, "group " + g[0] + " (" + fmt(n) + ")");
+    o.value = "g" + i;
+    ui.task.appendChild(o);
+  });
   TASKS.forEach(function (name, i) {
     var o = el("option", null, name + " (" + fmt(perTask[i]) + ")");
     o.value = String(i);
@@ -49,6 +57,7 @@
   }
   function match(it) {
     if (st.task >= 0 && it.t !== st.task) return false;
+    if (st.group && !st.group[it.t]) return false;
     if (st.kind && it.k !== st.kind) return false;
     if (st.loops && !it.lp) return false;
     if (st.premature && !it.pe) return false;
@@ -186,7 +195,13 @@
   }
 
   function apply() {
-    st.task = parseInt(ui.task.value, 10);
+    var g = ui.task.value.charAt(0) === "g" ? GROUPS[parseInt(ui.task.value.slice(1), 10)] : null;
+    st.group = null;
+    if (g) {
+      st.group = {};
+      g[1].forEach(function (t) { st.group[t] = true; });
+    }
+    st.task = g ? -1 : parseInt(ui.task.value, 10);
     st.kind = ui.kind.value;
     st.loops = ui.loops.checked;
     st.premature = ui.premature.checked;
@@ -209,8 +224,9 @@
   ui.next.addEventListener("click", function () { st.page += 1; draw(); ui.list.scrollIntoView(); });
   Array.prototype.forEach.call(document.querySelectorAll("a.task-link"), function (a) {
     a.addEventListener("click", function () {
-      var i = TASKS.indexOf(a.getAttribute("data-task"));
-      ui.task.value = String(i);
+      var name = a.getAttribute("data-task"), i = TASKS.indexOf(name);
+      var gi = GROUPS.map(function (g) { return g[0]; }).indexOf(name);
+      ui.task.value = i < 0 && gi >= 0 ? "g" + gi : String(i);
       apply();
     });
   });

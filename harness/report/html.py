@@ -2,7 +2,9 @@
 
     html = render_html(cmp)
 
-The page holds a verdict banner with the rules that fired, a per-task table, the plots of
+The page holds a verdict banner with the rules that fired, a per-task table (a group as one
+row of its pooled measures, its subtasks folded under it in a ``<details>``, open when one of
+them is flagged; a metric column where the suite has a choice of gating metrics), the plots of
 ``plots`` as PNG data URIs, and a flip explorer: every negative flip plus seeded samples
 of positive flips and other changed answers, with both outputs side by side and the
 point where they diverge marked. Its script and stylesheet (``explorer.js``,
@@ -26,7 +28,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -314,7 +316,12 @@ _ROW_COLUMNS = (
 )  # fmt: skip
 
 
-def explorer_data(items: pd.DataFrame, tasks: list[str], budget: int = DATA_BUDGET) -> tuple[str, dict[str, Any]]:
+def explorer_data(
+    items: pd.DataFrame,
+    tasks: list[str],
+    budget: int = DATA_BUDGET,
+    groups: Sequence[tuple[str, Sequence[str]]] = (),
+) -> tuple[str, dict[str, Any]]:
     """The explorer's JSON (script-safe) and notes on what it holds.
 
     Every negative flip and up to MAX_SAMPLE positive flips and other changed answers
@@ -335,7 +342,10 @@ def explorer_data(items: pd.DataFrame, tasks: list[str], budget: int = DATA_BUDG
     }
     level = next((i for i, lv in enumerate(CAP_LEVELS) if _estimate(lengths, lv) <= budget), len(CAP_LEVELS) - 1)
     task_idx = {t: i for i, t in enumerate(tasks)}
-    head = script_json({"tasks": [clean(t) for t in tasks]})[:-1] + ',"items":['
+    listing: dict[str, Any] = {"tasks": [clean(t) for t in tasks]}
+    if groups:  # [name, [task index, ...]]: the task filter offers each group as a whole
+        listing["groups"] = [[clean(g), [task_idx[t] for t in subs if t in task_idx]] for g, subs in groups]
+    head = script_json(listing)[:-1] + ',"items":['
     while True:
         caps = CAP_LEVELS[level]
         used = len(head.encode("utf-8")) + 2
@@ -378,7 +388,12 @@ def _rule_rows(cmp: Comparison) -> tuple[list[RuleOutcome], dict[str, str]]:
 def render_html(cmp: Comparison) -> str:
     items = cmp.items
     task_names = [t.name for t in cmp.tasks]
-    data_json, notes = explorer_data(items, task_names)
+    data_json, notes = explorer_data(items, task_names, groups=[(g.name, g.subtasks) for g in cmp.groups])
+    grouped = {g.name for g in cmp.groups}
+    units = [t for t in cmp.tasks if t.group not in grouped] + list(cmp.groups)  # a group folds its subtasks
+    position = {name: i for i, name in enumerate(task_names)}
+    units.sort(key=lambda t: position.get(t.subtasks[0] if t.subtasks else t.name, len(position)))  # suite order
+    subtasks_of = {g.name: [t for t in cmp.tasks if t.group == g.name] for g in cmp.groups}
     rules, worst = _rule_rows(cmp)
     fired = [r for r in rules if r.fired]
     drift_cols = [(label, drift) for label, drift in _DRIFT_COLS if any(_finite(drift(t)) for t in cmp.tasks)]
@@ -402,7 +417,9 @@ def render_html(cmp: Comparison) -> str:
         fired=fired,
         rules=rules,
         worst=worst,
-        tasks=cmp.tasks,
+        tasks=units,
+        subtasks_of=subtasks_of,
+        show_metric=any(t.metric for t in (*cmp.tasks, *cmp.groups)),
         overall=cmp.overall,
         drift_cols=drift_cols,
         plots=[(pid, title, uri) for pid, title, uri in plot_list if uri],

@@ -8,6 +8,10 @@ cell cut to a few dozen characters, so the comment stays under ~60 lines and wel
 GitHub's 64 KB comment limit (``MAX_BYTES`` is a hard stop). Everything whole lives in
 report.html, summary.json and items.parquet.
 
+A group (``Comparison.groups``) is one row, its pooled measures, with its flagged subtasks
+(a rule fired) listed under it, at most ``MAX_SUBTASKS``, and a line counting the rest; a
+``metric`` column names each row's gating metric where the suite has a choice of metrics.
+
 Model outputs, targets and item ids are untrusted: they only appear inside inline code
 spans (no links, images, HTML or @mentions render there), with backticks replaced, pipes
 escaped for the table, newlines and other invisible or control characters (bidi
@@ -23,6 +27,7 @@ from harness.types import Comparison, TaskRow
 
 MAX_REASONS = 10
 MAX_TASKS = 15
+MAX_SUBTASKS = 5  # flagged subtasks listed under their group's row
 MAX_FLIPS = 8
 MAX_CELL = 60
 MAX_LINE = 400
@@ -64,10 +69,14 @@ def _task_levels(cmp: Comparison) -> dict[str, str]:
     return levels
 
 
-def _task_row(t: TaskRow, level: str) -> str:
+def _task_row(t: TaskRow, level: str, metric: bool = False, prefix: str = "") -> str:
     name = "**overall**" if level == "" else _code(t.name, 40)
+    if t.subtasks:
+        name += f" (group of {len(t.subtasks)})"
+    metric_cell = f" {_code(t.metric, 40) if t.metric else ''} |" if metric else ""
     return (
-        f"| {_ICON.get(level, '')} {name} | {t.n} | {_pct(t.acc_base)} | {_pct(t.acc_candidate)} | "
+        f"| {prefix}{_ICON.get(level, '')} {name} |{metric_cell} {t.n} | "
+        f"{_pct(t.acc_base)} | {_pct(t.acc_candidate)} | "
         f"{100 * t.delta:+.1f} [{100 * t.delta_lo:+.1f}, {100 * t.delta_hi:+.1f}] | "
         f"{t.negative_flips} | {t.positive_flips} | {_pct(t.identity_rate)} | "
         f"{_pct(t.nonterm_rate_base)}→{_pct(t.nonterm_rate_candidate)} | "
@@ -76,19 +85,46 @@ def _task_row(t: TaskRow, level: str) -> str:
     )
 
 
+def _units(cmp: Comparison) -> list[TaskRow]:
+    """The gated rows: standalone tasks and groups (a group's subtasks are folded under it)."""
+    grouped = {g.name for g in cmp.groups}
+    return [t for t in cmp.tasks if t.group not in grouped] + list(cmp.groups)
+
+
 def _task_table(cmp: Comparison, levels: dict[str, str]) -> list[str]:
-    tasks = sorted(cmp.tasks, key=lambda t: (_RANK[levels.get(t.name, "PASS")], t.delta))
-    lines = [
-        "| task | n | acc base | acc cand | Δ pts (95% CI) | −flips | +flips | identical | non-term | loops "
-        "| ends early |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---|---|---|",
-    ]
-    lines += [_task_row(t, levels.get(t.name, "PASS")) for t in tasks[:MAX_TASKS]]
+    subtasks: dict[str, list[TaskRow]] = {}
+    for t in cmp.tasks:
+        if t.group is not None:
+            subtasks.setdefault(t.group, []).append(t)
+
+    def level(t: TaskRow) -> str:  # a group shows the worst of its own rules and its subtasks'
+        own = [levels.get(t.name, "PASS")] + [levels.get(s.name, "PASS") for s in subtasks.get(t.name, [])]
+        return min(own, key=_RANK.__getitem__)
+
+    tasks = sorted(_units(cmp), key=lambda t: (_RANK[level(t)], t.delta))
+    metric = any(t.metric for t in (*cmp.tasks, *cmp.groups))
+    header = [
+        "task", *(["metric"] if metric else []), "n", "acc base", "acc cand", "Δ pts (95% CI)", "−flips", "+flips",
+        "identical", "non-term", "loops", "ends early",
+    ]  # fmt: skip
+    right = {"n", "acc base", "acc cand", "−flips", "+flips", "identical"}  # numbers: right-aligned
+    blank = " |" * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if h in right else "---" for h in header) + "|"]
+    for t in tasks[:MAX_TASKS]:
+        lines.append(_task_row(t, levels.get(t.name, "PASS"), metric))
+        subs = subtasks.get(t.name, []) if t.subtasks else []
+        flagged = sorted((s for s in subs if s.name in levels), key=lambda s: (_RANK[levels[s.name]], s.delta))
+        lines += [_task_row(s, levels[s.name], metric, prefix="↳ ") for s in flagged[:MAX_SUBTASKS]]
+        if len(subs) > min(len(flagged), MAX_SUBTASKS):
+            more = len(subs) - min(len(flagged), MAX_SUBTASKS)
+            n_flagged = max(len(flagged) - MAX_SUBTASKS, 0)
+            lines.append(f"| ↳ … {more} {'more ' if flagged else ''}subtasks of {_code(t.name, 40)} "
+                         f"({n_flagged} flagged); see report.html |{blank}")  # fmt: skip
     if len(tasks) > MAX_TASKS:
         rest = tasks[MAX_TASKS:]
-        n_fired = sum(1 for t in rest if t.name in levels)
-        lines.append(f"| … {len(rest)} more tasks ({n_fired} with a rule fired); see report.html | | | | | | | | | | |")
-    lines.append(_task_row(cmp.overall, ""))
+        n_fired = sum(1 for t in rest if level(t) != "PASS")
+        lines.append(f"| … {len(rest)} more tasks ({n_fired} with a rule fired); see report.html |{blank}")
+    lines.append(_task_row(cmp.overall, "", metric))
     return lines
 
 

@@ -6,7 +6,8 @@ validate against it). ``schema_version`` changes whenever a field is removed or 
 meaning; new optional fields keep it. Numbers that are not finite (an infinite length
 ratio) become null. ``policy`` is the effective gate policy in its YAML form, so
 ``regress gate REPORT_DIR`` re-judges under the same policy and the verdict can be
-reproduced.
+reproduced. ``groups`` (only for a suite with groups) holds one row per group over its
+subtasks' pooled items, naming its ``subtasks``; ``tasks`` stays one row per task.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def build_summary(cmp: Comparison) -> dict[str, Any]:
             "suite": {"name": cmp.suite, "hash": cmp.suite_hash},
             "backend": cmp.backend,
             "tasks": [t.to_dict() for t in cmp.tasks],
+            **({"groups": [g.to_dict() for g in cmp.groups]} if cmp.groups else {}),
             "overall": cmp.overall.to_dict(),
             "rules": [asdict(r) for r in cmp.verdict.results],
             "policy": policy_to_dict(cmp.policy),
