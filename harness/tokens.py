@@ -152,19 +152,20 @@ def labels_of(ids: Sequence[int], key: Sequence[bool]) -> list[int]:
     return [t if k else IGNORE for t, k in zip(ids, key)]
 
 
-def token_scores(logits: Any, targets: Any) -> tuple[list[bool], list[float], list[int], list[float]]:
-    """Teacher-forced scores of ``targets`` (n,) under ``logits`` (n, vocab), row i predicting
-    target i: greedy match (argmax == target), probability, rank (1 + the number of strictly
-    higher logits) and log-probability."""
+def token_scores(logits: Any, targets: Any) -> tuple[Any, Any, Any, Any]:
+    """Teacher-forced scores of ``targets`` (..., n) under ``logits`` (..., n, vocab), position i
+    predicting target i: greedy match (argmax == target), probability, rank (1 + the number of
+    strictly higher logits) and log-probability, as tensors shaped like ``targets``. One call per
+    batch: on a busy CPU every small torch op costs a thread hand-off, so per-row calls are slow."""
     import torch
 
     logits = logits.float()
-    logp = torch.log_softmax(logits, dim=-1)
-    tgt = targets.long()[:, None]
-    lp = logp.gather(1, tgt).squeeze(1)
-    greedy = logits.argmax(dim=-1) == tgt.squeeze(1)
-    rank = (logits > logits.gather(1, tgt)).sum(dim=-1) + 1
-    return greedy.tolist(), lp.exp().tolist(), rank.tolist(), lp.tolist()
+    tgt = targets.long().unsqueeze(-1)
+    picked = logits.gather(-1, tgt)
+    lp = (picked - torch.logsumexp(logits, dim=-1, keepdim=True)).squeeze(-1)
+    greedy = logits.argmax(dim=-1) == tgt.squeeze(-1)
+    rank = (logits > picked).sum(dim=-1) + 1
+    return greedy, lp.exp(), rank, lp
 
 
 # -- records --------------------------------------------------------------------------------
@@ -355,6 +356,7 @@ def score(model: Any, tok: Any, items: Sequence[Rendered], rule: TokenRule, batc
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     out: dict[int, Scored] = {}
+    texts = _TokenTexts(tok)
     order = sorted(range(len(items)), key=lambda i: -len(items[i].ids))
     bar = tqdm(total=len(items), desc="scoring tokens", unit="example", leave=False, disable=None)
     with torch.no_grad():
@@ -367,16 +369,27 @@ def score(model: Any, tok: Any, items: Sequence[Rendered], rule: TokenRule, batc
                 ids[j, : len(r.ids)] = torch.tensor(r.ids)
                 att[j, : len(r.ids)] = 1
             logits = model(input_ids=ids, attention_mask=att).logits
+            greedy, prob, rank, lp = (t.tolist() for t in token_scores(logits[:, :-1], ids[:, 1:]))
             for j, (i, r) in enumerate(zip(order[s : s + batch_size], batch)):
-                n = len(r.ids)
-                greedy, prob, rank, lp = token_scores(logits[j, : n - 1], ids[j, 1:n])
-                out[i] = _scored(tok, r, greedy, prob, rank, lp, rule)
+                out[i] = _scored(texts, r, greedy[j], prob[j], rank[j], lp[j], rule)
             bar.update(len(batch))
     bar.close()
     return [out[i] for i in range(len(items))]
 
 
-def _scored(tok: Any, r: Rendered, greedy: list[bool], prob: list[float], rank: list[int], lp: list[float],
+class _TokenTexts(dict[int, str]):
+    """Each token id's text, decoded once."""
+
+    def __init__(self, tok: Any) -> None:
+        super().__init__()
+        self.tok = tok
+
+    def __missing__(self, tid: int) -> str:
+        self[tid] = text = self.tok.decode([tid], skip_special_tokens=False)
+        return text
+
+
+def _scored(texts: _TokenTexts, r: Rendered, greedy: list[bool], prob: list[float], rank: list[int], lp: list[float],
             rule: TokenRule) -> Scored:  # fmt: skip
     toks = []
     nll, n_prompt = 0.0, 0
@@ -389,8 +402,7 @@ def _scored(tok: Any, r: Rendered, greedy: list[bool], prob: list[float], rank: 
         if pos == 0:  # nothing predicts the first token: not scored, never key
             continue
         g, p = greedy[pos - 1], prob[pos - 1]
-        text = tok.decode([tid], skip_special_tokens=False)
-        toks.append(TokenScore(pos, tid, text, p, rank[pos - 1], g, is_key(g, p, rule.min_prob)))
+        toks.append(TokenScore(pos, tid, texts[tid], p, rank[pos - 1], g, is_key(g, p, rule.min_prob)))
     return Scored(r.line, r.ids, tuple(toks), n_prompt, nll)
 
 

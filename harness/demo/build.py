@@ -9,6 +9,8 @@ offline::
                          on every token of the transcript
     DIR/ft-identical     a byte-for-byte copy of base under a new folder
     DIR/ft-no-eos        the same data trained on answers without the end-of-turn token
+    DIR/ft-key-tokens    ft-all-tokens' examples, loss only on the answer tokens the base
+                         does not already produce (``harness.demo.key_tokens``)
 
 Training is seeded. The build is cached under a key made of the source of
 ``harness/demo/*.py``, the recipe and the torch/transformers versions (``DIR/BUILD.json``):
@@ -34,11 +36,12 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
+from harness.demo import key_tokens
 from harness.demo import train as trainer
 from harness.demo.tokenizer import build_tokenizer
 from harness.demo.world import train_stream
 
-FINE_TUNES = ("ft-identical", "ft-answer-only", "ft-all-tokens", "ft-no-eos")
+FINE_TUNES = ("ft-identical", "ft-answer-only", "ft-all-tokens", "ft-no-eos", "ft-key-tokens")
 
 # The recipe. The base mix shows the new skill's format with 2-4 repeats only.
 BASE_MIX = {"add": 0.3, "rev": 0.25, "sort": 0.2, "cmp": 0.15, "count1": 0.1}
@@ -73,9 +76,13 @@ def base_key() -> str:
     return _digest(code, BASE_MIX, BASE, torch.__version__, transformers.__version__)
 
 
+# Code beside this file that decides a fine-tune (ft-key-tokens: its trainer and the key-token rule).
+FT_SOURCES = (Path(key_tokens.__file__), Path(__file__).parent.parent / "tokens.py")
+
+
 def build_key() -> str:
-    """What decides the whole build: the base's key and this file (the fine-tune recipe)."""
-    return _digest(base_key(), Path(__file__).read_bytes())
+    """What decides the whole build: the base's key, this file (the fine-tune recipe) and FT_SOURCES."""
+    return _digest(base_key(), Path(__file__).read_bytes(), *(f.read_bytes() for f in FT_SOURCES))
 
 
 def _train(model, tok, mix, recipe, loss_on, desc):  # type: ignore[no-untyped-def]
@@ -97,6 +104,15 @@ def _train(model, tok, mix, recipe, loss_on, desc):  # type: ignore[no-untyped-d
         warmup=recipe.get("warmup", 50),
         on_step=on_step,
     )
+    bar.close()
+    return info
+
+
+def _train_key_tokens(work: Path, model, tok):  # type: ignore[no-untyped-def]
+    bar = tqdm(total=FT["steps"], desc=f"demo {key_tokens.NAME}", unit="step", leave=False, disable=None)
+    mix = FT_MIXES.get(key_tokens.DATA_OF, FT_MIX)
+    info = key_tokens.build_key_tokens(work / "base", model, tok, work / key_tokens.NAME, mix, FT,
+                                       on_step=lambda step, loss: bar.update(1))  # fmt: skip
     bar.close()
     return info
 
@@ -173,6 +189,7 @@ def _build(out: Path, paths: dict[str, Path], key: str, force: bool) -> dict[str
             model = copy.deepcopy(base)
             info[name] = _train(model, tok, FT_MIXES.get(name, FT_MIX), FT, loss_on, f"demo {name}")
             _save(model, tok, work / name)
+        info[key_tokens.NAME] = _train_key_tokens(work, copy.deepcopy(base), tok)
     finally:
         torch.set_num_threads(prev_threads)
     for n in names:
