@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import NoReturn
 
@@ -33,6 +35,45 @@ def _env_defaults() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
+# Libraries whose logs, Python warnings and progress bars regress keeps quiet unless -v: their
+# chatter repeats per request or per task (transformers' "max_new_tokens and max_length both
+# set", datasets' "Using the latest cached version", lm-eval's INFO/WARNING lines) and buries
+# the verdict in a CI log. Errors still show. regress's own loggers (harness.*) are untouched.
+THIRD_PARTY = (
+    "transformers", "datasets", "lm_eval", "lm-eval", "huggingface_hub", "accelerate", "evaluate",
+    "torch", "vllm", "filelock", "fsspec", "urllib3", "httpx", "absl", "nltk", "sacrebleu", "rouge_score",
+)  # fmt: skip
+
+
+def _quiet_third_party(verbose: bool) -> None:
+    """Without -v: third-party loggers at ERROR, their Python warnings ignored, the progress
+    bars of libraries that do not choose for themselves hidden. Environment variables first,
+    for the libraries not imported yet (they read them once, at import); the verbosity APIs
+    for those already imported (a test calling ``main`` in-process)."""
+    if verbose:
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar too
+    # tqdm's default for bars that pass no `disable` (lm-eval's "building contexts"); regress's
+    # own bars pass disable=None (shown on a terminal, hidden in a log) and are unaffected.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    for name in THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=rf"{re.escape(name)}(\.|$)")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as tf_logging
+
+        tf_logging.set_verbosity_error()
+        tf_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.utils.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     # generated from the fields of RunConfig and BackendOptions (harness/config.py): one place per option
     add_arguments(p, RunConfig)
@@ -43,12 +84,31 @@ def _run_config(a: argparse.Namespace) -> RunConfig:
     return RunConfig.from_args(a)  # checks every value: a RegressError names the flag
 
 
-def _print_verdict(cmp: Comparison, out: Path) -> None:
+MAX_TERMINAL_WARNINGS = 10
+
+
+def verdict_lines(cmp: Comparison, out: Path) -> list[str]:
+    """The verdict block a CI log shows: the level, each rule that fired with its numbers,
+    each config finding with its fix on a line of its own, the other warnings (at most
+    ``MAX_TERMINAL_WARNINGS``; all of them are in summary.json), and the report's path."""
     v = cmp.verdict
-    print(f"{v.level}: {cmp.candidate.path} vs {cmp.base.path} ({cmp.suite})")
-    for r in v.reasons:
-        print(f"  {r}")
-    print(f"  report: {out / 'report.html'}")
+    lines = [f"{v.level}: {cmp.candidate.path} vs {cmp.base.path} ({cmp.suite})"]
+    lines += [f"  {r}" for r in v.reasons]
+    for finding in cmp.config_check:
+        what, sep, fix = finding.partition(" Fix: ")
+        lines.append(f"  [config] {what}")
+        if sep:
+            lines.append(f"    fix: {fix}")
+    others = [w for w in cmp.warnings if w not in cmp.config_check]
+    lines += [f"  [warning] {w}" for w in others[:MAX_TERMINAL_WARNINGS]]
+    if len(others) > MAX_TERMINAL_WARNINGS:
+        lines.append(f"  ... and {len(others) - MAX_TERMINAL_WARNINGS} more warnings (summary.json)")
+    lines.append(f"  report: {out / 'report.html'}")
+    return lines
+
+
+def _print_verdict(cmp: Comparison, out: Path) -> None:
+    print("\n".join(verdict_lines(cmp, out)), flush=True)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -255,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+        _quiet_third_party(args.verbose)
         if "backend" in vars(args):  # a command that runs checkpoints: check every option before it reads anything
             _run_config(args)
         return int(args.fn(args))
