@@ -44,7 +44,8 @@ def points_of(paths: list[str], comparisons: list[Comparison]) -> tuple[list[Tre
     """One point per checkpoint (as named on the command line), ordered by step (stable:
     equal steps keep the order given); and whether the steps are training steps."""
     steps, by_step = steps_of(paths)
-    points = [TrendPoint(p, s, c.verdict.level, c.tasks, c.overall) for p, c, s in zip(paths, comparisons, steps)]
+    # a group is one column, its pooled accuracy (Comparison.units); without groups, every task
+    points = [TrendPoint(p, s, c.verdict.level, c.units, c.overall) for p, c, s in zip(paths, comparisons, steps)]
     return sorted(points, key=lambda p: p.step), by_step
 
 

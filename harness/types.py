@@ -528,3 +528,18 @@ class Comparison:
     # One row per group of the suite over its subtasks' pooled items (subtask rows stay in
     # ``tasks``, each naming its group); empty for a suite without groups.
     groups: tuple[TaskRow, ...] = ()
+
+    @property
+    def units(self) -> tuple[TaskRow, ...]:
+        """The gated rows in suite order: each standalone task, and each group where its first
+        subtask stands (its subtasks folded under it). Without groups: ``tasks``."""
+        by_name = {g.name: g for g in self.groups}
+        out: list[TaskRow] = []
+        placed: set[str] = set()
+        for t in self.tasks:
+            if t.group is None or t.group not in by_name:
+                out.append(t)
+            elif t.group not in placed:
+                placed.add(t.group)
+                out.append(by_name[t.group])
+        return (*out, *(g for g in self.groups if g.name not in placed))

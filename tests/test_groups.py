@@ -269,3 +269,14 @@ def test_suite_without_groups_keeps_its_shape() -> None:
     assert compare.task_table(items) == (tasks, overall)
     assert all(set(t.to_dict()) == set(overall.to_dict()) for t in tasks)
     assert "group" not in tasks[0].to_dict() and "metric" not in tasks[0].to_dict()
+
+
+def test_units_and_trend_show_the_group_as_one_column(planted: tuple[Comparison, Path]) -> None:
+    from harness.trend import points_of
+
+    cmp, _ = planted
+    assert [u.name for u in cmp.units] == [GROUP, GSM]  # suite order: the group where its first subject stands
+    (point,), _ = points_of(["ckpt/step-100"], [cmp])
+    assert [t.name for t in point.tasks] == [GROUP, GSM]
+    plain = replace(cmp, groups=())
+    assert plain.units == plain.tasks

@@ -389,19 +389,16 @@ def render_html(cmp: Comparison) -> str:
     items = cmp.items
     task_names = [t.name for t in cmp.tasks]
     data_json, notes = explorer_data(items, task_names, groups=[(g.name, g.subtasks) for g in cmp.groups])
-    grouped = {g.name for g in cmp.groups}
-    units = [t for t in cmp.tasks if t.group not in grouped] + list(cmp.groups)  # a group folds its subtasks
-    position = {name: i for i, name in enumerate(task_names)}
-    units.sort(key=lambda t: position.get(t.subtasks[0] if t.subtasks else t.name, len(position)))  # suite order
+    units = cmp.units  # a group is one row, its subtasks folded under it
     subtasks_of = {g.name: [t for t in cmp.tasks if t.group == g.name] for g in cmp.groups}
     rules, worst = _rule_rows(cmp)
     fired = [r for r in rules if r.fired]
     drift_cols = [(label, drift) for label, drift in _DRIFT_COLS if any(_finite(drift(t)) for t in cmp.tasks)]
     plot_list = [
-        ("plot-accuracy", "Accuracy per task", plots.accuracy_plot(cmp.tasks)),
-        ("plot-flips", "Flips per task", plots.flips_plot(cmp.tasks)),
+        ("plot-accuracy", "Accuracy per task", plots.accuracy_plot(units)),
+        ("plot-flips", "Flips per task", plots.flips_plot(units)),
         ("plot-lengths", "Output length", plots.lengths_plot(items)),
-        ("plot-degeneration", DEGENERATION_TITLE, plots.degeneration_plot(cmp.tasks)),
+        ("plot-degeneration", DEGENERATION_TITLE, plots.degeneration_plot(units)),
         ("plot-stop-drift", "Stop-token drift", plots.stop_drift_plot(items)),
     ]
     css, js = _asset("report.css"), _asset("explorer.js")

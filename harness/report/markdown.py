@@ -85,12 +85,6 @@ def _task_row(t: TaskRow, level: str, metric: bool = False, prefix: str = "") ->
     )
 
 
-def _units(cmp: Comparison) -> list[TaskRow]:
-    """The gated rows: standalone tasks and groups (a group's subtasks are folded under it)."""
-    grouped = {g.name for g in cmp.groups}
-    return [t for t in cmp.tasks if t.group not in grouped] + list(cmp.groups)
-
-
 def _task_table(cmp: Comparison, levels: dict[str, str]) -> list[str]:
     subtasks: dict[str, list[TaskRow]] = {}
     for t in cmp.tasks:
@@ -101,7 +95,7 @@ def _task_table(cmp: Comparison, levels: dict[str, str]) -> list[str]:
         own = [levels.get(t.name, "PASS")] + [levels.get(s.name, "PASS") for s in subtasks.get(t.name, [])]
         return min(own, key=_RANK.__getitem__)
 
-    tasks = sorted(_units(cmp), key=lambda t: (_RANK[level(t)], t.delta))
+    tasks = sorted(cmp.units, key=lambda t: (_RANK[level(t)], t.delta))
     metric = any(t.metric for t in (*cmp.tasks, *cmp.groups))
     header = [
         "task", *(["metric"] if metric else []), "n", "acc base", "acc cand", "Δ pts (95% CI)", "−flips", "+flips",
