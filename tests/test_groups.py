@@ -280,3 +280,44 @@ def test_units_and_trend_show_the_group_as_one_column(planted: tuple[Comparison,
     assert [t.name for t in point.tasks] == [GROUP, GSM]
     plain = replace(cmp, groups=())
     assert plain.units == plain.tasks
+
+
+@pytest.mark.browser
+def test_explorer_filters_by_group_and_subtask_in_chromium(planted: tuple[Comparison, Path]) -> None:
+    """In headless Chromium: the group's subtasks are folded (open: one is flagged), the task
+    filter offers the group, and the group's and a subtask's links filter the explorer."""
+    import shutil
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).is_file():
+        pytest.skip("Debian's chromium is not installed (scripts/install-browser.sh installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    _, out = planted
+    html = out / "report.html"
+    text = html.read_text()
+    data = json.loads(text[text.index('id="flip-data">') + len('id="flip-data">') :].split("</script>")[0])
+    in_group = sum(1 for it in data["items"] if data["tasks"][it["t"]] in SUBJECTS)
+    in_planted = sum(1 for it in data["items"] if data["tasks"][it["t"]] == PLANTED)
+    assert 0 < in_planted < in_group
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(html.resolve().as_uri(), wait_until="load")
+
+        def matches() -> int:
+            return int(page.get_attribute("#flip-list", "data-matches") or -1)
+
+        assert page.is_visible(f'details.subtasks[data-group="{GROUP}"] a.task-link[data-task="{PLANTED}"]')
+        page.select_option("#f-task", "g0")
+        assert matches() == in_group
+        page.select_option("#f-task", "-1")
+        page.click(f'#tasks > tbody > tr a.task-link[data-task="{GROUP}"]')
+        assert page.input_value("#f-task") == "g0" and matches() == in_group
+        page.click(f'a.task-link[data-task="{PLANTED}"]')
+        assert matches() == in_planted
+        assert set(page.eval_on_selector_all("article.flip", "els => els.map(e => e.dataset.task)")) == {PLANTED}
+        browser.close()
+    assert errors == []
