@@ -6,26 +6,33 @@ store as soon as they finish (resume loses nothing), and keeps what lm-eval thro
 full text, token ids and finish reason of each generation, looked up later by request key.
 
 The backend is started lazily, on the first request the store cannot answer, so a run
-whose records are all stored never starts an engine.
+whose records are all stored never starts an engine. Progress (requests done, tokens/s,
+ETA) goes to stderr per checkpoint (``harness.progress``); records reach the store at
+least every ~``CHUNK_SECONDS`` of work: per batch where the backend reports batches
+(``on_done``), and in chunks sized by time where grouping cannot move the answers.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from lm_eval.api.model import LM
-from tqdm.auto import tqdm
 
 from harness.backends.base import Backend
 from harness.errors import BackendError
+from harness.progress import Progress
 from harness.store import RunStore
 from harness.types import Generation, GenRequest, Loglik, LoglikRequest
 
 log = logging.getLogger(__name__)
+FIRST_CHUNK = 64  # requests in the first call of an engine whose chunks are sized by time
+CHUNK_SECONDS = 20.0  # the work a chunk is sized to, so records reach the store at least this often
 
 
 def gen_key(r: GenRequest) -> str:
@@ -56,6 +63,7 @@ class RegressLM(LM):
         tokenizer_name: str,
         default_max_tokens: int = 256,
         chunk_size: int | None = None,
+        label: str = "",
     ) -> None:
         super().__init__()
         self._factory = backend_factory
@@ -67,6 +75,7 @@ class RegressLM(LM):
         self.generations: dict[str, Generation] = {}
         self.logliks: dict[str, Loglik] = {}
         self.chunk_size = chunk_size  # None: the backend's own
+        self.label = label or tokenizer_name  # names the checkpoint in progress lines
         self.reverse = False  # hand requests over in reverse order (noise-floor runs)
         self.backend_calls = 0  # calls made to the backend (0 when the store answered all)
         self.backend_requests = 0  # requests the backend answered (the rest came from the store)
@@ -133,21 +142,42 @@ class RegressLM(LM):
             return
         backend = self.backend
         items = list(todo.items())[:: -1 if self.reverse else 1]
-        size = self.chunk_size or backend.chunk_size
-        desc = "generating" if kind == "gen" else "scoring"
-        with tqdm(total=len(items), desc=desc, unit="req", disable=None) as bar:
-            for s in range(0, len(items), size):
-                chunk = items[s : s + size]
-                call = backend.generate if kind == "gen" else backend.loglikelihood
-                self.backend_calls += 1
-                answers = call([r for _, r in chunk])
-                if len(answers) != len(chunk):
-                    raise BackendError(f"backend returned {len(answers)} answers for {len(chunk)} requests")
-                self.store.append(kind, [(k, a) for (k, _), a in zip(chunk, answers)])
-                self.backend_requests += len(chunk)
-                for (k, _), a in zip(chunk, answers):
-                    memo[k] = a
-                bar.update(len(chunk))
+        cap = self.chunk_size or backend.chunk_size
+        # Where grouping cannot move the answers, chunks are sized to ~CHUNK_SECONDS of work,
+        # so a killed run loses little and the store shows the run moving; else fixed.
+        size = cap if backend.fixed_chunks else min(cap, FIRST_CHUNK)
+        progress = Progress(f"{self.label}: {'generating' if kind == 'gen' else 'scoring'}", len(items))
+        done_at: set[int] = set()
+
+        def keep(chunk: list[tuple[str, Any]], positions: list[int], answers: Sequence[Any]) -> None:
+            self.store.append(kind, [(chunk[i][0], a) for i, a in zip(positions, answers)])
+            for i, a in zip(positions, answers):
+                memo[chunk[i][0]] = a
+            done_at.update(positions)
+            progress.update(len(positions), sum(getattr(a, "n_tokens", 0) for a in answers) if kind == "gen" else 0)
+
+        s = 0
+        while s < len(items):
+            chunk = items[s : s + size]
+            done_at.clear()
+            t0 = time.monotonic()
+            self.backend_calls += 1
+            answers: Sequence[Any]
+            if kind == "gen":
+                answers = backend.generate([r for _, r in chunk], functools.partial(keep, chunk))
+            else:
+                answers = backend.loglikelihood([r for _, r in chunk])
+            if len(answers) != len(chunk):
+                raise BackendError(f"backend returned {len(answers)} answers for {len(chunk)} requests")
+            rest = [i for i in range(len(chunk)) if i not in done_at]
+            if rest:
+                keep(chunk, rest, [answers[i] for i in rest])
+            self.backend_requests += len(chunk)
+            s += len(chunk)
+            if not backend.fixed_chunks:
+                per_request = max(time.monotonic() - t0, 1e-6) / len(chunk)
+                size = max(1, min(cap, 8 * size, int(CHUNK_SECONDS / per_request)))
+        progress.close()
 
 
 def _generation(d: dict[str, Any]) -> Generation:

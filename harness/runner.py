@@ -83,8 +83,9 @@ def evaluate(
 
     with RunStore.open(store_folder(cfg, meta), meta) as store:
         lm = RegressLM(
-            lambda: load_backend(cfg.backend, ck, cfg.options), store, chat, ck.path, chunk_size=cfg.options.chunk_size
-        )
+            lambda: load_backend(cfg.backend, ck, cfg.options), store, chat, ck.path,
+            chunk_size=cfg.options.chunk_size, label=Path(ck.path).name,
+        )  # fmt: skip
         lm.reverse = bool(cfg.noise_variant)
         try:
             reused = store.complete

@@ -64,8 +64,8 @@ def test_base_is_reused_and_invalidated(tmp_path, base_ckpt, monkeypatch, capsys
     suite, store = write_suite(tmp_path), tmp_path / "store"
     results = []
 
-    def evaluate(path, *a, **k):  # type: ignore[no-untyped-def]
-        results.append((Path(path).name, real(path, *a, **k)))
+    def evaluate(loaded, *a, **k):  # type: ignore[no-untyped-def]
+        results.append((Path(loaded.path).name, real(loaded, *a, **k)))
         return results[-1][1]
 
     real = pipeline.evaluate

@@ -7,6 +7,11 @@ and answers, in bulk:
 * ``generate(requests)``: greedy generations with finish reasons and token ids;
 * ``loglikelihood(requests)``: summed log-probs of continuations (multiple choice, probes);
 * ``chunk_size``: how many requests to hand over per call (each chunk is stored as it finishes);
+* ``fixed_chunks``: whether how requests are grouped into calls can move the answers (hf:
+  its chunks decide which prompts are padded together, so their size is fixed and keyed);
+  where it cannot, the adapter sizes chunks by time so that records are stored often;
+* ``on_done``: a generation backend may report batches as they finish, before the call
+  returns, and the adapter stores them at once;
 * ``close()``: stop the engine and free its memory.
 
 Each engine module (``hf``, ``vllm``, ``openai``) owns its knowledge and provides, besides
@@ -25,13 +30,18 @@ from typing import Any, Protocol, runtime_checkable
 from harness.config import BackendOptions
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest
 
+# Called with the positions (in the call's requests) and answers of a batch that finished.
+Done = Callable[[list[int], list[Generation]], None]
+
 
 @runtime_checkable
 class Backend(Protocol):
-    # How many requests to hand over per call when streaming records to the store.
+    # How many requests to hand over per call when streaming records to the store (at most).
     chunk_size: int
+    # True where grouping requests into calls can move the answers (chunk size is then fixed).
+    fixed_chunks: bool
 
-    def generate(self, requests: Sequence[GenRequest]) -> list[Generation]: ...
+    def generate(self, requests: Sequence[GenRequest], on_done: Done | None = None) -> list[Generation]: ...
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]: ...
 

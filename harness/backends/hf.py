@@ -18,9 +18,8 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from harness.backends.base import CheckpointBackend, cuda_available, cut_at_stop, split_pair
+from harness.backends.base import CheckpointBackend, Done, cuda_available, cut_at_stop, split_pair
 from harness.config import BackendOptions
 from harness.errors import BackendError
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest
@@ -104,6 +103,7 @@ class HFBackend(CheckpointBackend):
         self.model.eval()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot[0]
         self.batch_size, self.chunk_size = resolve_batching(options)
+        self.fixed_chunks = True  # a chunk is sorted by length and batched within: keyed
         self.calls = 0  # backend calls, counted for the baseline-reuse tests
 
     def close(self) -> None:
@@ -111,22 +111,22 @@ class HFBackend(CheckpointBackend):
 
     # -- generation -------------------------------------------------------------------
 
-    def generate(self, requests: Sequence[GenRequest]) -> list[Generation]:
+    def generate(self, requests: Sequence[GenRequest], on_done: Done | None = None) -> list[Generation]:
         self.calls += 1
         out: list[Generation | None] = [None] * len(requests)
         groups: dict[tuple[tuple[str, ...], int], list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
             groups[(r.stop, r.max_tokens)].append(i)
         encoded = [self.encode(r.prompt) for r in requests]
-        bar = tqdm(total=len(requests), desc="generate", unit="item", leave=False, disable=None)
         for (stop, max_tokens), idx in groups.items():
             idx.sort(key=lambda i: -len(encoded[i]))
             for s in range(0, len(idx), self.batch_size):
                 batch = idx[s : s + self.batch_size]
-                for i, g in zip(batch, self._generate_batch([encoded[i] for i in batch], stop, max_tokens)):
+                gens = self._generate_batch([encoded[i] for i in batch], stop, max_tokens)
+                for i, g in zip(batch, gens):
                     out[i] = g
-                bar.update(len(batch))
-        bar.close()
+                if on_done is not None:
+                    on_done(batch, gens)
         return [g for g in out if g is not None]
 
     @torch.inference_mode()
@@ -175,7 +175,7 @@ class HFBackend(CheckpointBackend):
         pairs = [split_pair(self.encode, r.context, r.continuation, self.bos_id()) for r in requests]
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         out: list[Loglik | None] = [None] * len(pairs)
-        for s in tqdm(range(0, len(order), self.batch_size), desc="loglikelihood", leave=False, disable=None):
+        for s in range(0, len(order), self.batch_size):
             batch = order[s : s + self.batch_size]
             for i, r in zip(batch, self._loglik_batch([pairs[i] for i in batch])):
                 out[i] = r

@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from harness.backends.base import CheckpointBackend, cut_at_stop, split_pair
+from harness.backends.base import CheckpointBackend, Done, cut_at_stop, split_pair
 from harness.config import BackendOptions
 from harness.errors import BackendError
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest
@@ -73,6 +73,7 @@ class OpenAIBackend(CheckpointBackend):
         # Moderate chunks: the adapter stores each one as it finishes, so an outage loses
         # at most one chunk; big enough that the pool stays busy between chunks.
         self.chunk_size = options.chunk_size or max(64, 4 * self.concurrency)
+        self.fixed_chunks = False  # each request is answered on its own
         self.client = httpx.Client(
             timeout=httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=600.0),
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
@@ -206,7 +207,7 @@ class OpenAIBackend(CheckpointBackend):
 
     # -- generation -------------------------------------------------------------------
 
-    def generate(self, requests: Sequence[GenRequest]) -> list[Generation]:
+    def generate(self, requests: Sequence[GenRequest], on_done: Done | None = None) -> list[Generation]:
         self.calls += 1
         bodies = [
             {

@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from harness.backends.base import CheckpointBackend, cuda_available, cut_at_stop, split_pair
+from harness.backends.base import CheckpointBackend, Done, cuda_available, cut_at_stop, split_pair
 from harness.config import BackendOptions
 from harness.errors import BackendError
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest
@@ -170,6 +170,7 @@ class VLLMBackend(CheckpointBackend):
         # One engine call takes everything lm-eval hands over; the chunk only bounds what a
         # crash can lose (the adapter stores each chunk as it finishes).
         self.chunk_size = options.chunk_size or 4096
+        self.fixed_chunks = False  # greedy tokens do not depend on which requests share a call
         self.calls = 0
 
     def _encode_all(self, texts: list[str]) -> list[list[int]]:
@@ -220,7 +221,7 @@ class VLLMBackend(CheckpointBackend):
         except ValueError as e:
             raise BackendError(f"vLLM rejected a request: {str(e).splitlines()[0]}") from e
 
-    def generate(self, requests: Sequence[GenRequest]) -> list[Generation]:
+    def generate(self, requests: Sequence[GenRequest], on_done: Done | None = None) -> list[Generation]:
         self.calls += 1
         if not requests:
             return []
