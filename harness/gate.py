@@ -57,7 +57,10 @@ collapses (one subject of 57 losing 30 points moves the pooled accuracy by half 
 and losing a whole domain is forgetting the gate exists to catch, hence FAIL by default.
 The 10-point floor keeps it to collapses, not the ordinary spread of small subjects; a
 subtask's thresholds are its group's (``tasks: {mmlu: {max_subtask_drop: 0.2}}``) with its
-own settings on top.
+own settings on top. Measured (synthetic, 57 subjects, accuracy 0.6, 10% symmetric churn,
+400 runs each): on nulls it never fired; one subject of 100 items losing 20 points fired
+89% of the time, 35 points always; at 20 items per subject (``--limit 20``) it cannot
+tell (5% at 35 points): collapse needs items, the pooled row still gates.
 
 ``alpha`` (0.05) is the false-alarm budget of each statistical rule family across the
 gated units of a suite (its standalone tasks and groups); ``noise_floor`` (0.0) is the
