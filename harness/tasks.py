@@ -109,7 +109,10 @@ def _members(top: str, entry: Any, via: str, overrides: Mapping[str, Any]) -> It
     from lm_eval.tasks._yaml_loader import load_yaml
 
     index = task_manager().task_index
-    raw = load_yaml(entry.yaml_path, resolve_func=False) if entry.yaml_path else dict(entry.cfg or {})
+    try:  # hooks resolved: a group's own keys are its members' overrides, functions included
+        raw = load_yaml(entry.yaml_path, resolve_func=True) if entry.yaml_path else dict(entry.cfg or {})
+    except ImportError as e:
+        raise SuiteError(f"group {via!r} cannot load its config ({e}): {TASKS_EXTRA} or install {e.name}") from e
     group_fields = set(GroupConfig.__dataclass_fields__)
     # keys of a group's YAML that are not the group's own are overrides for its members (lm-eval's rule)
     own = {**{k: v for k, v in raw.items() if k not in group_fields}, **overrides}
@@ -294,7 +297,7 @@ def bind(leaf: Leaf, root: Path | None, gate_metric: str | None) -> tuple[TaskSp
     fidelity = ""
     if folder is not None and folder.is_dir():
         files: dict[str, str] = {}
-        for split in {cfg[k] for k in SPLIT_KEYS if cfg.get(k)}:
+        for split in sorted({cfg[k] for k in SPLIT_KEYS if cfg.get(k)}):
             f = folder / f"{split}.jsonl"
             if f.is_file():
                 files[split] = str(f)

@@ -24,6 +24,8 @@ TODAY = [
     ("--backend", ["vllm"], "backend", "vllm"),
     ("--store", ["st"], "store_dir", "st"),
     ("--limit", ["20"], "limit", 20),
+    ("--tasks", ["gsm8k,mmlu"], "tasks", "gsm8k,mmlu"),  # issue 13: a suite of task names
+    ("--data", ["bench"], "data", "bench"),  # issue 13: data root of registered tasks
     ("--batch-size", ["8"], "options.batch_size", 8),
     ("--dtype", ["bfloat16"], "options.dtype", "bfloat16"),
     ("--device", ["cuda:1"], "options.device", "cuda:1"),
