@@ -237,7 +237,10 @@ def _build(
 
 
 def load_suite(name_or_path: str, data: str | None = None) -> Suite:
-    """The suite ``name_or_path``; ``data`` is ``--data`` (a data root for registered tasks)."""
+    """The suite ``name_or_path``; ``data`` is ``--data`` (a data root for registered tasks).
+    ``tasks:a,b,c`` is the ad-hoc suite of those tasks (``adhoc_suite``; its ``path`` is spelled so)."""
+    if name_or_path.startswith(ADHOC):
+        return adhoc_suite(name_or_path[len(ADHOC) :].split(","), data)
     path = resolve_suite_path(name_or_path)
     raw = read_yaml(path)
     if not isinstance(raw, dict):
@@ -261,6 +264,10 @@ def load_suite(name_or_path: str, data: str | None = None) -> Suite:
     )  # fmt: skip
 
 
+# how an ad-hoc suite's path is spelled (store meta, `regress baselines`), and loaded again by load_suite
+ADHOC = "tasks:"
+
+
 def builtin_task_dirs() -> list[Path]:
     """The task folders of the built-in suites (``suites/demo/``...): where ``--tasks`` finds our own tasks."""
     return sorted(d for d in BUILTIN_SUITES.iterdir() if d.is_dir() and any(d.glob("*.yaml")))
@@ -280,7 +287,7 @@ def adhoc_suite(names: Sequence[str], data: str | None = None) -> Suite:
     # named by the tasks when short: it names the report folder
     label = "tasks-" + ("-".join(names) if len(",".join(names)) <= 40 else digest)
     return _build(
-        label, f"--tasks {','.join(names)}", header, names, builtin_task_dirs(), data_root(data), {},
+        label, ADHOC + ",".join(names), header, names, builtin_task_dirs(), data_root(data), {},
         version="1", chat_template=True,
     )  # fmt: skip
 

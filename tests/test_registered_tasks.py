@@ -157,6 +157,8 @@ def test_tasks_flag_builds_a_suite_of_our_own_tasks_without_the_registry(monkeyp
     # the hash covers the names and the tasks' content
     other = suite_for(RunConfig(suite="demo", tasks="demo_add"))
     assert len({suite.content_hash, other.content_hash, demo.content_hash}) == 3
+    # stored runs name it so, and `regress baselines` loads it again by that name
+    assert suite.path == "tasks:demo_add,demo_cmp" and load_suite(suite.path).content_hash == suite.content_hash
 
 
 # -- checks before any model loads ---------------------------------------------------
@@ -325,7 +327,7 @@ def test_run_over_real_benchmarks_with_no_network(base_ckpt, session_store, tmp_
 
 def _is_run(folder: Path, tasks: str) -> bool:
     meta = json.loads((folder / "meta.json").read_text())
-    return meta.get("suite_path") == f"--tasks {tasks}" and meta.get("limit") == LIMIT
+    return meta.get("suite_path") == f"tasks:{tasks}" and meta.get("limit") == LIMIT
 
 
 @pytest.mark.slow
