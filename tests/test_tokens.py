@@ -257,6 +257,13 @@ def test_outliers_dropped(audited):
     assert summary["no_key_dropped"] == len(no_key) and not set(no_key) & set(masked)
 
 
+def test_masked_rows_in_memory_equal_the_file(audited, base_ckpt):
+    """``masked_rows`` (what the demo and real-model builds train on) is masked.jsonl's kept rows."""
+    _, _, masked, _ = audited
+    rows = tokens.masked_rows(base_ckpt, _sft_rows())
+    assert rows == [(m["input_ids"], m["labels"]) for m in masked.values()]
+
+
 def _bad_inputs(tmp: Path, base: Path) -> dict[str, tuple[list[str], str]]:
     import shutil
 
