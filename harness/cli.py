@@ -22,6 +22,7 @@ from harness.errors import RegressError
 from harness.types import Comparison
 
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+REAL_LIMIT = 10  # items per task in the real demo's comparisons (~950 per pair; thousands in all)
 
 
 def _env_defaults() -> None:
@@ -174,26 +175,38 @@ def cmd_gate(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from harness.demo.build import FINE_TUNES, build_demo
+    if a.real:
+        from harness.demo import real
 
-    paths = build_demo(Path(a.out))
+        paths = real.build_real(Path(a.out) / "real")
+        fine_tunes: tuple[str, ...] = real.FINE_TUNES
+        tag = "real"
+    else:
+        from harness.demo.build import FINE_TUNES, build_demo
+
+        paths = build_demo(Path(a.out))
+        fine_tunes, tag = FINE_TUNES, "demo"
     for name, p in paths.items():
         print(f"{name:16s} {p}")
     if not a.compare:
         return 0
+    from dataclasses import replace
+
     from harness.pipeline import CompareRequest, run_comparison
 
     cfg = _run_config(a)
+    if a.real and cfg.suite == "demo":  # the demo world's tasks mean nothing to SmolLM2: its own suite
+        cfg = replace(cfg, suite="real", limit=cfg.limit or REAL_LIMIT)
     worst = 0
     out_root = Path(a.out_reports) if a.out_reports else Path("reports")
     lines = []
-    for ft in FINE_TUNES:
-        req = CompareRequest(str(paths["base"]), str(paths[ft]), cfg, str(out_root / f"demo-{ft}"), a.policy)
+    for ft in fine_tunes:
+        req = CompareRequest(str(paths["base"]), str(paths[ft]), cfg, str(out_root / f"{tag}-{ft}"), a.policy)
         cmp, out = run_comparison(req)
         _print_verdict(cmp, out)
         lines.append(f"  {cmp.verdict.level:4s}  {ft:16s} {out / 'report.html'}")
         worst = max(worst, cmp.verdict.exit_code(a.strict))
-    print("demo verdicts (base vs each fine-tune):")
+    print(f"{tag} verdicts (base vs each fine-tune):")
     print("\n".join(lines))
     return worst
 
@@ -283,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="build (or reuse) the demo checkpoints; --compare runs the demo regression")
     d.add_argument("--out", default=".cache/demo")
     d.add_argument("--compare", action="store_true", help="compare the base with each fine-tune")
+    d.add_argument(
+        "--real",
+        action="store_true",
+        help="SmolLM2-135M-Instruct from PyPI and real fine-tunes of it (under OUT/real); compared on suite "
+        f"'real' with --limit {REAL_LIMIT} unless --suite/--limit say otherwise",
+    )
     d.add_argument("--out-reports", default=None)
     d.add_argument("--policy", default=None)
     d.add_argument("--strict", action="store_true")
