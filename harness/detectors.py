@@ -70,7 +70,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -321,7 +321,7 @@ def load_cases() -> list[dict[str, Any]]:
     return json.loads(CASES_FILE.read_text())["cases"]
 
 
-def build_case(case: dict[str, Any]) -> str | list[int]:
+def build_case(case: Mapping[str, Any]) -> str | list[int]:
     """A case's output: its text or tokens (one token per character, ids by code point),
     plus its ``loop`` unit repeated up to ``cut``."""
 
@@ -336,7 +336,7 @@ def build_case(case: dict[str, Any]) -> str | list[int]:
     return out
 
 
-def detect_case(case: dict[str, Any]) -> Loop | None:
+def detect_case(case: Mapping[str, Any]) -> Loop | None:
     out = build_case(case)
     return tail_repetition_text(out) if isinstance(out, str) else tail_repetition(out)
 

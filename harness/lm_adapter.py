@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lm_eval.api.model import LM
@@ -28,7 +28,7 @@ from harness.backends.base import Backend
 from harness.errors import BackendError
 from harness.progress import Progress
 from harness.store import RunStore
-from harness.types import Generation, GenRequest, Loglik, LoglikRequest
+from harness.types import Generation, GenRequest, Loglik, LoglikRequest, Messages
 
 log = logging.getLogger(__name__)
 FIRST_CHUNK = 64  # requests in the first call of an engine whose chunks are sized by time
@@ -43,7 +43,7 @@ def ll_key(r: LoglikRequest) -> str:
     return hashlib.sha256(json.dumps(["ll", r.context, r.continuation]).encode()).hexdigest()[:32]
 
 
-def _gen_request(context: str, gen_kwargs: dict[str, Any], default_max: int) -> GenRequest:
+def _gen_request(context: str, gen_kwargs: Mapping[str, Any], default_max: int) -> GenRequest:
     kw = dict(gen_kwargs or {})
     if kw.get("do_sample") or float(kw.get("temperature", 0.0) or 0.0) > 0:
         log.warning("regress decodes greedily; ignoring sampling settings %s", kw)
@@ -59,7 +59,7 @@ class RegressLM(LM):
         self,
         backend_factory: Callable[[], Backend],
         store: RunStore,
-        chat: Callable[[list[dict[str, Any]], bool], str],
+        chat: Callable[[Messages, bool], str],
         tokenizer_name: str,
         default_max_tokens: int = 256,
         chunk_size: int | None = None,
@@ -101,7 +101,7 @@ class RegressLM(LM):
     def chat_template(self, chat_template: bool | str = False) -> str:
         return ""
 
-    def apply_chat_template(self, chat_history: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, chat_history: Messages, add_generation_prompt: bool = True) -> str:
         return self._chat(chat_history, add_generation_prompt)
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
@@ -180,7 +180,7 @@ class RegressLM(LM):
         progress.close()
 
 
-def _generation(d: dict[str, Any]) -> Generation:
+def _generation(d: Mapping[str, Any]) -> Generation:
     d = dict(d)
     d["token_ids"] = tuple(d.get("token_ids") or ())
     return Generation(**d)

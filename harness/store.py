@@ -29,7 +29,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ def lm_eval_version() -> str:
         return "unknown"
 
 
-def run_key(parts: dict[str, Any]) -> str:
+def run_key(parts: Mapping[str, Any]) -> str:
     blob = json.dumps({**parts, "format": FORMAT_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -141,7 +141,7 @@ def lock_holder(folder: Path) -> str | None:
 class RunStore:
     """One run folder. Use as a context manager: ``with RunStore.open(dir, meta) as s``."""
 
-    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+    def __init__(self, path: Path, meta: Mapping[str, Any]) -> None:
         self.path = path
         self.meta = meta
         self._lock_fd: int | None = None
@@ -150,7 +150,7 @@ class RunStore:
         self.dropped_torn_line = False
 
     @classmethod
-    def open(cls, path: Path, meta: dict[str, Any]) -> RunStore:
+    def open(cls, path: Path, meta: Mapping[str, Any]) -> RunStore:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:

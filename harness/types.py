@@ -232,6 +232,8 @@ class Record:
 
 
 Messages = list[dict[str, str]]  # a chat: [{"role": ..., "content": ...}, ...]
+# What a backend keys the store with: its answer-moving settings, JSON scalars (``output_settings``).
+StoreSettings = dict[str, str | int | float | bool | None]
 
 # (task, item_id) -> (log P(end-of-turn) after the reference answer, mean log-prob per token of it)
 DriftValues = Mapping[tuple[str, str], tuple[float, float]]

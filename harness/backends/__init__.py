@@ -10,12 +10,12 @@ ask that module, without starting or importing its engine.
 from __future__ import annotations
 
 import importlib
-from typing import Any, cast
+from typing import cast
 
 from harness.backends.base import Backend, EngineModule
 from harness.config import BackendOptions
 from harness.errors import BackendError
-from harness.types import LoadedCheckpoint
+from harness.types import LoadedCheckpoint, StoreSettings
 
 # name -> (module, class, what to install when the import fails)
 BACKENDS: dict[str, tuple[str, str, str]] = {
@@ -54,7 +54,7 @@ def load_backend(name: str, ckpt: LoadedCheckpoint, options: BackendOptions) -> 
     return cast(Backend, getattr(module, BACKENDS[name][1])(ckpt, options))
 
 
-def output_settings(name: str, options: BackendOptions) -> dict[str, Any]:
+def output_settings(name: str, options: BackendOptions) -> StoreSettings:
     """The settings that can move backend ``name``'s answers, as it resolves them.
 
     Numerics, padding, kernels, reduction order and the hardware: part of the store key,

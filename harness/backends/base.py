@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from harness.config import BackendOptions
-from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest
+from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
 
 # Called with the positions (in the call's requests) and answers of a batch that finished.
 Done = Callable[[list[int], list[Generation]], None]
@@ -56,7 +56,7 @@ class EngineModule(Protocol):
         one is not installed."""
         ...
 
-    def output_settings(self, options: BackendOptions) -> dict[str, Any]:
+    def output_settings(self, options: BackendOptions) -> StoreSettings:
         """The settings that can move this backend's answers, defaults filled in: the part
         of the store key the backend makes."""
         ...

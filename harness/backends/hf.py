@@ -22,7 +22,7 @@ import torch
 from harness.backends.base import CheckpointBackend, Done, cuda_available, cut_at_stop, split_pair
 from harness.config import BackendOptions
 from harness.errors import BackendError
-from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest
+from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
 
 BATCH_SIZE = 64  # the batch size when none is given
 
@@ -60,7 +60,7 @@ def accelerator(options: BackendOptions) -> str:
     return torch.cuda.get_device_name(int(index) if index.isdigit() else 0)  # the backend initialises CUDA anyway
 
 
-def output_settings(options: BackendOptions) -> dict[str, Any]:
+def output_settings(options: BackendOptions) -> StoreSettings:
     accel = accelerator(options)
     batch, chunk = resolve_batching(options)
     dtype = resolve_dtype(options, resolve_device(options))

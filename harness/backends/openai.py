@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -37,7 +37,7 @@ import httpx
 from harness.backends.base import CheckpointBackend, Done, cut_at_stop, split_pair
 from harness.config import BackendOptions
 from harness.errors import BackendError
-from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest
+from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 BACKOFF_S = 0.5  # first retry delay; doubled on each retry, capped at BACKOFF_MAX_S
@@ -50,7 +50,7 @@ def api_root(url: str) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
-def output_settings(options: BackendOptions) -> dict[str, Any]:
+def output_settings(options: BackendOptions) -> StoreSettings:
     return {"api_model": options.api_model}  # the server's own settings regress cannot see
 
 
@@ -222,7 +222,7 @@ class OpenAIBackend(CheckpointBackend):
         ]
         return [self._finish(a["choice"], a["usage"], r) for a, r in zip(self._map(bodies), requests)]
 
-    def _finish(self, choice: dict[str, Any], usage: dict[str, Any], r: GenRequest) -> Generation:
+    def _finish(self, choice: Mapping[str, Any], usage: Mapping[str, Any], r: GenRequest) -> Generation:
         text, hit = cut_at_stop(choice.get("text") or "", r.stop)
         raw_ids = choice.get("token_ids")
         toks = [int(t) for t in raw_ids] if isinstance(raw_ids, list) else self.encode(text)
@@ -266,7 +266,7 @@ class _Refused(BackendError):
     """The server answered, and said no (4xx): retrying or another URL will not help."""
 
 
-def _loglik(choice: dict[str, Any], n_ctx: int, n_cont: int) -> Loglik:
+def _loglik(choice: Mapping[str, Any], n_ctx: int, n_cont: int) -> Loglik:
     lp = choice.get("logprobs") or {}
     token_lps, tops = lp.get("token_logprobs") or [], lp.get("top_logprobs") or []
     if len(token_lps) < n_ctx + n_cont:

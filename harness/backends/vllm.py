@@ -25,7 +25,7 @@ from typing import Any
 from harness.backends.base import CheckpointBackend, Done, cuda_available, cut_at_stop, split_pair
 from harness.config import BackendOptions
 from harness.errors import BackendError
-from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest
+from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
 
 # -- defaults and the store key (vllm not imported) -------------------------------------
 
@@ -69,7 +69,7 @@ def accelerator() -> str:
     return torch.cuda.get_device_name(0)
 
 
-def output_settings(options: BackendOptions) -> dict[str, Any]:
+def output_settings(options: BackendOptions) -> StoreSettings:
     """vLLM's scheduling (chunking, data parallelism, memory) is not keyed: which requests
     share a batch changes from step to step anyway, and ``--noise-floor`` measures what
     that moves."""

