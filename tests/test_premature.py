@@ -48,10 +48,11 @@ def test_early_eot_is_flagged_on_sort(demo, early_eot, session_store, tmp_path_f
     assert max(rates, key=lambda t: rates[t][1] - rates[t][0]) == "demo_sort", "the rise is largest on sort"
     reason = next(r for r in s["reasons"] if " demo_sort premature:" in r)
     assert "premature endings" in reason and "limit" in reason
+    # add and rev (tasks the fine-tune replayed unchanged) keep ending their answers
+    assert not _premature(s) & {"demo_add", "demo_rev"}
     items = pd.read_parquet(d / "items.parquet")
-    flagged = items[items["premature_cand"]]
-    assert (flagged["task"] == "demo_sort").mean() >= 0.8
-    assert (flagged[flagged["task"] == "demo_sort"]["output_cand"].str.strip() == "").all()
+    sort = items[items["task"] == "demo_sort"]
+    assert (sort[sort["premature_cand"]]["output_cand"].str.strip() == "").all(), "sort's are empty answers"
     md = (d / "report.md").read_text()
     assert "ends early" in md
     html = (d / "report.html").read_text()
