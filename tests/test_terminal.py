@@ -31,7 +31,7 @@ REGRESS_LINES = re.compile(
     r"|  \.\.\. and \d+ more warnings \(summary\.json\)"
     r"|  report: .+report\.html"
     r"|regress: .+"
-    r"|[^:\n]+: \w+ [\d,]+/[\d,]+ requests.*"  # harness.progress: "base: generating 1,200/4,000 requests, ..."
+    r"|[^:\n]+: \w+:? [\d,]+/[\d,]+ requests.*"  # harness.progress: "base: generating: 400/400 requests, ..."
     r"|building the demo .+|waiting for another build of the demo .+"
 )
 
