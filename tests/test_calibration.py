@@ -101,7 +101,9 @@ def to_frame(pairs: Pairs) -> pd.DataFrame:
     frames = []
     for task, cols in pairs.items():
         ntok = {f"ntok_{s}": np.where(cols[f"nonterm_{s}"], 64, 8) for s in ("base", "cand")}
-        frames.append(pd.DataFrame({"task": task, "kind": "generate_until", **cols, **ntok}))
+        finish = {f"finish_{s}": np.where(cols[f"nonterm_{s}"], "length", "eos") for s in ("base", "cand")}
+        output = {f"output_{s}": np.full(len(ntok["ntok_base"]), "an answer") for s in ("base", "cand")}
+        frames.append(pd.DataFrame({"task": task, "kind": "generate_until", **cols, **ntok, **finish, **output}))
     return pd.concat(frames, ignore_index=True)
 
 
