@@ -303,8 +303,7 @@ def termination_stats(gens: Sequence[Generation]) -> TerminationStats:
     n = len(gens)
     lengths = sorted(g.n_tokens for g in gens)
     loops = [
-        (detectors.tail_repetition(g.token_ids) if g.token_ids else detectors.tail_repetition_text(g.text))
-        is not None
+        (detectors.tail_repetition(g.token_ids) if g.token_ids else detectors.tail_repetition_text(g.text)) is not None
         for g in gens
     ]
 

@@ -225,4 +225,3 @@ def _stored_policy(summary: Mapping[str, Any], d: Path, policy_file: str | None)
         return build_policy(load_suite(summary["suite"]["name"]), policy_file)
     except RegressError:
         return load_policy_file(policy_file) if policy_file else Policy()
-

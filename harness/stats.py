@@ -130,9 +130,7 @@ def rate_interval(k: int, n: int, conf: float = 0.95) -> tuple[float, float, flo
     return (k / n if n else 0.0), lo, hi
 
 
-def paired_delta_ci(
-    base: np.ndarray, cand: np.ndarray, conf: float = 0.95
-) -> tuple[float, float, float]:
+def paired_delta_ci(base: np.ndarray, cand: np.ndarray, conf: float = 0.95) -> tuple[float, float, float]:
     """(delta, lo, hi) for delta = acc(cand) - acc(base) on the same items.
 
     Newcombe's paired square-and-add score interval (method 10). Empty input gives
@@ -187,9 +185,7 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return [float(x) for x in adjusted]
 
 
-def min_detectable_drop(
-    n: int, discordant_rate: float, alpha: float = 0.05, power: float = 0.8
-) -> float:
+def min_detectable_drop(n: int, discordant_rate: float, alpha: float = 0.05, power: float = 0.8) -> float:
     """Smallest true accuracy drop a two-sided paired test on n items detects with `power`.
 
     Connor (1987) gives the McNemar sample size for discordance psi = P(neg) + P(pos) and
@@ -236,12 +232,23 @@ def paired_summary(base: np.ndarray, cand: np.ndarray) -> dict[str, float | int]
     pfr, pfr_lo, pfr_hi = rate_interval(pos, n)
     return {
         "n": n,
-        "acc_base": acc_b, "acc_base_lo": acc_b_lo, "acc_base_hi": acc_b_hi,
-        "acc_candidate": acc_c, "acc_candidate_lo": acc_c_lo, "acc_candidate_hi": acc_c_hi,
-        "delta": delta, "delta_lo": delta_lo, "delta_hi": delta_hi,
-        "negative_flips": neg, "positive_flips": pos,
-        "nfr": nfr, "nfr_lo": nfr_lo, "nfr_hi": nfr_hi,
-        "pfr": pfr, "pfr_lo": pfr_lo, "pfr_hi": pfr_hi,
+        "acc_base": acc_b,
+        "acc_base_lo": acc_b_lo,
+        "acc_base_hi": acc_b_hi,
+        "acc_candidate": acc_c,
+        "acc_candidate_lo": acc_c_lo,
+        "acc_candidate_hi": acc_c_hi,
+        "delta": delta,
+        "delta_lo": delta_lo,
+        "delta_hi": delta_hi,
+        "negative_flips": neg,
+        "positive_flips": pos,
+        "nfr": nfr,
+        "nfr_lo": nfr_lo,
+        "nfr_hi": nfr_hi,
+        "pfr": pfr,
+        "pfr_lo": pfr_lo,
+        "pfr_hi": pfr_hi,
         "mcnemar_p": mcnemar_exact(neg, pos),
         "mdd": min_detectable_drop(n, (neg + pos) / n if n else 0.0),
     }

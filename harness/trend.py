@@ -108,8 +108,12 @@ def write_trend(base: str, points: list[TrendPoint], out: Path, xlabel: str = "s
         "last_passing": best.path if best else None,
         "ordered_by": xlabel,  # "step" (from the names) or "position given"
         "points": [
-            {"path": p.path, "step": p.step, "verdict": p.verdict,
-             "tasks": [t.to_dict() for t in (*p.tasks, p.overall)]}  # fmt: skip
+            {
+                "path": p.path,
+                "step": p.step,
+                "verdict": p.verdict,
+                "tasks": [t.to_dict() for t in (*p.tasks, p.overall)],
+            }  # fmt: skip
             for p in points
         ],
     }

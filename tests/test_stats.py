@@ -49,8 +49,17 @@ def exact_mcnemar_p(neg: np.ndarray, pos: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("k", "n", "conf"),
-    [(0, 1, 0.95), (1, 1, 0.95), (0, 10, 0.95), (3, 10, 0.95), (10, 10, 0.95),
-     (50, 100, 0.9), (1, 1000, 0.99), (999, 1000, 0.95), (73_412, 100_000, 0.95)],
+    [
+        (0, 1, 0.95),
+        (1, 1, 0.95),
+        (0, 10, 0.95),
+        (3, 10, 0.95),
+        (10, 10, 0.95),
+        (50, 100, 0.9),
+        (1, 1000, 0.99),
+        (999, 1000, 0.95),
+        (73_412, 100_000, 0.95),
+    ],
 )
 def test_wilson_matches_statsmodels(k: int, n: int, conf: float) -> None:
     expected = proportion_confint(k, n, alpha=1 - conf, method="wilson")
@@ -79,8 +88,7 @@ def test_rate_interval_is_rate_with_wilson() -> None:
 
 @pytest.mark.parametrize(
     ("neg", "pos"),
-    [(0, 1), (1, 0), (3, 3), (5, 0), (10, 2), (2, 10), (17, 9), (40, 60), (130, 170),
-     (400, 380), (1, 25)],
+    [(0, 1), (1, 0), (3, 3), (5, 0), (10, 2), (2, 10), (17, 9), (40, 60), (130, 170), (400, 380), (1, 25)],
 )
 def test_mcnemar_matches_statsmodels_and_scipy(neg: int, pos: int) -> None:
     table = [[50, neg], [pos, 50]]
@@ -99,8 +107,14 @@ def test_mcnemar_no_discordant_pairs() -> None:
 
 @pytest.mark.parametrize(
     "pvalues",
-    [[0.01], [0.01, 0.04, 0.03], [0.5, 0.001, 0.02, 0.02, 0.9], [0.2, 0.2, 0.2],
-     [1e-8, 0.049, 0.3, 0.04, 0.6, 0.011], [0.9, 0.8]],
+    [
+        [0.01],
+        [0.01, 0.04, 0.03],
+        [0.5, 0.001, 0.02, 0.02, 0.9],
+        [0.2, 0.2, 0.2],
+        [1e-8, 0.049, 0.3, 0.04, 0.6, 0.011],
+        [0.9, 0.8],
+    ],
 )
 def test_holm_matches_statsmodels(pvalues: list[float]) -> None:
     expected = multipletests(pvalues, method="holm")[1]
@@ -242,9 +256,7 @@ def test_summary_empty() -> None:
     json.dumps(s)
 
 
-@pytest.mark.parametrize(
-    "cells", [(600, 0, 0, 400), (1000, 0, 0, 0), (0, 0, 0, 1000), (3, 0, 0, 2)]
-)
+@pytest.mark.parametrize("cells", [(600, 0, 0, 400), (1000, 0, 0, 0), (0, 0, 0, 1000), (3, 0, 0, 2)])
 def test_identical_answers(cells: tuple[int, int, int, int]) -> None:
     s = paired_summary(*vectors(*cells))
     assert s["delta"] == 0.0 and s["negative_flips"] == s["positive_flips"] == 0
@@ -281,8 +293,7 @@ def test_accepts_booleans() -> None:
 
 @pytest.mark.parametrize(
     ("base", "cand"),
-    [([1, 0, 1], [1, 0]), ([[1, 0]], [[1, 0]]), ([1, 2], [1, 0]), ([0.5, 1], [1, 1]),
-     ([np.nan, 1], [1, 1])],
+    [([1, 0, 1], [1, 0]), ([[1, 0]], [[1, 0]]), ([1, 2], [1, 0]), ([0.5, 1], [1, 1]), ([np.nan, 1], [1, 1])],
 )
 def test_rejects_malformed_vectors(base: list, cand: list) -> None:
     with pytest.raises(ValueError):

@@ -198,8 +198,6 @@ def _build(out: Path, paths: dict[str, Path], key: str, force: bool) -> dict[str
         (work / n).rename(paths[n])
     shutil.rmtree(work, ignore_errors=True)
     stamp.write_text(
-        json.dumps(
-            {"key": key, "base_key": base_key(), "seconds": time.perf_counter() - t0, "train": info}, indent=2
-        )
+        json.dumps({"key": key, "base_key": base_key(), "seconds": time.perf_counter() - t0, "train": info}, indent=2)
     )
     return paths
