@@ -77,7 +77,7 @@ def _run_flags(parser: argparse.ArgumentParser, cmd: str) -> set[str]:
 def test_every_flag_of_today_is_generated(cmd):
     flags = _run_flags(build_parser(), cmd) - _run_flags(build_parser(), "gate")  # less the command's own
     own = {"compare": {"--base", "--model", "--out", "--noise-floor"}, "run": {"--model"},
-           "trend": {"--base", "--out"}, "demo": {"--out", "--compare", "--out-reports"}}  # fmt: skip
+           "trend": {"--base", "--out"}, "demo": {"--out", "--compare", "--out-reports", "--real"}}  # fmt: skip
     assert flags - own[cmd] == {flag for flag, *_ in TODAY}
 
 
