@@ -18,6 +18,7 @@ once) without creating the folder, so bad input is caught before anything is wri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -26,14 +27,15 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from harness.errors import StoreError
+from harness.errors import RegressError, StoreError
 from harness.types import Record
 
 # 2: multiple-choice targets are the gold choice text; 3: settings keyed per backend,
@@ -84,6 +86,37 @@ def atomic_write(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise _os_error(e, path) from e
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_folder(out: Path, what: str) -> Iterator[Path]:
+    """Fill a temporary sibling of ``out`` (yielded), then fsync its files and rename it over
+    ``out``; on any error remove it and leave ``out`` as it was. An ``OSError`` becomes a
+    one-line ``RegressError`` naming ``what`` (e.g. "report") and ``out``."""
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        yield tmp
+        for f in tmp.iterdir():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno == errno.ENOSPC:
+            raise RegressError(f"out of disk space while writing {what} {out}") from e
+        raise RegressError(f"cannot write {what} to {out}: {e.strerror or e}") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _os_error(e: OSError, path: Path) -> StoreError:

@@ -50,14 +50,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.errors import RegressError
+from harness.store import atomic_folder
 
 IGNORE = -100  # the label transformers' and TRL's losses skip
 MD_ROWS = 200  # audit.md lists every example up to this many, else the outliers and the first ones
@@ -546,11 +545,7 @@ def plot(a: Audit, path: Path) -> None:
 def write(a: Audit, out: str | Path) -> Path:
     """Write the audit folder: into a temporary sibling, then renamed over ``out``."""
     out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    with atomic_folder(out, "audit") as tmp:
         with (tmp / "audit.jsonl").open("w", encoding="utf-8") as fh:
             for s in a.examples:
                 fh.write(json.dumps(_audit_row(a, s), ensure_ascii=False) + "\n")
@@ -561,19 +556,6 @@ def write(a: Audit, out: str | Path) -> Path:
         (tmp / "summary.json").write_text(json.dumps(a.summary(), indent=2), encoding="utf-8")
         (tmp / "audit.md").write_text(render_markdown(a), encoding="utf-8")
         plot(a, tmp / "tokens.png")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RegressError(f"cannot write {out}: {e.strerror or e}") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

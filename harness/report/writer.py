@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import shutil
 from pathlib import Path
 
-from harness.errors import RegressError
 from harness.report.html import render_html
 from harness.report.markdown import render_markdown
 from harness.report.summary import build_summary
+from harness.store import atomic_folder
 from harness.types import Comparison
 
 
@@ -26,11 +23,7 @@ def _items_for_parquet(cmp: Comparison):  # type: ignore[no-untyped-def]
 
 def write_report(cmp: Comparison, out: str | Path) -> Path:
     out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    with atomic_folder(out, "report") as tmp:
         summary = build_summary(cmp)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
         (tmp / "report.md").write_text(render_markdown(cmp), encoding="utf-8")
@@ -39,22 +32,4 @@ def write_report(cmp: Comparison, out: str | Path) -> Path:
         from harness.report.junit import render_junit
 
         (tmp / "junit.xml").write_text(render_junit(cmp), encoding="utf-8")
-        for f in tmp.iterdir():
-            with f.open("rb") as fh:
-                os.fsync(fh.fileno())
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno == errno.ENOSPC:
-            raise RegressError(f"out of disk space while writing report {out}") from e
-        raise RegressError(f"cannot write report to {out}: {e.strerror or e}") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
