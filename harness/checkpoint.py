@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from harness.config import cache_dir
 from harness.errors import CheckpointError
 from harness.types import LoadedCheckpoint
 
@@ -216,7 +217,7 @@ def tokenizer_digest(path: Path) -> str:
 
 
 def _cache_file() -> Path:
-    return Path(os.environ.get("REGRESS_CACHE", Path.home() / ".cache" / "regress")) / "file-hashes.json"
+    return cache_dir() / "file-hashes.json"
 
 
 def _load_hash_cache() -> dict[str, list[Any]]:

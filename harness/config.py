@@ -20,9 +20,17 @@ import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from harness.errors import RegressError
+
+
+def cache_dir() -> Path:
+    """regress's own cache folder (``$REGRESS_CACHE``, else ``~/.cache/regress``): file hashes,
+    lm-eval's task index."""
+    return Path(os.environ.get("REGRESS_CACHE", Path.home() / ".cache" / "regress"))
+
 
 _SPEC = "regress.option"
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.config import cache_dir
 from harness.errors import SuiteError
 from harness.types import TaskSpec
 
@@ -62,17 +63,56 @@ TASKS_EXTRA = "pip install 'regress[tasks]'"
 
 
 @functools.cache
-def task_manager() -> Any:
-    """lm-eval's index of its registered tasks (~15 s to build: made once per process, and only
-    when a suite names a task that is not one of its own YAMLs)."""
-    from lm_eval.tasks import TaskManager
+def task_index() -> Mapping[str, Any]:
+    """lm-eval's index of its registered tasks ({name: Entry}), as ``TaskManager()`` builds it.
+
+    Building it parses lm-eval's ~14,000 task YAMLs (~15 s), so the index is kept on disk
+    under a key of lm-eval's version and every YAML's path, size and mtime (a stat walk,
+    ~0.2 s): a changed, added or removed YAML, or another lm-eval, builds it afresh."""
+    import lm_eval.tasks
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    return TaskManager()
+    return cached_index(Path(lm_eval.tasks.__file__).parent, cache_dir())
+
+
+def cached_index(root: Path, cache: Path) -> Mapping[str, Any]:
+    """``TaskIndex.build([root])``, read from ``cache`` when ``root``'s YAMLs are unchanged."""
+    import pickle
+
+    import lm_eval
+    from lm_eval.tasks._index import TaskIndex
+
+    h = hashlib.sha256(f"{lm_eval.__version__}\0{root.resolve()}".encode())
+    for path in TaskIndex._iter_yaml_files(root):
+        st = path.stat()
+        h.update(f"\0{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    file = cache / f"lm-eval-index-{h.hexdigest()[:16]}.pickle"
+    try:
+        with file.open("rb") as fh:
+            index = pickle.load(fh)  # our own cache folder's file, written below
+        if isinstance(index, dict):
+            return index
+    except (OSError, pickle.PickleError, EOFError, AttributeError, ImportError, ValueError, TypeError):
+        pass  # missing, torn or from another layout: rebuild
+    index = TaskIndex.build([root])
+    tmp = None
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        for old in cache.glob("lm-eval-index-*.pickle"):
+            old.unlink(missing_ok=True)
+        with tempfile.NamedTemporaryFile("wb", dir=cache, delete=False, suffix=".tmp") as fh:
+            tmp = Path(fh.name)
+            pickle.dump(index, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, file)
+    except OSError as e:  # a read-only or full cache costs time, not the run
+        log.debug("cannot cache lm-eval's task index in %s: %s", cache, e)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    return index
 
 
 def is_registered(name: str) -> bool:
-    return name in task_manager().task_index
+    return name in task_index()
 
 
 @dataclass(frozen=True)
@@ -90,7 +130,7 @@ def expand(name: str) -> list[Leaf]:
     """A registered task or group (or tag) as the tasks lm-eval would run for it, in its order."""
     from lm_eval.tasks._index import Kind
 
-    index = task_manager().task_index
+    index = task_index()
     entry = index.get(name)
     if entry is None:
         raise SuiteError(
@@ -108,7 +148,7 @@ def _members(top: str, entry: Any, via: str, overrides: Mapping[str, Any]) -> It
     from lm_eval.tasks._index import Kind
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    index = task_manager().task_index
+    index = task_index()
     try:  # hooks resolved: a group's own keys are its members' overrides, functions included
         raw = load_yaml(entry.yaml_path, resolve_func=True) if entry.yaml_path else dict(entry.cfg or {})
     except ImportError as e:

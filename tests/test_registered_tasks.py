@@ -346,3 +346,35 @@ def test_fidelity_notes_reach_the_report(base_ckpt, session_store, tmp_path):
     warnings = json.loads((tmp_path / "rep" / "summary.json").read_text())["warnings"]
     assert any(w.startswith("hellaswag: local data: APPROXIMATE") for w in warnings), warnings
     assert any(w.startswith("arc_challenge: local data: ids rebuilt") for w in warnings), warnings
+
+
+def test_task_index_is_kept_on_disk_and_rebuilt_when_a_yaml_changes(tmp_path, monkeypatch):
+    from lm_eval.tasks._index import TaskIndex
+
+    from harness.tasks import cached_index
+
+    root, cache = tmp_path / "tasks", tmp_path / "cache"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "t1.yaml").write_text("task: t1\ndataset_path: x\noutput_type: generate_until\n")
+    (root / "a" / "g.yaml").write_text("group: g\ntask: [t1]\n")
+    first = cached_index(root, cache)
+    assert first == TaskIndex.build([root]) and set(first) == {"t1", "g"}
+    assert len(list(cache.glob("lm-eval-index-*.pickle"))) == 1
+
+    def no_build(paths):
+        raise AssertionError("the YAMLs were parsed again")
+
+    with monkeypatch.context() as m:  # unchanged YAMLs: served from the cache, nothing parsed
+        m.setattr(TaskIndex, "build", staticmethod(no_build))
+        assert cached_index(root, cache) == first
+
+    (root / "a" / "t2.yaml").write_text("task: t2\ndataset_path: x\noutput_type: generate_until\n")
+    second = cached_index(root, cache)
+    assert set(second) == {"t1", "t2", "g"}
+    (file,) = cache.glob("lm-eval-index-*.pickle")  # the stale index is gone
+    file.write_bytes(b"torn")
+    assert cached_index(root, cache) == second  # a torn cache file is rebuilt, not trusted
+    blocked = tmp_path / "not-a-folder"  # a cache that cannot be written costs time, not the answer
+    blocked.write_text("")
+    (root / "a" / "t2.yaml").write_text("task: t3\ndataset_path: x\noutput_type: generate_until\n")
+    assert set(cached_index(root, blocked)) == {"t1", "t3", "g"}
