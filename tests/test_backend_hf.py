@@ -69,3 +69,23 @@ def test_stops_on_the_loaded_checkpoints_ids_with_its_tokenizer(base, monkeypatc
         assert (g.finish, g.stop_reason, g.text, g.n_tokens) == ("eos", "4", "", 1)
     finally:
         b.close()
+
+
+def test_a_request_longer_than_the_context_is_one_line_before_any_work(hf, monkeypatch):
+    from harness.errors import BackendError
+    from harness.types import LoglikRequest
+
+    limit = hf.model.config.max_position_embeddings
+    assert hf.max_len == limit
+    fits = "1" * (limit - 1)  # one token per digit in the demo's tokenizer
+    assert len(hf.encode(fits)) == limit - 1
+    assert hf.generate([GenRequest(fits, (), 1)])[0].n_tokens == 1
+    too_long = fits + "1"
+    calls = []
+    monkeypatch.setattr(hf, "_generate_batch", lambda *a: calls.append(a))  # nothing runs if one does not fit
+    with pytest.raises(BackendError, match=rf"^a request of {limit} tokens does not fit the model's {limit}-token"):
+        hf.generate([GenRequest("1", (), 1), GenRequest(too_long, (), 1)])
+    assert not calls
+    with pytest.raises(BackendError, match=rf"^a request of {limit} tokens"):
+        hf.loglikelihood([LoglikRequest(fits, "12")])
+    assert hf.loglikelihood([LoglikRequest(fits[:-1], "1")])[0].n_tokens == 1

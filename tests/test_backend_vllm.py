@@ -23,6 +23,7 @@ import yaml
 
 from harness import checkpoint
 from harness.config import BackendOptions, RunConfig
+from harness.errors import BackendError
 from harness.runner import RunResult, evaluate
 from harness.suites import load_suite
 from harness.types import GenRequest, LoglikRequest
@@ -120,6 +121,12 @@ def test_stop_strings_budgets_and_finish_reasons_match_hf(vllm_installed, demo):
         for g, h in zip(vl.loglikelihood(ll), hf.loglikelihood(ll)):
             assert g.is_greedy == h.is_greedy and g.n_tokens == h.n_tokens
             assert g.logprob == pytest.approx(h.logprob, abs=1e-4)
+        # both read the context from the model's config, and refuse the same request in one line
+        assert vl.max_model_len == hf.max_len
+        too_long = GenRequest("1" * hf.max_len, (), 1)  # one token per digit
+        for backend in (vl, hf):
+            with pytest.raises(BackendError, match=rf"^a request of {hf.max_len} tokens does not fit the model's"):
+                backend.generate([too_long])
     finally:
         vl.close()
         hf.close()
@@ -133,7 +140,6 @@ def test_an_engine_that_cannot_start_is_one_error_and_leaves_nothing_behind(vllm
     import torch
 
     from harness.backends import vllm as backend
-    from harness.errors import BackendError
 
     base = checkpoint.load(demo["base"])
     threads = torch.get_num_threads()

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from harness.config import BackendOptions
+from harness.errors import BackendError
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
 
 # Called with the positions (in the call's requests) and answers of a batch that finished.
@@ -107,6 +108,15 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
     if hit is None:
         return text, None
     return text[:best], hit
+
+
+def check_fits(ids: Sequence[Sequence[int]], limit: int, where: str) -> None:
+    """One line, before any work, when a request's tokens do not fit the model's context.
+    lm-eval would cut such a prompt from the left; regress says so instead, since a cut
+    prompt asks a different question (``where`` says where the limit comes from)."""
+    longest = max(map(len, ids), default=0)
+    if longest >= limit:
+        raise BackendError(f"a request of {longest} tokens does not fit the model's {limit}-token context ({where})")
 
 
 def split_pair(

@@ -12,6 +12,7 @@ settings of the store key (``output_settings``) and the noise floor's second run
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from harness.backends.base import CheckpointBackend, Done, cuda_available, cut_at_stop, split_pair
+from harness.backends.base import CheckpointBackend, Done, check_fits, cuda_available, cut_at_stop, split_pair
 from harness.config import BackendOptions
 from harness.errors import BackendError
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
@@ -28,6 +29,19 @@ BATCH_SIZE = 64  # the batch size when none is given
 
 
 # -- defaults and the store key ---------------------------------------------------------
+
+
+CONTEXT_FROM = "the model config's max_position_embeddings"
+
+
+def context_length(config: Any) -> int:
+    """The model's context as vLLM reads it from the same config (so both backends refuse the
+    same requests); a config without one (rare) is not limited here."""
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return sys.maxsize
 
 
 def resolve_device(options: BackendOptions) -> str:
@@ -101,6 +115,7 @@ class HFBackend(CheckpointBackend):
         except (OSError, ValueError, RuntimeError) as e:
             raise BackendError(f"cannot load model weights from {ckpt.path}: {str(e).splitlines()[0]}") from e
         self.model.eval()
+        self.max_len = context_length(self.model.config)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot[0]
         self.batch_size, self.chunk_size = resolve_batching(options)
         self.fixed_chunks = True  # a chunk is sorted by length and batched within: keyed
@@ -118,6 +133,7 @@ class HFBackend(CheckpointBackend):
         for i, r in enumerate(requests):
             groups[(r.stop, r.max_tokens)].append(i)
         encoded = [self.encode(r.prompt) for r in requests]
+        check_fits(encoded, self.max_len, CONTEXT_FROM)
         for (stop, max_tokens), idx in groups.items():
             idx.sort(key=lambda i: -len(encoded[i]))
             for s in range(0, len(idx), self.batch_size):
@@ -173,6 +189,7 @@ class HFBackend(CheckpointBackend):
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
         self.calls += 1
         pairs = [split_pair(self.encode, r.context, r.continuation, self.bos_id()) for r in requests]
+        check_fits([(c + k)[:-1] for c, k in pairs], self.max_len, CONTEXT_FROM)
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         out: list[Loglik | None] = [None] * len(pairs)
         for s in range(0, len(order), self.batch_size):

@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from harness.backends.base import CheckpointBackend, Done, cuda_available, cut_at_stop, split_pair
+from harness.backends.base import CheckpointBackend, Done, check_fits, cuda_available, cut_at_stop, split_pair
 from harness.config import BackendOptions
 from harness.errors import BackendError
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
@@ -207,11 +207,7 @@ class VLLMBackend(CheckpointBackend):
         return cache[key]
 
     def _check_lengths(self, ids: Sequence[Sequence[int]]) -> None:
-        longest = max(map(len, ids), default=0)
-        if longest >= self.max_model_len:
-            raise BackendError(
-                f"a request of {longest} tokens does not fit max_model_len {self.max_model_len} (pass --max-model-len)"
-            )
+        check_fits(ids, self.max_model_len, "vLLM's max_model_len; --max-model-len sets it")
 
     def _run(self, prompts: list[list[int]], params: Any) -> list[Any]:
         from vllm.inputs import TokensPrompt
