@@ -40,8 +40,9 @@ from harness.types import Record
 
 # 2: multiple-choice targets are the gold choice text; 3: settings keyed per backend,
 # defaults resolved; 4: one record per item across lm-eval's filters, ``metrics`` keyed
-# "metric,filter" (runs stored before are listed as stale and never reused)
-FORMAT_VERSION = 4
+# "metric,filter"; 5: prompts past the model's context cut from the left as lm-eval does
+# (runs stored before are listed as stale and never reused)
+FORMAT_VERSION = 5
 # what a run's key is made of (with FORMAT_VERSION), as meta.json stores them
 KEY_PARTS = ("fingerprint", "suite_hash", "backend", "settings", "limit", "lm_eval", "noise_variant")
 log = logging.getLogger(__name__)

@@ -71,21 +71,24 @@ def test_stops_on_the_loaded_checkpoints_ids_with_its_tokenizer(base, monkeypatc
         b.close()
 
 
-def test_a_request_longer_than_the_context_is_one_line_before_any_work(hf, monkeypatch):
+def test_a_prompt_longer_than_the_context_is_cut_from_the_left_as_lm_eval_does(hf, caplog):
     from harness.errors import BackendError
     from harness.types import LoglikRequest
 
     limit = hf.model.config.max_position_embeddings
     assert hf.max_len == limit
-    fits = "1" * (limit - 1)  # one token per digit in the demo's tokenizer
-    assert len(hf.encode(fits)) == limit - 1
-    assert hf.generate([GenRequest(fits, (), 1)])[0].n_tokens == 1
-    too_long = fits + "1"
-    calls = []
-    monkeypatch.setattr(hf, "_generate_batch", lambda *a: calls.append(a))  # nothing runs if one does not fit
-    with pytest.raises(BackendError, match=rf"^a request of {limit} tokens does not fit the model's {limit}-token"):
-        hf.generate([GenRequest("1", (), 1), GenRequest(too_long, (), 1)])
-    assert not calls
-    with pytest.raises(BackendError, match=rf"^a request of {limit} tokens"):
-        hf.loglikelihood([LoglikRequest(fits, "12")])
-    assert hf.loglikelihood([LoglikRequest(fits[:-1], "1")])[0].n_tokens == 1
+    digits = "".join(str(i % 10) for i in range(limit + 100))  # one token per digit
+    assert len(hf.encode(digits)) == limit + 100
+    # generation: the prompt's last limit - max_tokens tokens, as lm-eval's HF model cuts it
+    with caplog.at_level("WARNING", logger="harness.backends.base"):
+        cut, whole = hf.generate([GenRequest(digits, (), 8), GenRequest(digits[-(limit - 8) :], (), 8)])
+    assert cut == whole and cut.n_tokens == 8
+    assert "1 of 2 requests were longer than the model's 512-token context" in caplog.text
+    # a budget past the context: the answer ends where the context does
+    short = hf.generate([GenRequest("12", (), limit + 50)])[0]
+    assert short.finish == "length" and short.n_tokens == limit - 2
+    # log-likelihood: the last limit + 1 tokens of context and continuation (the input is all but the last)
+    (a, b) = hf.loglikelihood([LoglikRequest(digits, "12"), LoglikRequest(digits[-(limit - 1) :], "12")])
+    assert a == b and a.n_tokens == 2
+    with pytest.raises(BackendError, match=rf"^a continuation of {limit + 1} tokens does not fit the model's {limit}"):
+        hf.loglikelihood([LoglikRequest("1", digits[: limit + 1])])

@@ -24,12 +24,15 @@ registered by name in ``harness.backends`` with lazy imports.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from harness.config import BackendOptions
 from harness.errors import BackendError
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
+
+log = logging.getLogger(__name__)
 
 # Called with the positions (in the call's requests) and answers of a batch that finished.
 Done = Callable[[list[int], list[Generation]], None]
@@ -110,13 +113,35 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
     return text[:best], hit
 
 
-def check_fits(ids: Sequence[Sequence[int]], limit: int, where: str) -> None:
-    """One line, before any work, when a request's tokens do not fit the model's context.
-    lm-eval would cut such a prompt from the left; regress says so instead, since a cut
-    prompt asks a different question (``where`` says where the limit comes from)."""
-    longest = max(map(len, ids), default=0)
-    if longest >= limit:
-        raise BackendError(f"a request of {longest} tokens does not fit the model's {limit}-token context ({where})")
+def cut_prompt(ids: list[int], max_tokens: int, limit: int) -> list[int]:
+    """lm-eval's cut of a generation prompt longer than the model's context (``limit``): its
+    last ``limit - max_tokens`` tokens, so that prompt and answer fit. A budget that fills
+    the context on its own cuts only what does not fit (``limit - 1``: room for one token),
+    and the answer ends at the context (lm-eval would cut the prompt to nothing)."""
+    keep = limit - max_tokens if max_tokens < limit else limit - 1
+    return ids[-keep:] if len(ids) > keep else ids
+
+
+def cut_pair(ctx: list[int], cont: list[int], keep: int, limit: int) -> tuple[list[int], list[int]]:
+    """lm-eval's cut of a log-likelihood pair: the last ``keep`` tokens of context and
+    continuation, taken from the context. lm-eval's HF model keeps ``limit + 1`` (its input
+    is all but the last token); vLLM takes ``limit - 1`` (a prompt needs room for one token
+    after it), so on a cut item the two backends score with contexts two tokens apart. A
+    continuation that does not fit on its own is one line."""
+    over = len(ctx) + len(cont) - keep
+    if over <= 0:
+        return ctx, cont
+    if over >= len(ctx):
+        raise BackendError(f"a continuation of {len(cont)} tokens does not fit the model's {limit}-token context")
+    return ctx[over:], cont
+
+
+def warn_cut(n_cut: int, n: int, limit: int) -> None:
+    if n_cut:
+        log.warning(
+            "%d of %d requests were longer than the model's %d-token context: cut from the left, as lm-eval does",
+            n_cut, n, limit,
+        )  # fmt: skip
 
 
 def split_pair(

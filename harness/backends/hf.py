@@ -20,7 +20,16 @@ from typing import Any
 
 import torch
 
-from harness.backends.base import CheckpointBackend, Done, check_fits, cuda_available, cut_at_stop, split_pair
+from harness.backends.base import (
+    CheckpointBackend,
+    Done,
+    cuda_available,
+    cut_at_stop,
+    cut_pair,
+    cut_prompt,
+    split_pair,
+    warn_cut,
+)
 from harness.config import BackendOptions
 from harness.errors import BackendError
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
@@ -31,13 +40,10 @@ BATCH_SIZE = 64  # the batch size when none is given
 # -- defaults and the store key ---------------------------------------------------------
 
 
-CONTEXT_FROM = "the model config's max_position_embeddings"
-
-
 def context_length(config: Any) -> int:
-    """The model's context as vLLM reads it from the same config (so both backends refuse the
-    same requests); a config without one (rare) is not limited here."""
-    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+    """The model's context, read from its config as lm-eval's HF model and vLLM read it (a
+    longer prompt is cut from the left, as lm-eval does); a config without one: no cut."""
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):  # lm-eval's order
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
             return value
@@ -132,8 +138,9 @@ class HFBackend(CheckpointBackend):
         groups: dict[tuple[tuple[str, ...], int], list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
             groups[(r.stop, r.max_tokens)].append(i)
-        encoded = [self.encode(r.prompt) for r in requests]
-        check_fits(encoded, self.max_len, CONTEXT_FROM)
+        whole = [self.encode(r.prompt) for r in requests]
+        encoded = [cut_prompt(ids, r.max_tokens, self.max_len) for ids, r in zip(whole, requests)]
+        warn_cut(sum(len(a) != len(b) for a, b in zip(whole, encoded)), len(requests), self.max_len)
         for (stop, max_tokens), idx in groups.items():
             idx.sort(key=lambda i: -len(encoded[i]))
             for s in range(0, len(idx), self.batch_size):
@@ -156,18 +163,20 @@ class HFBackend(CheckpointBackend):
         kwargs: dict[str, Any] = {}
         if stop:
             kwargs = {"stop_strings": list(stop), "tokenizer": self.tokenizer}
+        # an answer ends where the model's context does (as vLLM's do) when the budget reaches past it
+        budgets = [min(max_tokens, self.max_len - len(p)) for p in prompts]
         gen = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=att.to(self.device),
-            max_new_tokens=max_tokens,
+            max_new_tokens=max(budgets),
             do_sample=False,
             eos_token_id=list(self.eot),
             pad_token_id=self.pad_id,
             **kwargs,
         )[:, width:].tolist()
-        return [self._finish(row, stop, max_tokens) for row in gen]
+        return [self._finish(row[:budget], stop) for row, budget in zip(gen, budgets)]
 
-    def _finish(self, row: list[int], stop: tuple[str, ...], max_tokens: int) -> Generation:
+    def _finish(self, row: list[int], stop: tuple[str, ...]) -> Generation:
         eot = set(self.eot)
         cut = next((k for k, t in enumerate(row) if t in eot), None)
         toks = row if cut is None else row[:cut]
@@ -188,8 +197,9 @@ class HFBackend(CheckpointBackend):
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
         self.calls += 1
-        pairs = [split_pair(self.encode, r.context, r.continuation, self.bos_id()) for r in requests]
-        check_fits([(c + k)[:-1] for c, k in pairs], self.max_len, CONTEXT_FROM)
+        whole = [split_pair(self.encode, r.context, r.continuation, self.bos_id()) for r in requests]
+        pairs = [cut_pair(c, k, self.max_len + 1, self.max_len) for c, k in whole]
+        warn_cut(sum(len(a[0]) != len(b[0]) for a, b in zip(whole, pairs)), len(requests), self.max_len)
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         out: list[Loglik | None] = [None] * len(pairs)
         for s in range(0, len(order), self.batch_size):

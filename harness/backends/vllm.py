@@ -22,7 +22,16 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from harness.backends.base import CheckpointBackend, Done, check_fits, cuda_available, cut_at_stop, split_pair
+from harness.backends.base import (
+    CheckpointBackend,
+    Done,
+    cuda_available,
+    cut_at_stop,
+    cut_pair,
+    cut_prompt,
+    split_pair,
+    warn_cut,
+)
 from harness.config import BackendOptions
 from harness.errors import BackendError
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
@@ -206,9 +215,6 @@ class VLLMBackend(CheckpointBackend):
             )
         return cache[key]
 
-    def _check_lengths(self, ids: Sequence[Sequence[int]]) -> None:
-        check_fits(ids, self.max_model_len, "vLLM's max_model_len; --max-model-len sets it")
-
     def _run(self, prompts: list[list[int]], params: Any) -> list[Any]:
         from vllm.inputs import TokensPrompt
 
@@ -221,8 +227,9 @@ class VLLMBackend(CheckpointBackend):
         self.calls += 1
         if not requests:
             return []
-        ids = self._encode_all([r.prompt for r in requests])
-        self._check_lengths(ids)
+        whole = self._encode_all([r.prompt for r in requests])
+        ids = [cut_prompt(p, r.max_tokens, self.max_model_len) for p, r in zip(whole, requests)]
+        warn_cut(sum(len(a) != len(b) for a, b in zip(whole, ids)), len(requests), self.max_model_len)
         cache: dict[Any, Any] = {}
         params = [self._params(r.stop, r.max_tokens, cache) for r in requests]
         outs = self._run(ids, params)
@@ -250,11 +257,13 @@ class VLLMBackend(CheckpointBackend):
         self.calls += 1
         if not requests:
             return []
-        pairs = [split_pair(self.encode, r.context, r.continuation, self.bos_id()) for r in requests]
+        whole = [split_pair(self.encode, r.context, r.continuation, self.bos_id()) for r in requests]
+        # vLLM takes a prompt only with room for one token after it: lm-eval's HF cut keeps limit + 1
+        pairs = [cut_pair(c, k, self.max_model_len - 1, self.max_model_len) for c, k in whole]
+        warn_cut(sum(len(a[0]) != len(b[0]) for a, b in zip(whole, pairs)), len(requests), self.max_model_len)
         seqs = [tuple(c + k) for c, k in pairs]
         cover = covering(seqs)
         roots = sorted(set(cover.values()), key=len, reverse=True)
-        self._check_lengths(roots[:1])
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
