@@ -99,7 +99,9 @@ comparisons):
   WARN "inconclusive", never a silent PASS (its severity can be FAIL, never off), unless
   the question is settled anyway: a drop was detected (acc_drop reports it), or the
   delta's 95% interval excludes a drop of that size (e.g. a task whose new skill brings
-  many positive flips: high churn, low power, but no drop possible). It is
+  many positive flips: high churn, low power, but no drop possible), or the candidate's
+  files are byte-identical to the base's (same fingerprint: the same greedy answers on
+  every item, sampled or not; the regress-an-identical-copy check passes). It is
   deliberately separate from ``max_acc_drop``: detecting a 1-point drop needs ~10k items
   per task at typical churn, so tying the two would make every suite inconclusive.
 - The point threshold ``max_acc_drop`` is a practical-significance floor, not the drop
@@ -297,16 +299,18 @@ GatedRow = TaskRow | ProbeRow  # a probe row has rates only: the accuracy rules 
 @dataclass(frozen=True)
 class Evidence:
     """What the rules of one row share: Holm-adjusted one-sided p-values of each rule family,
-    and the drop the gate detects with 80% power (tasks only)."""
+    the drop the gate detects with 80% power (tasks only), and whether the two checkpoints'
+    files are byte-identical (same fingerprint)."""
 
     p_drop: float = 1.0
     p_nonterm: float = 1.0
     p_loop: float = 1.0
     p_premature: float = 1.0
     mdd_gate: float = 0.0
+    same_files: bool = False
 
 
-def _evidence(rows: Sequence[GatedRow], policy: Policy) -> dict[str, Evidence]:
+def _evidence(rows: Sequence[GatedRow], policy: Policy, same_files: bool = False) -> dict[str, Evidence]:
     """Per row: the one-sided p-values of each family, Holm-adjusted across the rows."""
     raw: dict[str, dict[str, float]] = {"p_drop": {}, "p_nonterm": {}, "p_loop": {}, "p_premature": {}}
     tasks = [t for t in rows if isinstance(t, TaskRow)]
@@ -334,7 +338,9 @@ def _evidence(rows: Sequence[GatedRow], policy: Policy) -> dict[str, Evidence]:
             psi = (r.negative_flips + r.positive_flips) / r.n if r.n else 0.0
             # one-sided at alpha / m is two-sided at 2 * alpha / m
             mdd = stats.min_detectable_drop(r.n, psi, alpha=2 * alpha / m)
-        out[r.name] = Evidence(**adjusted[r.name], mdd_gate=mdd)
+        a = adjusted[r.name]
+        out[r.name] = Evidence(a.get("p_drop", 1.0), a.get("p_nonterm", 1.0), a.get("p_loop", 1.0),
+                               a.get("p_premature", 1.0), mdd, same_files)  # fmt: skip
     return out
 
 
@@ -443,6 +449,8 @@ def _inconclusive(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
     if not isinstance(t, TaskRow):
         return None
     mdd, limit = ev.mdd_gate, th.max_detectable_drop
+    if ev.same_files:  # the same files give the same greedy answers, sampled or not: nothing to detect
+        return Outcome(False, mdd, limit, "the candidate's files are byte-identical to the base's (same fingerprint)")
     # Moot when a drop was detected, or when the interval already rules out a drop of
     # `limit` (a task that learned a new skill has high churn but proves no big drop).
     open_question = ev.p_drop >= th.alpha and t.delta_lo < -limit
@@ -502,7 +510,11 @@ def _outcomes(
 
 
 def judge(
-    tasks: Sequence[TaskRow], policy: Policy, probes: Sequence[ProbeRow] = (), groups: Sequence[TaskRow] = ()
+    tasks: Sequence[TaskRow],
+    policy: Policy,
+    probes: Sequence[ProbeRow] = (),
+    groups: Sequence[TaskRow] = (),
+    same_files: bool = False,
 ) -> Verdict:
     """Apply every rule to every gated unit and probe row (the overall row is reported, not
     gated). A probe row gets only the rules its numbers support (the rises).
@@ -525,7 +537,7 @@ def judge(
             units.append(t)
     units += [g for g in groups if g.name not in members]
     rows: list[GatedRow] = [*units, *probes]
-    evidence = _evidence(rows, policy)
+    evidence = _evidence(rows, policy, same_files)
     results: list[RuleOutcome] = []
     for row in rows:
         results += _outcomes(RULES, row, evidence[row.name], policy.for_task(row.name), policy)

@@ -160,7 +160,7 @@ def rejudge(report_dir: str, policy_file: str | None) -> tuple[Comparison, Path]
     tasks, groups, overall = tables(items)  # groups from the items' group column
     cmp = Comparison(
         base, cand, suite_name, suite_hash, summary.get("backend", "?"), items, tasks, overall,
-        judge(tasks, policy, (term,) if term else (), groups), policy,
+        judge(tasks, policy, (term,) if term else (), groups, base.fingerprint == cand.fingerprint), policy,
         warnings=tuple(summary.get("warnings", [])), config_check=tuple(summary.get("config_check") or ()),
         termination=term, noise_floor=nf, detector=summary.get("detector"), groups=groups,
     )  # fmt: skip
@@ -178,7 +178,8 @@ def comparison_of(
     items = add_drift(items, base.drift, cand.drift)
     tasks, groups, overall = tables(items)
     term = probe_row(base.termination, cand.termination)
-    verdict = judge(tasks, policy, (term,) if term else (), groups)
+    same_files = base.checkpoint.fingerprint == cand.checkpoint.fingerprint
+    verdict = judge(tasks, policy, (term,) if term else (), groups, same_files)
     findings = tuple(config_check(base, cand))
     notes: tuple[str, ...] = (nf.note(),) if nf is not None else ()
     # a registered task read from a local copy that is not the original (HellaSwag: approximate; TriviaQA: subset)

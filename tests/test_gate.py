@@ -361,6 +361,19 @@ def test_inconclusive_is_never_a_silent_pass() -> None:
     assert gate.judge(small, lenient).level == "PASS"  # the user said what drop they need to see
 
 
+def test_byte_identical_checkpoints_are_not_inconclusive() -> None:
+    """Too few items cannot bound a drop, unless the candidate's files are the base's: then
+    the items not sampled cannot move either. The other rules still judge what was measured."""
+    small = [row("t", (8, 0, 0, 2))]
+    assert gate.judge(small, gate.Policy()).level == "WARN"
+    same = gate.judge(small, gate.Policy(), same_files=True)
+    assert same.level == "PASS"
+    (o,) = [r for r in same.results if r.rule == "inconclusive"]
+    assert not o.fired and "byte-identical" in o.message
+    flipped = [row("t", (100, 40, 0, 60))]  # flips measured anyway (a nondeterministic engine) still fail
+    assert ("t", "acc_drop") in fired(gate.judge(flipped, gate.Policy(), same_files=True))
+
+
 def test_holm_across_tasks() -> None:
     """A drop significant alone is not after Holm over 20 tasks; a big one still is."""
     alone = [row("t0", (1500, 70, 40, 390))]
