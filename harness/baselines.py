@@ -128,7 +128,7 @@ def staleness(run: RunInfo) -> str | None:
         from harness.suites import load_suite
 
         try:
-            suite_hash = load_suite(suite_path).content_hash
+            suite_hash = load_suite(suite_path, run.meta.get("data")).content_hash
         except RegressError as e:
             return f"suite unreadable: {e}"
         if suite_hash != run.meta.get("suite_hash"):

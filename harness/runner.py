@@ -23,6 +23,7 @@ from harness.config import RunConfig
 from harness.errors import RegressError, SuiteError
 from harness.lm_adapter import RegressLM, _gen_request, gen_key
 from harness.store import RunStore, lm_eval_version, run_key
+from harness.tasks import DATA_ENV
 from harness.types import (
     DriftValues,
     Generation,
@@ -52,7 +53,10 @@ def store_meta(path: str, fp: str, suite: Suite, cfg: RunConfig, files: dict[str
     if cfg.noise_variant:
         parts["noise_variant"] = cfg.noise_variant
     # files: what the fingerprint was made of, so `regress baselines` can say what changed
-    extra = {"checkpoint": path, "suite": suite.name, "suite_path": suite.path, "files": files or {}}
+    # data: the data root asked for (--data, else $REGRESS_DATA), so that `regress baselines`
+    # rebuilds the suite as it was run; the data files' hashes are in the suite hash already
+    data = cfg.data or os.environ.get(DATA_ENV)
+    extra = {"checkpoint": path, "suite": suite.name, "suite_path": suite.path, "data": data, "files": files or {}}
     return {**parts, "key": run_key(parts), **extra}
 
 

@@ -139,6 +139,37 @@ def test_store_key_covers_data_hashes_and_task_version(tmp_path, monkeypatch):
     assert key() not in (first, changed_data)  # a new task version is a new key
 
 
+def test_baselines_judge_a_stored_run_on_the_data_root_it_was_run_on(demo, tmp_path, monkeypatch):
+    """A run made with --data (or $REGRESS_DATA) stores its data root, so `regress baselines`
+    rebuilds the suite on those files, not on the default root, and does not call it changed."""
+    from harness import checkpoint
+    from harness.baselines import RunInfo, staleness
+    from harness.config import RunConfig
+    from harness.runner import store_meta
+    from harness.suites import suite_for
+
+    root = tmp_path / "data"
+    _copy_dataset(root, "openai__gsm8k/main", ("test", "train"))
+    test = root / "openai__gsm8k/main/test.jsonl"
+    lines = test.read_text().splitlines()
+    test.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")  # not the default root's bytes
+    files = checkpoint.fingerprint_files(demo["base"])
+
+    def stored(cfg: RunConfig) -> RunInfo:
+        meta = store_meta(str(demo["base"]), checkpoint.fingerprint_of(files), suite_for(cfg), cfg, files)
+        return RunInfo(tmp_path, meta, True, 0, 0, 0.0, None)
+
+    monkeypatch.delenv("REGRESS_DATA", raising=False)
+    run = stored(RunConfig(suite="demo", tasks="gsm8k", data=str(root)))
+    assert run.meta["data"] == str(root) and staleness(run) is None
+    forgotten = RunInfo(tmp_path, {**run.meta, "data": None}, True, 0, 0, 0.0, None)
+    assert staleness(forgotten).startswith("suite unreadable: task gsm8k")  # a run that forgot its root
+    monkeypatch.setenv("REGRESS_DATA", str(root))
+    from_env = stored(RunConfig(suite="demo", tasks="gsm8k"))
+    monkeypatch.delenv("REGRESS_DATA")
+    assert from_env.meta["data"] == str(root) and staleness(from_env) is None
+
+
 def test_tasks_flag_builds_a_suite_of_our_own_tasks_without_the_registry(monkeypatch):
     """--tasks demo_add,demo_cmp: the demo's own task YAMLs; lm-eval's registry is not indexed."""
     from harness import tasks
