@@ -383,3 +383,24 @@ def test_a_run_is_complete_only_with_its_records(tmp_path):
         assert not s.complete
         s.write_records([])
         assert s.complete
+
+
+def test_an_interrupted_demo_build_leaves_no_half_built_folder(demo, tmp_path, monkeypatch):
+    """Ctrl-C in a demo build removes its work folder; a killed build's leftovers go at the next build."""
+    from harness.demo import build
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    shutil.copytree(demo["base"], out / "base")
+    (out / "BUILD.json").write_text(json.dumps({"key": "older", "base_key": build.base_key()}))
+    (out / ".building-0123456789abcdef").mkdir()  # a build killed with SIGKILL
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "_train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build.build_demo(out)
+    assert not list(out.glob(".building-*"))
+    assert (out / "base").is_dir() and not (out / "ft-answer-only").exists()
+    assert json.loads((out / "BUILD.json").read_text())["key"] == "older"  # the stamp still says what is there

@@ -77,7 +77,11 @@ def base_key() -> str:
 
 
 # Code beside this file that decides a fine-tune (ft-key-tokens: its trainer and the key-token rule).
-FT_SOURCES = (Path(key_tokens.__file__), Path(__file__).parent.parent / "tokens.py")
+FT_SOURCES = (
+    Path(key_tokens.__file__),
+    Path(key_tokens.__file__).parent / "steps.py",
+    Path(__file__).parent.parent / "tokens.py",
+)
 
 
 def build_key() -> str:
@@ -164,7 +168,8 @@ def _build(out: Path, paths: dict[str, Path], key: str, force: bool) -> dict[str
     names = tuple(paths)
     stamp = out / "BUILD.json"
     work = out / f".building-{key}"
-    shutil.rmtree(work, ignore_errors=True)
+    for stale in out.glob(".building-*"):  # a killed build's (we hold the lock: no build is running)
+        shutil.rmtree(stale, ignore_errors=True)
     work.mkdir()
     t0 = time.perf_counter()
     old = _read_stamp(stamp)
@@ -190,6 +195,9 @@ def _build(out: Path, paths: dict[str, Path], key: str, force: bool) -> dict[str
             info[name] = _train(model, tok, FT_MIXES.get(name, FT_MIX), FT, loss_on, f"demo {name}")
             _save(model, tok, work / name)
         info[key_tokens.NAME] = _train_key_tokens(work, copy.deepcopy(base), tok)
+    except BaseException:  # Ctrl-C or an error: nothing half-built stays behind
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     finally:
         torch.set_num_threads(prev_threads)
     for n in names:

