@@ -92,8 +92,8 @@ def cached_index(root: Path, cache: Path) -> Mapping[str, Any]:
             index = pickle.load(fh)  # our own cache folder's file, written below
         if isinstance(index, dict):
             return index
-    except (OSError, pickle.PickleError, EOFError, AttributeError, ImportError, ValueError, TypeError):
-        pass  # missing, torn or from another layout: rebuild
+    except Exception:  # noqa: BLE001 - missing, torn or another layout: a cache never stops a run
+        pass
     index = TaskIndex.build([root])
     tmp = None
     try:
@@ -104,7 +104,7 @@ def cached_index(root: Path, cache: Path) -> Mapping[str, Any]:
             tmp = Path(fh.name)
             pickle.dump(index, fh, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, file)
-    except OSError as e:  # a read-only or full cache costs time, not the run
+    except Exception as e:  # noqa: BLE001 - a read-only or full cache costs time, not the run
         log.debug("cannot cache lm-eval's task index in %s: %s", cache, e)
         if tmp is not None:
             tmp.unlink(missing_ok=True)
