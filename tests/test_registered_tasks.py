@@ -179,7 +179,7 @@ def test_tasks_flag_builds_a_suite_of_our_own_tasks_without_the_registry(monkeyp
     def no_index():
         raise AssertionError("lm-eval's registry was indexed for our own tasks")
 
-    monkeypatch.setattr(tasks, "task_manager", no_index)
+    monkeypatch.setattr(tasks, "task_index", no_index)
     suite = suite_for(RunConfig(suite="demo", tasks="demo_add,demo_cmp"))
     assert suite.name == "tasks-demo_add-demo_cmp" and [t.name for t in suite.tasks] == ["demo_add", "demo_cmp"]
     demo = load_suite("demo")
