@@ -338,9 +338,11 @@ def _evidence(rows: Sequence[GatedRow], policy: Policy, same_files: bool = False
             psi = (r.negative_flips + r.positive_flips) / r.n if r.n else 0.0
             # one-sided at alpha / m is two-sided at 2 * alpha / m
             mdd = stats.min_detectable_drop(r.n, psi, alpha=2 * alpha / m)
-        a = adjusted[r.name]
-        out[r.name] = Evidence(a.get("p_drop", 1.0), a.get("p_nonterm", 1.0), a.get("p_loop", 1.0),
-                               a.get("p_premature", 1.0), mdd, same_files)  # fmt: skip
+        a = adjusted[r.name]  # a family the row has no number for keeps p = 1
+        out[r.name] = Evidence(
+            p_drop=a.get("p_drop", 1.0), p_nonterm=a.get("p_nonterm", 1.0), p_loop=a.get("p_loop", 1.0),
+            p_premature=a.get("p_premature", 1.0), mdd_gate=mdd, same_files=same_files,
+        )  # fmt: skip
     return out
 
 

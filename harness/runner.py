@@ -23,7 +23,7 @@ from harness.config import RunConfig
 from harness.errors import RegressError, SuiteError
 from harness.lm_adapter import RegressLM, _gen_request, gen_key
 from harness.store import RunStore, lm_eval_version, run_key
-from harness.tasks import DATA_ENV
+from harness.suites import data_root
 from harness.types import (
     DriftValues,
     Generation,
@@ -53,9 +53,10 @@ def store_meta(path: str, fp: str, suite: Suite, cfg: RunConfig, files: dict[str
     if cfg.noise_variant:
         parts["noise_variant"] = cfg.noise_variant
     # files: what the fingerprint was made of, so `regress baselines` can say what changed
-    # data: the data root asked for (--data, else $REGRESS_DATA), so that `regress baselines`
-    # rebuilds the suite as it was run; the data files' hashes are in the suite hash already
-    data = cfg.data or os.environ.get(DATA_ENV)
+    # data: the data root asked for (--data, else $REGRESS_DATA), resolved, so that `regress
+    # baselines` rebuilds the suite as it was run; the data files' hashes are in the suite hash
+    root = data_root(cfg.data)
+    data = str(root) if root else None
     extra = {"checkpoint": path, "suite": suite.name, "suite_path": suite.path, "data": data, "files": files or {}}
     return {**parts, "key": run_key(parts), **extra}
 

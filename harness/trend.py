@@ -113,7 +113,7 @@ def write_trend(base: str, points: list[TrendPoint], out: Path, xlabel: str = "s
                 "step": p.step,
                 "verdict": p.verdict,
                 "tasks": [t.to_dict() for t in (*p.tasks, p.overall)],
-            }  # fmt: skip
+            }
             for p in points
         ],
     }

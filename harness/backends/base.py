@@ -136,7 +136,21 @@ def cut_pair(ctx: list[int], cont: list[int], keep: int, limit: int) -> tuple[li
     return ctx[over:], cont
 
 
-def warn_cut(n_cut: int, n: int, limit: int) -> None:
+def fit_prompts(prompts: Sequence[list[int]], budgets: Sequence[int], limit: int) -> list[list[int]]:
+    """``cut_prompt`` over a call's generation prompts, with one warning counting the cut ones."""
+    fitted = [cut_prompt(p, b, limit) for p, b in zip(prompts, budgets)]
+    _warn_cut(sum(len(a) != len(b) for a, b in zip(prompts, fitted)), len(fitted), limit)
+    return fitted
+
+
+def fit_pairs(pairs: Sequence[tuple[list[int], list[int]]], keep: int, limit: int) -> list[tuple[list[int], list[int]]]:
+    """``cut_pair`` over a call's log-likelihood pairs, with one warning counting the cut ones."""
+    fitted = [cut_pair(c, k, keep, limit) for c, k in pairs]
+    _warn_cut(sum(len(a[0]) != len(b[0]) for a, b in zip(pairs, fitted)), len(fitted), limit)
+    return fitted
+
+
+def _warn_cut(n_cut: int, n: int, limit: int) -> None:
     if n_cut:
         log.warning(
             "%d of %d requests were longer than the model's %d-token context: cut from the left, as lm-eval does",

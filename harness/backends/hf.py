@@ -25,10 +25,9 @@ from harness.backends.base import (
     Done,
     cuda_available,
     cut_at_stop,
-    cut_pair,
-    cut_prompt,
+    fit_pairs,
+    fit_prompts,
     split_pair,
-    warn_cut,
 )
 from harness.config import BackendOptions
 from harness.errors import BackendError
@@ -138,9 +137,7 @@ class HFBackend(CheckpointBackend):
         groups: dict[tuple[tuple[str, ...], int], list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
             groups[(r.stop, r.max_tokens)].append(i)
-        whole = [self.encode(r.prompt) for r in requests]
-        encoded = [cut_prompt(ids, r.max_tokens, self.max_len) for ids, r in zip(whole, requests)]
-        warn_cut(sum(len(a) != len(b) for a, b in zip(whole, encoded)), len(requests), self.max_len)
+        encoded = fit_prompts([self.encode(r.prompt) for r in requests], [r.max_tokens for r in requests], self.max_len)
         for (stop, max_tokens), idx in groups.items():
             idx.sort(key=lambda i: -len(encoded[i]))
             for s in range(0, len(idx), self.batch_size):
@@ -198,8 +195,7 @@ class HFBackend(CheckpointBackend):
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
         self.calls += 1
         whole = [split_pair(self.encode, r.context, r.continuation, self.bos_id()) for r in requests]
-        pairs = [cut_pair(c, k, self.max_len + 1, self.max_len) for c, k in whole]
-        warn_cut(sum(len(a[0]) != len(b[0]) for a, b in zip(whole, pairs)), len(requests), self.max_len)
+        pairs = fit_pairs(whole, self.max_len + 1, self.max_len)
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         out: list[Loglik | None] = [None] * len(pairs)
         for s in range(0, len(order), self.batch_size):

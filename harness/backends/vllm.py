@@ -27,10 +27,9 @@ from harness.backends.base import (
     Done,
     cuda_available,
     cut_at_stop,
-    cut_pair,
-    cut_prompt,
+    fit_pairs,
+    fit_prompts,
     split_pair,
-    warn_cut,
 )
 from harness.config import BackendOptions
 from harness.errors import BackendError
@@ -228,8 +227,7 @@ class VLLMBackend(CheckpointBackend):
         if not requests:
             return []
         whole = self._encode_all([r.prompt for r in requests])
-        ids = [cut_prompt(p, r.max_tokens, self.max_model_len) for p, r in zip(whole, requests)]
-        warn_cut(sum(len(a) != len(b) for a, b in zip(whole, ids)), len(requests), self.max_model_len)
+        ids = fit_prompts(whole, [r.max_tokens for r in requests], self.max_model_len)
         cache: dict[Any, Any] = {}
         params = [self._params(r.stop, r.max_tokens, cache) for r in requests]
         outs = self._run(ids, params)
@@ -259,8 +257,7 @@ class VLLMBackend(CheckpointBackend):
             return []
         whole = [split_pair(self.encode, r.context, r.continuation, self.bos_id()) for r in requests]
         # vLLM takes a prompt only with room for one token after it: lm-eval's HF cut keeps limit + 1
-        pairs = [cut_pair(c, k, self.max_model_len - 1, self.max_model_len) for c, k in whole]
-        warn_cut(sum(len(a[0]) != len(b[0]) for a, b in zip(whole, pairs)), len(requests), self.max_model_len)
+        pairs = fit_pairs(whole, self.max_model_len - 1, self.max_model_len)
         seqs = [tuple(c + k) for c, k in pairs]
         cover = covering(seqs)
         roots = sorted(set(cover.values()), key=len, reverse=True)
