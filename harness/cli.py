@@ -293,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(t)
     t.set_defaults(fn=cmd_trend)
 
+    from harness.watch import add_parser as add_watch  # regress watch: its options and command in harness/watch.py
+
+    add_watch(sub, _add_run_args)
+
     d = sub.add_parser("demo", help="build (or reuse) the demo checkpoints; --compare runs the demo regression")
     d.add_argument("--out", default=".cache/demo")
     d.add_argument("--compare", action="store_true", help="compare the base with each fine-tune")

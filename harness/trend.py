@@ -14,16 +14,20 @@ last in that order.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.types import Comparison, TaskRow
 
 METRICS = (
     ("acc_candidate", "accuracy"),
-    ("negative_flips", "negative flips"),
+    ("nfr", "negative-flip rate"),
     ("nonterm_rate_candidate", "non-termination rate"),
     ("stop_drift_mean", "stop-token drift (nats)"),
 )
@@ -38,6 +42,27 @@ class TrendPoint:
     verdict: str
     tasks: tuple[TaskRow, ...]
     overall: TaskRow
+
+
+def point_to_dict(p: TrendPoint) -> dict[str, Any]:
+    """A point as trend.json and ``regress watch``'s state file store it (the overall row last)."""
+    return {"path": p.path, "step": p.step, "verdict": p.verdict, "tasks": [t.to_dict() for t in (*p.tasks, p.overall)]}
+
+
+def point_from_dict(d: Mapping[str, Any]) -> TrendPoint:
+    """The inverse of ``point_to_dict`` (a non-finite number, stored as null, reads back as NaN)."""
+    *tasks, overall = (row_from_dict(t) for t in d["tasks"])
+    return TrendPoint(str(d["path"]), int(d["step"]), str(d["verdict"]), tuple(tasks), overall)
+
+
+def row_from_dict(d: Mapping[str, Any]) -> TaskRow:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(TaskRow):
+        v = d.get(f.name, f.default)
+        if v is None and f.default is dataclasses.MISSING:
+            v = math.nan
+        values[f.name] = tuple(v) if f.name == "subtasks" else v
+    return TaskRow(**values)
 
 
 def points_of(paths: list[str], comparisons: list[Comparison]) -> tuple[list[TrendPoint], bool]:
@@ -107,15 +132,7 @@ def write_trend(base: str, points: list[TrendPoint], out: Path, xlabel: str = "s
         "base": base,
         "last_passing": best.path if best else None,
         "ordered_by": xlabel,  # "step" (from the names) or "position given"
-        "points": [
-            {
-                "path": p.path,
-                "step": p.step,
-                "verdict": p.verdict,
-                "tasks": [t.to_dict() for t in (*p.tasks, p.overall)],
-            }
-            for p in points
-        ],
+        "points": [point_to_dict(p) for p in points],
     }
     atomic_write(out / "trend.json", json.dumps(data, indent=2, default=str).encode())
     rows = "".join(
