@@ -50,6 +50,11 @@ CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 LEVELS = {"PASS": 0, "WARN": 1, "FAIL": 2}  # regress/verdict as a number
 
 
+def say(line: str) -> None:
+    """A watch's line on stdout, at once (a log file or pipe reads it as it happens)."""
+    print(line, flush=True)
+
+
 # -- the state file -------------------------------------------------------------------
 
 
@@ -224,7 +229,7 @@ class Watch:
     req: WatchRequest
     gate: Callable[[Path], TrendPoint]
     state: WatchState
-    emit: Callable[[str], None] = print
+    emit: Callable[[str], None] = say
 
     def pending(self, landed: list[Landed]) -> list[Landed]:
         until = self.req.until_step
@@ -267,9 +272,7 @@ def finished(w: Watch, landed: list[Landed], done: bool) -> bool:
     return False
 
 
-def run_watch(
-    req: WatchRequest, emit: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep
-) -> int:
+def run_watch(req: WatchRequest, emit: Callable[[str], None] = say, sleep: Callable[[float], None] = time.sleep) -> int:
     """``regress watch``: poll, gate what landed, stop as ``finished`` says; the exit code."""
     w = start(req, emit)
     if req.stop_on_fail and w.failed():  # resumed after a FAIL

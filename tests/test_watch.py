@@ -77,11 +77,12 @@ def test_watch_gates_each_landed_checkpoint_once_and_resumes_after_sigint(demo, 
     run, out = tmp_path / "run", tmp_path / "watch"
     run.mkdir()
     plan = [f"{step}={demo[name]}" for step, name in PLAN]
-    filler = subprocess.Popen([sys.executable, "-c", FILLER, str(run), *plan])
     argv = [sys.executable, "-m", "harness.cli", *_watch_argv(demo, run, out, session_store)]
+    first = subprocess.Popen(argv, cwd=REPO, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert first.stdout is not None
+    assert first.stdout.readline().startswith("watching")  # the base evaluated: now the run starts
+    filler = subprocess.Popen([sys.executable, "-c", FILLER, str(run), *plan])
     try:
-        first = subprocess.Popen(argv, cwd=REPO, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert first.stdout is not None
         lines = []
         for line in first.stdout:  # the first checkpoint gated: interrupt
             lines.append(line)
@@ -97,6 +98,8 @@ def test_watch_gates_each_landed_checkpoint_once_and_resumes_after_sigint(demo, 
 
         second = subprocess.run(argv, cwd=REPO, env=ENV, text=True, capture_output=True, timeout=600)
     finally:
+        if first.poll() is None:
+            first.kill()
         filler.wait(timeout=120)
     assert second.returncode == 1, second.stderr  # the newest (ft-no-eos) fails
     assert f"resuming: {n_first} checkpoint(s) already gated" in second.stdout
