@@ -45,7 +45,8 @@ class RegressCallback(TrainerCallback):
     """Gate each saved checkpoint against ``base``; see the module's docstring.
 
     ``suite``/``tasks``/``limit``/``backend``/``base_url``/``store``/``policy`` are
-    ``regress compare``'s options; ``extra_args`` any others (``["--batch-size", "16"]``).
+    ``regress compare``'s options (``base_url`` alone means ``backend="openai"``); ``extra_args``
+    any others (``["--batch-size", "16"]``).
     """
 
     def __init__(
@@ -55,7 +56,7 @@ class RegressCallback(TrainerCallback):
         suite: str | None = None,
         tasks: str | None = None,
         limit: int | None = None,
-        backend: str = "hf",
+        backend: str | None = None,
         base_url: str | None = None,
         store: str | None = None,
         policy: str | None = None,
@@ -68,6 +69,7 @@ class RegressCallback(TrainerCallback):
         self.out = out
         self.stop_on_fail = stop_on_fail
         self.python = python
+        backend = backend or ("openai" if base_url else "hf")  # a server given: gate through it
         opts = {"--suite": suite, "--tasks": tasks, "--limit": limit, "--backend": backend,
                 "--base-url": base_url, "--store": store, "--policy": policy}  # fmt: skip
         self.options = [s for k, v in opts.items() if v is not None for s in (k, str(v))] + list(extra_args)

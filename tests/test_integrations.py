@@ -10,6 +10,7 @@ step ``regress trend`` names as the first FAIL on the same folders.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from harness.cli import main
 from harness.demo.build import FT, FT_MIXES
 from harness.demo.train import _batch
 from harness.demo.world import Example, train_stream
+from harness.errors import RegressError
 from harness.integrations import RegressCallback
 
 pytestmark = pytest.mark.slow
@@ -95,3 +97,15 @@ def test_callback_logs_one_verdict_per_save_and_stops_at_the_first_fail(demo, tm
     state = json.loads((run / "regress" / "watch.json").read_text())
     assert [p["step"] for p in state["points"]] == saved
     assert (run / "regress" / "trend.html").is_file()
+
+
+def test_callback_must_be_attached_and_gates_through_a_server_when_given_one(demo, tmp_path):
+    cb = RegressCallback(str(demo["base"]), base_url="http://127.0.0.1:8000/v1", limit=5)
+    cmd = cb.command(tmp_path / "run" / "checkpoint-5", tmp_path / "out")
+    assert cmd[:4] == [sys.executable, "-m", "harness.cli", "compare"]
+    assert cmd[cmd.index("--backend") + 1] == "openai" and cmd[cmd.index("--limit") + 1] == "5"
+    trainer = _trainer(demo["base"], tmp_path / "run")
+    trainer.add_callback(cb)  # not attach(): no trainer to log through
+    with pytest.raises(RegressError, match="attach"):
+        trainer.train()
+    assert not list((tmp_path / "run").glob("checkpoint-*"))

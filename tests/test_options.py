@@ -54,6 +54,7 @@ RUN_COMMANDS = {
     "run": ["run", "--model", "/nonexistent/cand"],
     "trend": ["trend", "--base", "/nonexistent/base", "/nonexistent/checkpoint-1"],
     "demo": ["demo", "--compare"],
+    "watch": ["watch", "--base", "/nonexistent/base", "/nonexistent/run"],
 }
 
 
@@ -77,7 +78,8 @@ def _run_flags(parser: argparse.ArgumentParser, cmd: str) -> set[str]:
 def test_every_flag_of_today_is_generated(cmd):
     flags = _run_flags(build_parser(), cmd) - _run_flags(build_parser(), "gate")  # less the command's own
     own = {"compare": {"--base", "--model", "--out", "--noise-floor"}, "run": {"--model"},
-           "trend": {"--base", "--out"}, "demo": {"--out", "--compare", "--out-reports", "--real"}}  # fmt: skip
+           "trend": {"--base", "--out"}, "demo": {"--out", "--compare", "--out-reports", "--real"},
+           "watch": {"--base", "--out", "--until-step", "--sentinel", "--stop-on-fail", "--poll"}}  # fmt: skip
     assert flags - own[cmd] == {flag for flag, *_ in TODAY}
 
 
