@@ -240,7 +240,14 @@ class Watch:
         for c in pending:
             if not c.complete:
                 return
-            point = self.gate(c.path)
+            try:
+                point = self.gate(c.path)
+            except (RegressError, OSError):
+                if c.path.exists():
+                    raise
+                # rotated away (save_total_limit) before or while it was gated: the run has moved on
+                self.emit(f"  step {c.step:>8}  {c.path} was removed before it was gated: skipped")
+                continue
             self.state = record(self.req.out_dir, self.state, point)
             self.emit(line_of(point, self.req.out_dir / c.path.name / "report.html"))
             yield point
