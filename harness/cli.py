@@ -128,10 +128,30 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from harness.pipeline import CompareRequest, run_comparison
 
-    req = CompareRequest(a.base, a.model, _run_config(a), a.out, a.policy, a.noise_floor)
+    base, base_log = _side(a.base, a.base_samples, "--base")
+    model, model_log = _side(a.model, a.model_samples, "--model")
+    if base_log or model_log:  # an lm-eval output folder on one side or both (harness/lm_eval_logs.py)
+        from harness import lm_eval_logs
+
+        if a.noise_floor:
+            raise RegressError("--noise-floor runs the base twice: give --base CKPT, not --base-samples")
+        log_req = lm_eval_logs.LogCompareRequest(
+            base, model, base_log, model_log, _run_config(a), a.out, a.policy, a.tokenizer, a.allow_prompt_change
+        )
+        cmp, out = lm_eval_logs.compare(log_req)
+        _print_verdict(cmp, out)
+        return cmp.verdict.exit_code(a.strict)
+    req = CompareRequest(base, model, _run_config(a), a.out, a.policy, a.noise_floor)
     cmp, out = run_comparison(req)
     _print_verdict(cmp, out)
     return cmp.verdict.exit_code(a.strict)
+
+
+def _side(ckpt: str | None, samples: str | None, flag: str) -> tuple[str, bool]:
+    """A side of ``compare``: (path, whether it is an lm-eval output folder) from FLAG or FLAG-samples."""
+    if (ckpt is None) == (samples is None):
+        raise RegressError(f"give one of {flag} CKPT and {flag}-samples DIR (an lm_eval --log_samples output folder)")
+    return (samples, True) if samples is not None else (str(ckpt), False)
 
 
 def cmd_baselines(a: argparse.Namespace) -> int:
@@ -212,11 +232,15 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_trend(a: argparse.Namespace) -> int:
+    from harness import lm_eval_logs
     from harness.pipeline import run_trend
     from harness.trend import last_passing
 
     out = Path(a.out) if a.out else Path("reports") / f"trend-{Path(a.base).name}"
-    points = run_trend(a.base, a.checkpoints, _run_config(a), out, a.policy)
+    if any(lm_eval_logs.is_log_folder(p) for p in (a.base, *a.checkpoints)):  # lm-eval output folders among them
+        points = lm_eval_logs.trend(a.base, a.checkpoints, _run_config(a), out, a.policy, a.tokenizer)
+    else:
+        points = run_trend(a.base, a.checkpoints, _run_config(a), out, a.policy)
     for p in points:
         print(f"  step {p.step:>8}  {p.verdict:4s}  {p.path}")
     best = last_passing(points)
@@ -251,6 +275,20 @@ class _Parser(argparse.ArgumentParser):
         raise RegressError(" ".join(message.split()))
 
 
+def _add_log_args(c: argparse.ArgumentParser) -> None:
+    """compare's flags for runs lm-eval already made (``lm_eval run --log_samples --output_path DIR``)."""
+    c.add_argument("--base-samples", default=None, metavar="DIR", help="the base as an lm-eval --log_samples folder")
+    c.add_argument("--model-samples", default=None, metavar="DIR", help="the candidate as an lm-eval folder")
+    c.add_argument(
+        "--tokenizer",
+        default=None,
+        help="counts a log's response tokens (default: the checkpoint's where one is given)",
+    )
+    c.add_argument(
+        "--allow-prompt-change", action="store_true", help="compare items whose prompts differ (the report says so)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="regress", description="Forgetting-regression gate for fine-tuned checkpoints")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -262,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("compare", help="compare a candidate with its base; exit 0 pass, 1 regression, 2 error")
-    c.add_argument("--base", required=True)
-    c.add_argument("--model", required=True, help="the candidate (fine-tuned) checkpoint")
+    c.add_argument("--base", default=None, help="the base checkpoint (or --base-samples)")
+    c.add_argument("--model", default=None, help="the candidate (fine-tuned) checkpoint (or --model-samples)")
+    _add_log_args(c)
     c.add_argument("--out", default=None, help="report folder (default reports/MODEL-vs-BASE-SUITE)")
     c.add_argument("--policy", default=None, help="gate policy YAML overriding the defaults and the suite's")
     c.add_argument("--strict", action="store_true", help="WARN exits 1")
@@ -284,12 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_baselines(sub)
 
     t = sub.add_parser("trend", help="checkpoints of one run against the base, by step; exit 1 if the newest fails")
-    t.add_argument("--base", required=True)
+    t.add_argument("--base", required=True, help="a checkpoint or an lm-eval --log_samples output folder")
     t.add_argument(
-        "checkpoints", nargs="+", help="ordered by the last number in their names (checkpoint-N), else as given"
+        "checkpoints",
+        nargs="+",
+        help="checkpoints or lm-eval --log_samples output folders; ordered by the last number in their names "
+        "(checkpoint-N), else as given",
     )
     t.add_argument("--out", default=None)
     t.add_argument("--policy", default=None)
+    t.add_argument("--tokenizer", default=None, help="counts the tokens of lm-eval output folders' responses")
     _add_run_args(t)
     t.set_defaults(fn=cmd_trend)
 

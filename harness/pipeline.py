@@ -36,7 +36,17 @@ from harness.runner import evaluate
 from harness.store import check_writable
 from harness.suites import load_suite, suite_for
 from harness.trend import TrendPoint, points_of, write_trend
-from harness.types import Checkpoint, Comparison, LoadedCheckpoint, NoiseFloor, Policy, ProbeRow, RunResult, Suite
+from harness.types import (
+    Checkpoint,
+    Comparison,
+    LoadedCheckpoint,
+    NoiseFloor,
+    Policy,
+    ProbeRow,
+    RunResult,
+    RunSource,
+    Suite,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +173,7 @@ def rejudge(report_dir: str, policy_file: str | None) -> tuple[Comparison, Path]
         judge(tasks, policy, (term,) if term else (), groups, base.fingerprint == cand.fingerprint), policy,
         warnings=tuple(summary.get("warnings", [])), config_check=tuple(summary.get("config_check") or ()),
         termination=term, noise_floor=nf, detector=summary.get("detector"), groups=groups,
+        sources={k: RunSource.from_dict(v) for k, v in (summary.get("sources") or {}).items()},
     )  # fmt: skip
     return cmp, write_report(cmp, d)
 

@@ -259,6 +259,31 @@ class RunResult:
     backend_requests: int = 0  # requests the backend answered this time (0: all from the store)
 
 
+@dataclass(frozen=True)
+class RunSource:
+    """Where one side of a comparison came from: a checkpoint regress ran (``kind``
+    "checkpoint") or an lm-eval output folder read as it is (``kind`` "lm-eval log": its
+    results file, lm-eval version, model and model args, the limit it ran with, each task's
+    generation settings, and the tokenizer that counted its responses' tokens)."""
+
+    kind: str
+    path: str
+    results_file: str | None = None
+    lm_eval_version: str | None = None
+    model: str | None = None
+    model_args: str | None = None
+    limit: float | None = None
+    generation: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    tokenizer: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(self).items() if v not in (None, {})}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunSource:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
 # -- comparison -----------------------------------------------------------------------
 
 
@@ -530,6 +555,9 @@ class Comparison:
     # One row per group of the suite over its subtasks' pooled items (subtask rows stay in
     # ``tasks``, each naming its group); empty for a suite without groups.
     groups: tuple[TaskRow, ...] = ()
+    # Where each side came from ("base", "candidate" -> RunSource); set where a side is an
+    # lm-eval output folder (``harness.lm_eval_logs``), empty when both were run here.
+    sources: Mapping[str, RunSource] = field(default_factory=dict)
 
     @property
     def units(self) -> tuple[TaskRow, ...]:

@@ -164,7 +164,7 @@ def test_invalid_option_is_one_line_before_anything_runs(capsys, tmp_path: Path,
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["compare", "--base", "b"], "the following arguments are required: --model"),
+        (["compare", "--base", "b"], "give one of --model CKPT and --model-samples DIR"),
         (["trend", "--base", "b"], "the following arguments are required: checkpoints"),
         ([], "the following arguments are required: cmd"),
         (["nosuch"], "argument cmd: invalid choice: 'nosuch'"),

@@ -67,5 +67,6 @@ def build_summary(cmp: Comparison) -> dict[str, Any]:
             "config_check": list(cmp.config_check),
             **({"noise_floor": asdict(cmp.noise_floor)} if cmp.noise_floor else {}),
             **({"detector": dict(cmp.detector)} if cmp.detector is not None else {}),
+            **({"sources": {k: v.to_dict() for k, v in cmp.sources.items()}} if cmp.sources else {}),
         }
     )
