@@ -75,8 +75,8 @@ class LmEvalLog:
 
     @property
     def model_args(self) -> str | None:
-        a = self.config.get("model_args")
-        return json.dumps(a, sort_keys=True) if isinstance(a, Mapping) else (str(a) if a is not None else None)
+        a = self.config.get("model_args")  # lm-eval keeps the CLI's "k=v,k=v" string or its parsed dict
+        return ",".join(f"{k}={v}" for k, v in a.items()) if isinstance(a, Mapping) else _str(a)
 
     @property
     def limit(self) -> float | None:

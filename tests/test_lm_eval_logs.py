@@ -25,7 +25,8 @@ from harness.lm_eval_logs import read_log, top_groups
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
-TASKS = ("demo_add", "demo_rev", "demo_sort", "demo_cmp", "demo_count")
+TASKS = ("demo_add", "demo_cmp", "demo_count", "demo_rev", "demo_sort")  # as lm-eval orders them: the live
+# candidate beside a log runs the log's tasks in its order, the same suite as `--tasks TASKS`
 LIMIT = 40
 CANDIDATE = "ft-all-tokens"  # forgets and loops: a FAIL with flips, non-termination and loops to agree on
 
