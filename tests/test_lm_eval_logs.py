@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from harness.cli import main
 from harness.lm_eval_logs import read_log, top_groups
@@ -215,3 +216,44 @@ def test_lm_eval_groups_regroup_under_their_outermost_group():
     subtasks = {"mmlu": ["mmlu_stem", "mmlu_other"], "mmlu_stem": ["mmlu_anatomy"], "mmlu_other": ["mmlu_law"],
                 "mmlu_anatomy": [], "mmlu_law": [], "gsm8k": []}  # fmt: skip
     assert top_groups(subtasks) == {"mmlu_anatomy": "mmlu", "mmlu_law": "mmlu"}
+
+
+# -- registered tasks (lm-eval's own configs, bound to the local data root) ------------------
+
+DATA = REPO.parent / "shared" / "benchmarks"
+REGISTERED = ("arc_challenge", "gsm8k", "mmlu_high_school_geography")  # MC, generation with two filters, MC
+DATA_KEYS = ("dataset_path", "dataset_name", "dataset_kwargs", "training_split", "validation_split", "test_split",
+             "fewshot_split")  # fmt: skip
+
+
+@pytest.mark.skipif(not (DATA / "MANIFEST.json").is_file(), reason=f"no benchmark data root at {DATA}")
+def test_registered_task_logs_judge_as_regress_judges(demo, session_store, tmp_path):
+    """lm-eval's registered tasks (multiple choice; gsm8k's generation with its two filters) on
+    the demo base and a fine-tune: the logs compare as regress's own run of both does."""
+    from harness.config import RunConfig
+    from harness.suites import suite_for
+
+    suite = suite_for(RunConfig(suite="demo", tasks=",".join(REGISTERED), data=str(DATA)))
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    for name in REGISTERED:  # its registered YAML, included, with regress's data binding on top
+        t = suite.task(name)
+        registered = t.source.split("(", 1)[1].rstrip(")")  # "lm-eval registry (<yaml path>)"
+        doc = {"include": registered, "task": name, **{k: t.config.get(k) for k in DATA_KEYS}}
+        (tasks_dir / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+    limit, cand = 10, "ft-answer-only"
+    base_log = lm_eval_run(demo["base"], tmp_path / "base", tasks_dir, REGISTERED, limit)
+    cand_log = lm_eval_run(demo[cand], tmp_path / "cand", tasks_dir, REGISTERED, limit)
+    live, logs_out = tmp_path / "live", tmp_path / "logs"
+    code_live = _cli("compare", "--base", str(demo["base"]), "--model", str(demo[cand]), "--tasks",
+                     ",".join(REGISTERED), "--data", str(DATA), "--limit", str(limit), "--store", str(session_store),
+                     "--out", str(live))  # fmt: skip
+    code = _cli("compare", "--base-samples", str(base_log), "--model-samples", str(cand_log), "--out", str(logs_out))
+    ours, theirs = _summary(live), _summary(logs_out)
+    assert (theirs["verdict"], code) == (ours["verdict"], code_live)
+    assert _rows(theirs) == _rows(ours)
+    assert _flips(logs_out) == _flips(live)
+    items = pd.read_parquet(logs_out / "items.parquet")
+    assert set(items.loc[items.task == "arc_challenge", "kind"]) == {"multiple_choice"}
+    gsm = json.loads(items.loc[items.task == "gsm8k", "metrics_base"].iloc[0])
+    assert set(gsm) == {"exact_match,strict-match", "exact_match,flexible-extract"}
