@@ -36,17 +36,7 @@ from harness.runner import evaluate
 from harness.store import check_writable
 from harness.suites import load_suite, suite_for
 from harness.trend import TrendPoint, points_of, write_trend
-from harness.types import (
-    Checkpoint,
-    Comparison,
-    LoadedCheckpoint,
-    NoiseFloor,
-    Policy,
-    ProbeRow,
-    RunResult,
-    RunSource,
-    Suite,
-)
+from harness.types import Checkpoint, Comparison, LoadedCheckpoint, NoiseFloor, Policy, ProbeRow, RunResult, Suite
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +143,7 @@ def run_trend(
 def rejudge(report_dir: str, policy_file: str | None) -> tuple[Comparison, Path]:
     """``regress gate``: re-judge a stored report's items under a (new) policy, no model run."""
     from harness.report import write_report
+    from harness.types import RunSource
 
     d = Path(report_dir)
     try:
