@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import checkpoint as ckpt
+from harness.detectors import is_nonterminated
 from harness.errors import RegressError, StoreError
 from harness.store import KEY_PARTS, lm_eval_version, lock_holder, read_records, run_key
 
@@ -193,7 +194,7 @@ def format_show(store: str | Path, ref: str) -> str:
         finish: dict[str, int] = defaultdict(int)
         for rec in read_records(r.path):
             by_task[rec.task].append(rec.score)
-            if rec.finish == "length":
+            if is_nonterminated(rec.finish):
                 finish[rec.task] += 1
         lines.append("tasks")
         for task, scores in by_task.items():

@@ -1,15 +1,16 @@
 """Compare: pair base and candidate records item by item and measure what moved.
 
 ``pair(base, cand, suite)`` joins the two record lists on (task, item_id) into one pandas frame
-(``ITEM_COLUMNS``), refusing items whose content hash differs or that one side lacks. A task's
+(``item_columns()``), refusing items whose content hash differs or that one side lacks. A task's
 score is its gate metric (``TaskSpec.gate_metric``, else the record's own ``metric``); where the
 suite has groups, a ``group`` column names each subtask's group, and where items carry several
 metrics (or the suite names a gate metric) ``metrics_base``/``metrics_cand`` keep every metric of
 every item as JSON ({"metric,filter": value}).
 ``task_table(items)`` reduces it to a ``TaskRow`` per task and one overall: accuracies with intervals,
 the paired delta and its interval, flips, McNemar p-values (Holm-corrected across tasks),
-answer-change and output-identity rates, non-termination, tail-repetition and
-premature-ending rates (``add_premature``), and the length ratio. ``probe_row`` summarises
+answer-change and output-identity rates, the rates of every registered detector
+(``harness.registry``: non-termination, tail repetition, premature endings; flagged per
+item by ``add_flags``), and the length ratio. ``probe_row`` summarises
 the termination probe of both checkpoints as a ``ProbeRow``. All of it is vectorised; 100k
 item pairs take well under a second.
 
@@ -28,33 +29,56 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from harness import detectors, stats
+from harness import detectors, registry, stats
 from harness.errors import RegressError
-from harness.types import DriftValues, Generation, ProbeExample, ProbeRow, Record, Suite, TaskRow, TerminationStats
+from harness.text import utf8
+from harness.types import (
+    DetectorRate,
+    DriftValues,
+    Generation,
+    ProbeExample,
+    ProbeRow,
+    Record,
+    Suite,
+    TaskRow,
+    TerminationStats,
+    gated_units,
+    is_correct,
+)
 
-ITEM_COLUMNS = (
-    "task", "item_id", "kind", "metric", "prompt", "target",
-    "output_base", "output_cand", "answer_base", "answer_cand",
-    "score_base", "score_cand", "correct_base", "correct_cand",
-    "finish_base", "finish_cand", "ntok_base", "ntok_cand",
-    "identical", "answer_changed", "flip",
-    "nonterm_base", "nonterm_cand", "loop_base", "loop_cand",
-    "loop_unit_cand", "loop_repeats_cand", "loop_start_cand",
-    "premature_base", "premature_cand",
-)  # fmt: skip
+BASE_COLUMNS = (
+    "task",
+    "item_id",
+    "kind",
+    "metric",
+    "prompt",
+    "target",
+    "output_base",
+    "output_cand",
+    "answer_base",
+    "answer_cand",
+    "score_base",
+    "score_cand",
+    "correct_base",
+    "correct_cand",
+    "finish_base",
+    "finish_cand",
+    "ntok_base",
+    "ntok_cand",
+    "identical",
+    "answer_changed",
+    "flip",
+)
+
+
+def item_columns() -> tuple[str, ...]:
+    """The item table's columns: ``BASE_COLUMNS``, then each registered detector's
+    (``<name>_base``, ``<name>_cand`` and any further columns it adds)."""
+    return (*BASE_COLUMNS, *(c for d in registry.detectors() for c in d.columns))
 
 
 class CompareError(RegressError):
     """Base and candidate records cannot be paired."""
-
-
-def utf8(s: str) -> str:
-    """Untrusted text made valid UTF-8 (lone surrogates become U+FFFD), as Arrow needs."""
-    try:
-        s.encode("utf-8")
-        return s
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _gate_score(r: Record, gate_metric: str | None) -> float:
@@ -89,11 +113,7 @@ def _frame(
         "finish": [r.finish or "" for r in records],
         "ntok": np.array([r.n_tokens for r in records], dtype=np.int64),
     }
-    loops = [loop_of(r) for r in records]
-    rows["loop"] = [lp is not None for lp in loops]
-    rows["loop_unit"] = [_unit_text(lp) for lp in loops]
-    rows["loop_repeats"] = [float(lp.repeats) if lp else 0.0 for lp in loops]
-    rows["loop_start"] = [int(lp.start) if lp else -1 for lp in loops]
+    rows["tokens"] = [r.token_ids for r in records]  # for the detectors; not kept in the table
     if several:  # every metric of every filter, as the record holds them
         rows["metrics"] = [json.dumps(r.metrics, ensure_ascii=False) for r in records]
     df = pd.DataFrame(rows)
@@ -102,21 +122,6 @@ def _frame(
         raise CompareError(f"{side} records hold item {dup.task}/{dup.item_id} twice")
     keep = ["task", "item_id", "item_hash", "prompt_hash", "kind", "metric", "prompt", "target"]
     return df.rename(columns={c: f"{c}_{side}" for c in df.columns if c not in keep})
-
-
-def loop_of(r: Record) -> detectors.Loop | None:
-    """Tail repetition of a generation (token ids where the backend gave them)."""
-    if r.kind != "generate_until":
-        return None
-    if r.token_ids:
-        return detectors.tail_repetition(r.token_ids)
-    return detectors.tail_repetition_text(r.output)
-
-
-def _unit_text(lp: detectors.Loop | None) -> str:
-    if lp is None:
-        return ""
-    return lp.unit if isinstance(lp.unit, str) else " ".join(map(str, lp.unit))
 
 
 def pair(base: Sequence[Record], cand: Sequence[Record], suite: Suite | None = None) -> tuple[pd.DataFrame, list[str]]:
@@ -148,19 +153,17 @@ def pair(base: Sequence[Record], cand: Sequence[Record], suite: Suite | None = N
     if n_prompt:
         warnings.append(f"{n_prompt} prompt(s) differ between base and candidate (different chat templates?)")
     m = m.drop(columns=[x for x in m.columns if x.endswith("_c") or x == "_merge"] + ["item_hash", "prompt_hash"])
-    m["correct_base"] = m["score_base"] >= 0.5
-    m["correct_cand"] = m["score_cand"] >= 0.5
+    m["correct_base"] = is_correct(m["score_base"])
+    m["correct_cand"] = is_correct(m["score_cand"])
     m["identical"] = m["output_base"] == m["output_cand"]
     m["answer_changed"] = m["answer_base"] != m["answer_cand"]
     m["flip"] = np.where(
         m["correct_base"] & ~m["correct_cand"], "neg", np.where(~m["correct_base"] & m["correct_cand"], "pos", "")
     )
-    m["nonterm_base"] = m["finish_base"] == "length"
-    m["nonterm_cand"] = m["finish_cand"] == "length"
-    m = add_premature(m)
+    m = add_flags(m)
     order = {t: i for i, t in enumerate(dict.fromkeys(r.task for r in base))}  # the suite's task order
     m = m.assign(_order=m["task"].map(order)).sort_values(["_order", "item_id"], kind="stable")
-    columns = list(ITEM_COLUMNS)
+    columns = list(item_columns())
     if group_of:  # null for a standalone task
         m["group"] = [group_of.get(t) for t in m["task"]]
         columns.insert(1, "group")
@@ -169,17 +172,31 @@ def pair(base: Sequence[Record], cand: Sequence[Record], suite: Suite | None = N
     return m[columns].reset_index(drop=True), warnings
 
 
-def add_premature(items: pd.DataFrame) -> pd.DataFrame:
-    """The premature-ending flags of generated items (``detectors.is_premature``): the
-    candidate's judged against the base's length on the same item, the base's own its
-    empty outputs only. Also fills an item table stored before the columns existed."""
-    gen = (items["kind"] == "generate_until").to_numpy()
+def add_flags(items: pd.DataFrame) -> pd.DataFrame:
+    """Each registered detector's columns, computed on the items of its kinds (other items:
+    not flagged). A detector whose flags the table holds already is left as it is (any
+    further column it lacks gets the detector's default), so an item table stored before a
+    detector existed gets its columns here."""
     out = items.copy()
-    out["premature_base"] = gen & detectors.premature_flags(items["finish_base"], items["ntok_base"],
-                                                            items["output_base"])  # fmt: skip
-    out["premature_cand"] = gen & detectors.premature_flags(
-        items["finish_cand"], items["ntok_cand"], items["output_cand"], items["finish_base"], items["ntok_base"]
-    )
+    for d in registry.detectors():
+        if f"{d.name}_base" in items and f"{d.name}_cand" in items:
+            for col, default in d.extra_columns.items():
+                if col not in out:
+                    out[col] = default
+            continue
+        mask = items["kind"].isin(d.kinds).to_numpy()
+        flags = d.flag(items[mask])
+        out[f"{d.name}_base"] = _scatter(mask, flags.base, False)
+        out[f"{d.name}_cand"] = _scatter(mask, flags.cand, False)
+        for col, default in d.extra_columns.items():
+            out[col] = _scatter(mask, flags.extra[col], default)
+    return out
+
+
+def _scatter(mask: np.ndarray, values: Sequence[object] | np.ndarray, default: object) -> np.ndarray:
+    """``values`` at the positions ``mask`` selects, ``default`` elsewhere."""
+    out = np.full(len(mask), default, dtype=object if isinstance(default, str) else None)
+    out[mask] = np.asarray(values, dtype=out.dtype)
     return out
 
 
@@ -208,10 +225,6 @@ def _task_row(name: str, g: pd.DataFrame) -> TaskRow:
     s = stats.paired_summary(g["correct_base"].to_numpy(), g["correct_cand"].to_numpy())
     gen = g[g["kind"] == "generate_until"]
     n_gen = len(gen)
-
-    def rate(col: str) -> float:
-        return float(gen[col].mean()) if n_gen else 0.0
-
     len_b, len_c = float(gen["ntok_base"].sum()), float(gen["ntok_cand"].sum())
     drift: dict[str, float | int | None] = {}
     for col in ("stop_drift", "answer_drift"):
@@ -227,15 +240,19 @@ def _task_row(name: str, g: pd.DataFrame) -> TaskRow:
         identity_rate=float(g["identical"].mean()) if len(g) else 1.0,
         answer_change_rate=float(g["answer_changed"].mean()) if len(g) else 0.0,
         n_generated=n_gen,
-        nonterm_rate_base=rate("nonterm_base"),
-        nonterm_rate_candidate=rate("nonterm_cand"),
-        loop_rate_base=rate("loop_base"),
-        loop_rate_candidate=rate("loop_cand"),
-        premature_rate_base=rate("premature_base"),
-        premature_rate_candidate=rate("premature_cand"),
+        rates=tuple(_rate(d, g) for d in registry.detectors()),
         length_ratio=(len_c / len_b) if len_b else (1.0 if not len_c else float("inf")),
         **drift,  # type: ignore[arg-type]
     )
+
+
+def _rate(d: registry.Detector, g: pd.DataFrame) -> DetectorRate:
+    """A detector's rates over the items of its kinds (0 where there are none)."""
+    mine = g[g["kind"].isin(d.kinds)]
+    n = len(mine)
+    rate_b = float(mine[f"{d.name}_base"].mean()) if n else 0.0
+    rate_c = float(mine[f"{d.name}_cand"].mean()) if n else 0.0
+    return DetectorRate(d.name, rate_b, rate_c, n)
 
 
 def task_table(items: pd.DataFrame) -> tuple[tuple[TaskRow, ...], TaskRow]:
@@ -270,8 +287,7 @@ def tables(items: pd.DataFrame) -> tuple[tuple[TaskRow, ...], tuple[TaskRow, ...
     Holm-adjusted across the gated units (standalone tasks and groups: a group counts once,
     however many subtasks it has) and, for a subtask, across its group's subtasks; without
     groups that is across the tasks, as ``task_table`` always did."""
-    if "premature_cand" not in items:  # an item table stored before premature endings were measured
-        items = add_premature(items)
+    items = add_flags(items)  # an item table stored before a detector was registered
     names = list(dict.fromkeys(items["task"]))
     members = groups_of(items)
     group_of = {t: g for g, ts in members.items() for t in ts}
@@ -288,7 +304,7 @@ def tables(items: pd.DataFrame) -> tuple[tuple[TaskRow, ...], tuple[TaskRow, ...
         groups[name] = replace(_task_row(name, g), subtasks=tuple(subtasks), metric=_metric_name(g))
         for t, p in zip(subtasks, stats.holm([rows[t].mcnemar_p for t in subtasks])):
             rows[t] = replace(rows[t], mcnemar_p_holm=p)
-    units = [rows[t] for t in names if t not in group_of] + list(groups.values())
+    units = gated_units(tuple(rows.values()), tuple(groups.values()))
     for u, p in zip(units, stats.holm([u.mcnemar_p for u in units])):
         if u.name in groups:
             groups[u.name] = replace(u, mcnemar_p_holm=p)
@@ -302,18 +318,16 @@ def termination_stats(gens: Sequence[Generation]) -> TerminationStats:
     rates, and output-length quantiles."""
     n = len(gens)
     lengths = sorted(g.n_tokens for g in gens)
-    loops = [
-        (detectors.tail_repetition(g.token_ids) if g.token_ids else detectors.tail_repetition_text(g.text)) is not None
-        for g in gens
-    ]
+    loops = [detectors.loop_of_output(g.token_ids, g.text) is not None for g in gens]
+    nonterm = [detectors.is_nonterminated(g.finish) for g in gens]
 
     def q(p: float) -> float:
         return float(lengths[min(n - 1, int(p * (n - 1) + 0.5))]) if n else 0.0
 
     return TerminationStats(
         n=n,
-        stop_rate=sum(g.finish != "length" for g in gens) / n if n else 1.0,
-        nonterm_rate=sum(g.finish == "length" for g in gens) / n if n else 0.0,
+        stop_rate=sum(not x for x in nonterm) / n if n else 1.0,
+        nonterm_rate=sum(nonterm) / n if n else 0.0,
         loop_rate=sum(loops) / n if n else 0.0,
         length_p50=q(0.5),
         length_p90=q(0.9),
@@ -337,5 +351,7 @@ def probe_row(base: Sequence[Generation], cand: Sequence[Generation]) -> ProbeRo
         loop_rate_candidate=c.loop_rate,
         base=b,
         candidate=c,
-        examples=tuple(ProbeExample(g.text[:2000], g.finish, g.n_tokens) for g in cand if g.finish == "length")[:10],
+        examples=tuple(
+            ProbeExample(g.text[:2000], g.finish, g.n_tokens) for g in cand if detectors.is_nonterminated(g.finish)
+        )[:10],
     )

@@ -66,7 +66,7 @@ def flag_of(f: dataclasses.Field[Any], spec: Spec) -> str:
     return spec.flag or "--" + f.name.replace("_", "-")
 
 
-def _problem(name: str, label: str, spec: Spec, value: Any) -> str | None:
+def problem(name: str, label: str, spec: Spec, value: Any) -> str | None:
     """What is wrong with ``value`` (None: nothing); ``label`` is how the user set it."""
     allowed = spec.allowed()
     if allowed and value not in allowed:
@@ -92,9 +92,9 @@ def check(obj: Any) -> None:
         if value is None:
             continue
         # named by the flag a user types; a code-only field by its own name
-        problem = _problem(f.name, flag_of(f, spec) if spec.cli else f.name, spec, value)
-        if problem:
-            raise RegressError(problem)
+        bad = problem(f.name, flag_of(f, spec) if spec.cli else f.name, spec, value)
+        if bad:
+            raise RegressError(bad)
 
 
 def _argparse_type(hint: Any) -> tuple[Any, bool]:

@@ -1,7 +1,8 @@
-"""Detectors: pure functions that flag degenerate generations after the fact.
+"""Detectors: pure functions that flag degenerate generations after the fact, and the
+registered detectors built on them (the end of this module).
 
-The gate runs these on stored records (no model needed) and counts, per checkpoint, how many
-outputs ran to the token limit and how many of those are tail loops::
+``compare`` runs the registered detectors (``harness.registry``) over the paired item table,
+from stored records (no model needed); the gate judges each one's rise. The functions::
 
     from harness.detectors import is_nonterminated, tail_repetition, tail_repetition_text
 
@@ -40,7 +41,8 @@ repeats of short units, which is where legitimate repetition lives:
     Known cost: 8+ rows that differ only in their numbers (CSV rows, log lines) at the very
     end of an output read as a loop.
 
-All thresholds are keyword arguments, so a suite's policy can override them.
+All thresholds are keyword arguments with fixed defaults; the registered detectors use the
+defaults (a suite's policy sets the gate's limits on the rates, not these).
 
 Premature endings (``is_premature``): the other failure of end-of-turn tokens in the loss,
 "abruptly generating termination tokens" (the Llama 3 report). A candidate's generation
@@ -73,9 +75,14 @@ import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from harness.registry import Flags, detector
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Trailing positions compared for all periods at once (see _tail_spans).
 _WINDOW = 32
@@ -103,6 +110,11 @@ class Loop:
 def is_nonterminated(finish: str | None) -> bool:
     """True when generation ran to its token limit (finish reason ``length``)."""
     return finish == "length"
+
+
+def nonterminated(finish: Sequence[str | None]) -> np.ndarray:
+    """``is_nonterminated`` over a column (a bool array)."""
+    return np.asarray(finish, dtype=object) == "length"
 
 
 # Finish reasons of a generation that stopped by itself (not at the token limit).
@@ -347,3 +359,62 @@ def table_scores() -> dict[str, float]:
     cases = load_cases()
     p, r = precision_recall([detect_case(c) is not None for c in cases], [bool(c["label"]) for c in cases])
     return {"precision": p, "recall": r, "cases": len(cases)}
+
+
+# -- the registered detectors ------------------------------------------------------------
+# One definition each (harness.registry): the item columns, task rates, gate rule, report
+# columns, plot panel and explorer filter all follow from it. A new detector is one more
+# function here.
+
+
+@detector(
+    name="nonterm", label="non-termination", column="non-term", plot="Non-termination (ran to token limit)",
+    description="generated items that ran to the token limit (finish reason length)",
+)  # fmt: skip
+def _nonterm(items: pd.DataFrame) -> Flags:
+    return Flags(nonterminated(items["finish_base"]), nonterminated(items["finish_cand"]))
+
+
+def loop_of_output(tokens: Sequence[Hashable] | None, text: str) -> Loop | None:
+    """The tail loop of one generation: over its token ids where the backend gave them, else its text."""
+    return tail_repetition(tokens) if tokens is not None and len(tokens) else tail_repetition_text(text)
+
+
+def _loops_of(items: pd.DataFrame, side: str) -> list[Loop | None]:
+    tokens = items[f"tokens_{side}"] if f"tokens_{side}" in items else [None] * len(items)
+    return [loop_of_output(t, o if isinstance(o, str) else "") for t, o in zip(tokens, items[f"output_{side}"])]
+
+
+def _unit_text(lp: Loop) -> str:
+    return lp.unit if isinstance(lp.unit, str) else " ".join(map(str, lp.unit))
+
+
+@detector(
+    name="loop", rule="loops", label="tail repetition", column="loops",
+    plot="Tail repetition (output ends in a loop)", filter="candidate loops only", badge="candidate loops",
+    description="generated items whose output ends in a tail loop (detectors.tail_repetition)",
+    extra_columns={"loop_unit_cand": "", "loop_repeats_cand": 0.0, "loop_start_cand": -1},
+)  # fmt: skip
+def _loop(items: pd.DataFrame) -> Flags:
+    base, cand = _loops_of(items, "base"), _loops_of(items, "cand")
+    extra: dict[str, Sequence[Any]] = {
+        "loop_unit_cand": [_unit_text(lp) if lp else "" for lp in cand],
+        "loop_repeats_cand": [float(lp.repeats) if lp else 0.0 for lp in cand],
+        "loop_start_cand": [int(lp.start) if lp else -1 for lp in cand],
+    }
+    return Flags(np.array([lp is not None for lp in base]), np.array([lp is not None for lp in cand]), extra)
+
+
+@detector(
+    name="premature", label="premature endings (empty or cut short)", column="ends early",
+    plot="Premature ending (empty or cut short)", filter="premature endings only", badge="ends early",
+    description="generated items the candidate ended empty or far earlier than the base "
+    "(detectors.is_premature); for the base, its empty outputs",
+)  # fmt: skip
+def _premature(items: pd.DataFrame) -> Flags:
+    """The candidate's judged against the base's length on the same item, the base's own by
+    its empty outputs only."""
+    base = premature_flags(items["finish_base"], items["ntok_base"], items["output_base"])
+    cand = premature_flags(items["finish_cand"], items["ntok_cand"], items["output_cand"], items["finish_base"],
+                           items["ntok_base"])  # fmt: skip
+    return Flags(base, cand)

@@ -18,7 +18,13 @@ rule) for junit.xml. Exit codes: PASS 0,
 WARN 0 (1 with --strict), FAIL 1. ``policy_to_dict`` writes a policy back in the YAML
 form, so summary.json records the policy a verdict was reached under.
 
-Rules and defaults (``Thresholds``; severity in ``DEFAULT_SEVERITY``):
+Every rule is registered (``harness.registry``) with its threshold fields, default severity
+and Holm family; ``Thresholds``, ``DEFAULT_SEVERITY``, the policy's validation and the schema
+are derived from the registrations. The rise rules (``nonterm``, ``loops``, ``premature``)
+are one generic rule per registered detector (``harness.detectors``). A new rule is one
+``@rule`` function (here, or in any module imported before the gate judges).
+
+Rules and defaults:
 
 =================  =====================================================  =======  =====
 rule               fires when (per task)                                  default  sev.
@@ -116,107 +122,109 @@ comparisons):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scipy import stats as sps
-
+from harness import detectors as _detectors  # noqa: F401  (registers the detectors and their rise rules)
 from harness import stats
+from harness.config import Spec
 from harness.errors import PolicyError
-from harness.types import (
-    DEFAULT_SEVERITY,
-    LEVELS,
+from harness.registry import (
+    Evidence,
+    Family,
+    GatedRow,
+    Outcome,
     Policy,
-    ProbeRow,
-    RuleOutcome,
-    TaskRow,
+    Rule,
+    Threshold,
     Thresholds,
-    Verdict,
-)  # fmt: skip
+    ThresholdValue,
+    p_drop,
+    p_rise,
+    register_threshold,
+    rule,
+    rules,
+    thresholds,
+)
+from harness.text import pct, pts
+from harness.types import LEVELS, JsonObject, ProbeRow, RuleOutcome, TaskRow, Verdict, gated_units
 
-# Re-exported: the gate's records live in harness.types with the others.
+# Re-exported: the gate's records and registry types, for callers that know only the gate.
 __all__ = [
-    "LEVELS", "DEFAULT_SEVERITY", "Policy", "RuleOutcome", "Thresholds", "Verdict",
-    "judge", "load_policy_file", "override", "parse_policy", "policy_to_dict",
+    "LEVELS", "DEFAULT_SEVERITY", "Evidence", "Outcome", "Policy", "RuleOutcome", "Thresholds", "Verdict",
+    "judge", "load_policy_file", "override", "p_drop", "p_rise", "parse_policy", "policy_to_dict",
 ]  # fmt: skip
 
 
-# key -> (kind, low, high, low_open): kind is "rate" (a number in [low, high]), "real"
-# (any finite number), "bool"; optional keys also accept null.
-_SPEC: dict[str, tuple[str, float, float, bool]] = {
-    "max_acc_drop": ("rate", 0.0, 1.0, False),
-    "max_negative_flip_rate": ("rate", 0.0, 1.0, False),
-    "nfr_net_loss_only": ("bool", 0.0, 0.0, False),
-    "max_nonterm_rise": ("rate", 0.0, 1.0, False),
-    "max_loop_rise": ("rate", 0.0, 1.0, False),
-    "max_premature_rise": ("rate", 0.0, 1.0, False),
-    "min_stop_drift": ("real", -math.inf, math.inf, False),
-    "min_identity_rate": ("rate", 0.0, 1.0, False),
-    "max_detectable_drop": ("rate", 0.0, 1.0, True),
-    "alpha": ("rate", 0.0, 0.25, True),
-    "noise_floor": ("rate", 0.0, 1.0, False),
-    "max_subtask_drop": ("rate", 0.0, 1.0, False),
-}
-_OPTIONAL = {f.name for f in fields(Thresholds) if "None" in str(f.type)}
-assert set(_SPEC) == {f.name for f in fields(Thresholds)}
+class _DefaultSeverity(Mapping[str, str]):
+    """Each registered rule's default severity (a live view of the registry)."""
 
-_NEVER_OFF = {"inconclusive"}  # a too-small task may never pass silently
+    def __getitem__(self, key: str) -> str:
+        return {r.name: r.severity for r in rules()}[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([r.name for r in rules()])
+
+    def __len__(self) -> int:
+        return len(rules())
+
+
+DEFAULT_SEVERITY: Mapping[str, str] = _DefaultSeverity()
+
+_RATE = Spec(at_least=0, at_most=1)
+_ALPHA = Spec(help="false-alarm budget of each statistical rule family across the gated units", above=0, at_most=0.25)
+_NOISE = Spec(help="share of items whose output changes between two runs of the base", at_least=0, at_most=1)
+ALPHA = register_threshold(Threshold("alpha", 0.05, _ALPHA))
+NOISE_FLOOR = register_threshold(Threshold("noise_floor", 0.0, _NOISE))
+
+
+def _drop_p(row: GatedRow) -> float | None:
+    return p_drop(row.negative_flips, row.positive_flips) if isinstance(row, TaskRow) and row.n else None
+
+
+DROP = Family("drop", _drop_p)  # acc_drop and negative_flips share one test
 
 
 def override(policy: Policy, **values: Any) -> Policy:
     """The same policy with ``values`` set for every task (e.g. a measured noise floor)."""
-    unknown = set(values) - set(_SPEC)
+    known = thresholds()
+    unknown = set(values) - set(known)
     if unknown:
         raise PolicyError(f"override: unknown policy key {sorted(unknown)[0]!r}")
-    checked = {k: _value(k, v, "override") for k, v in values.items()}
+    checked = {k: known[k].check(v, "override") for k, v in values.items()}
     tasks = {name: {k: v for k, v in own.items() if k not in checked} for name, own in policy.tasks.items()}
-    return Policy(replace(policy.defaults, **checked), tasks, dict(policy.severity))
+    return Policy(policy.defaults.replace(**checked), tasks, dict(policy.severity))
 
 
 # -- policy parsing -------------------------------------------------------------------
 
 
-def _value(key: str, v: Any, where: str) -> Any:
-    kind, lo, hi, lo_open = _SPEC[key]
-    if v is None and key in _OPTIONAL:
-        return None
-    if kind == "bool":
-        if not isinstance(v, bool):
-            raise PolicyError(f"{where}: policy key {key!r} must be true or false, got {v!r}")
-        return v
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise PolicyError(f"{where}: policy key {key!r} must be a number, got {v!r}")
-    if v < lo or v > hi or (lo_open and v == lo):
-        bounds = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
-        raise PolicyError(f"{where}: policy key {key!r} must be in {bounds}, got {v!r}")
-    return float(v)
-
-
-def _overrides(raw: Any, where: str) -> dict[str, Any]:
+def _overrides(raw: Any, where: str) -> dict[str, ThresholdValue]:
     """Checked threshold values of one mapping (the keys it sets, nothing else)."""
     if not isinstance(raw, dict):
         raise PolicyError(f"{where}: expected a mapping of thresholds, got {type(raw).__name__}")
+    known = thresholds()
     for k in raw:
-        if k not in _SPEC:
-            raise PolicyError(f"{where}: unknown policy key {k!r} (known: {', '.join(_SPEC)}, tasks, severity)")
-    return {k: _value(k, v, where) for k, v in raw.items()}
+        if k not in known:
+            raise PolicyError(f"{where}: unknown policy key {k!r} (known: {', '.join(known)}, tasks, severity)")
+    return {k: known[k].check(v, where) for k, v in raw.items()}
 
 
 def _severity(raw: Any, base: Mapping[str, str], where: str) -> dict[str, str]:
     if not isinstance(raw, dict):
         raise PolicyError(f"{where}: policy key 'severity' must map rule names to FAIL, WARN or off")
     out = dict(base)
-    for rule, level in raw.items():
-        if rule not in DEFAULT_SEVERITY:
-            raise PolicyError(f"{where}: unknown rule {rule!r} in 'severity' (rules: {', '.join(DEFAULT_SEVERITY)})")
+    by_name = {r.name: r for r in rules()}
+    for name, level in raw.items():
+        if name not in by_name:
+            raise PolicyError(f"{where}: unknown rule {name!r} in 'severity' (rules: {', '.join(by_name)})")
         # YAML 1.1 reads a bare `off` as false; take it to mean "off".
         lvl = "OFF" if level is False else level.upper() if isinstance(level, str) else ""
-        allowed = ("FAIL", "WARN") if rule in _NEVER_OFF else ("FAIL", "WARN", "off")
+        allowed = ("FAIL", "WARN") if by_name[name].never_off else ("FAIL", "WARN", "off")
         if lvl not in allowed and not (lvl == "OFF" and "off" in allowed):
-            raise PolicyError(f"{where}: severity.{rule} must be one of {', '.join(allowed)}, got {level!r}")
-        out[rule] = "off" if lvl == "OFF" else lvl
+            raise PolicyError(f"{where}: severity.{name} must be one of {', '.join(allowed)}, got {level!r}")
+        out[name] = "off" if lvl == "OFF" else lvl
     return out
 
 
@@ -234,7 +242,7 @@ def parse_policy(raw: Any, base: Policy | None = None, where: str = "policy") ->
     raw = dict(raw)
     task_raw = raw.pop("tasks", None)
     sev_raw = raw.pop("severity", None)
-    defaults = replace(base.defaults, **_overrides(raw, where))
+    defaults = base.defaults.replace(**_overrides(raw, where))
     tasks = {name: dict(own) for name, own in base.tasks.items()}
     if task_raw is not None:
         if not isinstance(task_raw, dict):
@@ -261,75 +269,27 @@ def load_policy_file(path: str | Path, base: Policy | None = None) -> Policy:
     return parse_policy(raw, base, where=str(p))
 
 
-def policy_to_dict(policy: Policy) -> dict[str, Any]:
+def policy_to_dict(policy: Policy) -> JsonObject:
     """The policy in its YAML form (``parse_policy`` of it gives the same policy back)."""
     return {
-        **asdict(policy.defaults),
+        **dict(policy.defaults),
         "tasks": {name: dict(own) for name, own in policy.tasks.items()},
         "severity": dict(policy.severity),
     }
 
 
-# -- the statistics the rules share ----------------------------------------------------
-
-
-def p_drop(neg: int, pos: int) -> float:
-    """One-sided exact McNemar p for "candidate worse": P(Bin(neg + pos, 1/2) >= neg)."""
-    total = neg + pos
-    return float(sps.binom.sf(neg - 1, total, 0.5)) if total and neg else 1.0
-
-
-def p_rise(k_base: int, k_cand: int, n: int) -> float:
-    """One-sided p that a 0/1 event (non-termination, loop) got more frequent, from counts.
-
-    Without the paired table, take the largest discordance the margins allow: the p-value
-    of the exact sign test grows with the discordance at a fixed difference, so this bound
-    is conservative (valid, a little less powerful than the paired test).
-    """
-    if k_cand <= k_base:
-        return 1.0
-    down = min(k_base, n - k_cand)  # base had it, candidate not
-    up = down + k_cand - k_base
-    return p_drop(up, down)
-
-
-GatedRow = TaskRow | ProbeRow  # a probe row has rates only: the accuracy rules skip it
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """What the rules of one row share: Holm-adjusted one-sided p-values of each rule family,
-    the drop the gate detects with 80% power (tasks only), and whether the two checkpoints'
-    files are byte-identical (same fingerprint)."""
-
-    p_drop: float = 1.0
-    p_nonterm: float = 1.0
-    p_loop: float = 1.0
-    p_premature: float = 1.0
-    mdd_gate: float = 0.0
-    same_files: bool = False
+# -- the evidence the rules share ------------------------------------------------------
 
 
 def _evidence(rows: Sequence[GatedRow], policy: Policy, same_files: bool = False) -> dict[str, Evidence]:
-    """Per row: the one-sided p-values of each family, Holm-adjusted across the rows."""
-    raw: dict[str, dict[str, float]] = {"p_drop": {}, "p_nonterm": {}, "p_loop": {}, "p_premature": {}}
-    tasks = [t for t in rows if isinstance(t, TaskRow)]
-    for t in tasks:
-        if t.n:
-            raw["p_drop"][t.name] = p_drop(t.negative_flips, t.positive_flips)
-    for r in rows:
-        if r.n_generated:
-            pairs = [("p_nonterm", r.nonterm_rate_base, r.nonterm_rate_candidate),
-                     ("p_loop", r.loop_rate_base, r.loop_rate_candidate)]  # fmt: skip
-            if isinstance(r, TaskRow):  # the probe does not measure premature endings
-                pairs.append(("p_premature", r.premature_rate_base, r.premature_rate_candidate))
-            for fam, rate_b, rate_c in pairs:
-                raw[fam][r.name] = p_rise(round(rate_b * r.n_generated), round(rate_c * r.n_generated), r.n_generated)
+    """Per row: the one-sided p of each rule family, Holm-adjusted across the rows."""
+    families = {r.family.name: r.family for r in rules("unit") if r.family is not None}
     adjusted: dict[str, dict[str, float]] = {r.name: {} for r in rows}
-    for fam, ps in raw.items():
-        for name, p in zip(ps, stats.holm(list(ps.values()))):
-            adjusted[name][fam] = p
-    m = max(len(raw["p_drop"]), 1)
+    for fam in families.values():
+        raw = {r.name: p for r in rows if (p := fam.p(r)) is not None}
+        for name, p in zip(raw, stats.holm(list(raw.values()))):
+            adjusted[name][fam.name] = p
+    m = max(sum(1 for r in rows if _drop_p(r) is not None), 1)
     out = {}
     for r in rows:
         mdd = 0.0
@@ -338,99 +298,53 @@ def _evidence(rows: Sequence[GatedRow], policy: Policy, same_files: bool = False
             psi = (r.negative_flips + r.positive_flips) / r.n if r.n else 0.0
             # one-sided at alpha / m is two-sided at 2 * alpha / m
             mdd = stats.min_detectable_drop(r.n, psi, alpha=2 * alpha / m)
-        a = adjusted[r.name]  # a family the row has no number for keeps p = 1
-        out[r.name] = Evidence(
-            p_drop=a.get("p_drop", 1.0), p_nonterm=a.get("p_nonterm", 1.0), p_loop=a.get("p_loop", 1.0),
-            p_premature=a.get("p_premature", 1.0), mdd_gate=mdd, same_files=same_files,
-        )  # fmt: skip
+        out[r.name] = Evidence(adjusted[r.name], mdd, same_files)
     return out
 
 
 # -- rules ----------------------------------------------------------------------------
+# rank orders the rules in every output: the accuracy rules (10-20), the detectors' rises
+# (30, harness.detectors), then the rest (40-60); subtask rules judge each subtask.
 
 
-def _pts(x: float) -> str:
-    return f"{100 * x:+.1f} pts"
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a rule measured on one row: whether it fired, the value, its limit, the message."""
-
-    fired: bool
-    value: float | None
-    limit: float | None
-    message: str
-    p_value: float | None = None
-
-
-# A rule maps (row, its evidence, thresholds) to an Outcome, or None when it does not
-# apply to the row.
-Rule = Callable[[GatedRow, Evidence, Thresholds], Outcome | None]
-
-
+@rule("acc_drop", "FAIL", family=DROP, rank=10,
+      thresholds=(Threshold("max_acc_drop", 0.01, _RATE),))  # fmt: skip
 def _acc_drop(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
     if not isinstance(t, TaskRow):
         return None
-    drop, p = -t.delta, ev.p_drop
+    drop, p = -t.delta, ev.p_of("drop")
     beyond_noise = t.negative_flips - t.positive_flips > th.noise_floor * t.n
     fired = drop > th.max_acc_drop and p < th.alpha and beyond_noise
     msg = (
-        f"accuracy {t.acc_base:.3f} -> {t.acc_candidate:.3f} ({_pts(t.delta)}, "
-        f"95% CI [{_pts(t.delta_lo)}, {_pts(t.delta_hi)}]; one-sided McNemar p={p:.2g} (Holm), "
-        f"alpha {th.alpha:g}); limit: drop {_pts(-th.max_acc_drop)[1:]}"
+        f"accuracy {t.acc_base:.3f} -> {t.acc_candidate:.3f} ({pts(t.delta)}, "
+        f"95% CI [{pts(t.delta_lo)}, {pts(t.delta_hi)}]; one-sided McNemar p={p:.2g} (Holm), "
+        f"alpha {th.alpha:g}); limit: drop {pts(-th.max_acc_drop)[1:]}"
     )
     return Outcome(fired, drop, th.max_acc_drop, msg, p)
 
 
+_NFR = (Threshold("max_negative_flip_rate", 0.02, _RATE), Threshold("nfr_net_loss_only", True, boolean=True))
+
+
+@rule("negative_flips", "FAIL", family=DROP, rank=20, thresholds=_NFR)
 def _negative_flips(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
     if not isinstance(t, TaskRow):
         return None
     lo = t.nfr_lo - th.noise_floor
-    p = ev.p_drop
+    p = ev.p_of("drop")
     many = lo > th.max_negative_flip_rate
     net = p < th.alpha
     fired = many and (net or not th.nfr_net_loss_only)
     msg = (
-        f"{t.negative_flips} of {t.n} items right->wrong (NFR {_pct(t.nfr)}, 95% CI "
-        f"[{_pct(t.nfr_lo)}, {_pct(t.nfr_hi)}]) vs {t.positive_flips} wrong->right "
-        f"(PFR {_pct(t.pfr)}; one-sided p={p:.2g} (Holm)); limit: NFR lower bound "
-        f"{_pct(th.max_negative_flip_rate)}" + (" with a significant net loss" if th.nfr_net_loss_only else "")
+        f"{t.negative_flips} of {t.n} items right->wrong (NFR {pct(t.nfr)}, 95% CI "
+        f"[{pct(t.nfr_lo)}, {pct(t.nfr_hi)}]) vs {t.positive_flips} wrong->right "
+        f"(PFR {pct(t.pfr)}; one-sided p={p:.2g} (Holm)); limit: NFR lower bound "
+        f"{pct(th.max_negative_flip_rate)}" + (" with a significant net loss" if th.nfr_net_loss_only else "")
     )
     return Outcome(fired, t.nfr, th.max_negative_flip_rate, msg, p)
 
 
-def _nonterm(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
-    return _rise("non-termination", t, t.nonterm_rate_base, t.nonterm_rate_candidate, th.max_nonterm_rise,
-                 ev.p_nonterm, th)  # fmt: skip
-
-
-def _loops(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
-    return _rise("tail repetition", t, t.loop_rate_base, t.loop_rate_candidate, th.max_loop_rise, ev.p_loop, th)
-
-
-def _premature(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
-    if not isinstance(t, TaskRow):
-        return None
-    return _rise("premature endings (empty or cut short)", t, t.premature_rate_base, t.premature_rate_candidate,
-                 th.max_premature_rise, ev.p_premature, th)  # fmt: skip
-
-
-def _rise(label: str, t: GatedRow, b: float, c: float, limit: float, p: float, th: Thresholds) -> Outcome | None:
-    if not t.n_generated:
-        return None
-    fired = c - b > limit and p < th.alpha
-    msg = (
-        f"{label} {_pct(b)} -> {_pct(c)} of {t.n_generated} generations ({_pts(c - b)}; "
-        f"one-sided p={p:.2g} (Holm)); limit: rise {_pts(limit)[1:]}"
-    )
-    return Outcome(fired, c - b, limit, msg, p)
-
-
+@rule("stop_drift", "WARN", rank=40, thresholds=(Threshold("min_stop_drift", -1.0),))
 def _stop_drift(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
     d = t.stop_drift_mean if isinstance(t, TaskRow) else None
     if d is None or math.isnan(d):
@@ -439,14 +353,18 @@ def _stop_drift(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
     return Outcome(d < th.min_stop_drift, d, th.min_stop_drift, msg)
 
 
+@rule("identity", "WARN", rank=50, thresholds=(Threshold("min_identity_rate", None, _RATE, optional=True),))
 def _identity(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
     if th.min_identity_rate is None or not isinstance(t, TaskRow):
         return None
     r = t.identity_rate
-    msg = f"{_pct(r)} of outputs byte-identical to the base's; limit {_pct(th.min_identity_rate)}"
+    msg = f"{pct(r)} of outputs byte-identical to the base's; limit {pct(th.min_identity_rate)}"
     return Outcome(r < th.min_identity_rate, r, th.min_identity_rate, msg)
 
 
+# a too-small task may never pass silently: never off
+@rule("inconclusive", "WARN", rank=60, never_off=True,
+      thresholds=(Threshold("max_detectable_drop", 0.05, Spec(above=0, at_most=1)),))  # fmt: skip
 def _inconclusive(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
     if not isinstance(t, TaskRow):
         return None
@@ -455,59 +373,43 @@ def _inconclusive(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
         return Outcome(False, mdd, limit, "the candidate's files are byte-identical to the base's (same fingerprint)")
     # Moot when a drop was detected, or when the interval already rules out a drop of
     # `limit` (a task that learned a new skill has high churn but proves no big drop).
-    open_question = ev.p_drop >= th.alpha and t.delta_lo < -limit
+    open_question = ev.p_of("drop") >= th.alpha and t.delta_lo < -limit
     msg = (
         f"with {t.n} items the smallest drop this gate detects with 80% power is "
-        f"{100 * mdd:.1f} pts and the 95% CI [{_pts(t.delta_lo)}, {_pts(t.delta_hi)}] does not "
+        f"{100 * mdd:.1f} pts and the 95% CI [{pts(t.delta_lo)}, {pts(t.delta_hi)}] does not "
         f"rule out a {100 * limit:.1f}-pt drop; limit {100 * limit:.1f} pts (add items)"
     )
     return Outcome(mdd > limit and open_question, mdd, limit, msg)
 
 
-RULES: dict[str, Rule] = {
-    "acc_drop": _acc_drop,
-    "negative_flips": _negative_flips,
-    "nonterm": _nonterm,
-    "loops": _loops,
-    "premature": _premature,
-    "stop_drift": _stop_drift,
-    "identity": _identity,
-    "inconclusive": _inconclusive,
-}
-
-
+# Judged on each subtask of a group (the group itself gets the unit rules on its pooled row).
+@rule("subtask_collapse", "FAIL", scope="subtask", rank=70,
+      thresholds=(Threshold("max_subtask_drop", 0.10, _RATE),))  # fmt: skip
 def _subtask_collapse(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
     if not isinstance(t, TaskRow) or t.group is None:
         return None
-    drop, p = -t.delta, ev.p_drop
+    drop, p = -t.delta, ev.p_of("drop")
     beyond_noise = t.negative_flips - t.positive_flips > th.noise_floor * t.n
     fired = drop > th.max_subtask_drop and p < th.alpha and beyond_noise
     msg = (
-        f"subtask of {t.group}: accuracy {t.acc_base:.3f} -> {t.acc_candidate:.3f} ({_pts(t.delta)}; "
+        f"subtask of {t.group}: accuracy {t.acc_base:.3f} -> {t.acc_candidate:.3f} ({pts(t.delta)}; "
         f"{t.negative_flips} right->wrong vs {t.positive_flips} wrong->right of {t.n} items; one-sided McNemar "
         f"p={p:.2g} (Holm across the group's subtasks), alpha {th.alpha:g}); limit: drop "
-        f"{_pts(-th.max_subtask_drop)[1:]}"
+        f"{pts(-th.max_subtask_drop)[1:]}"
     )
     return Outcome(fired, drop, th.max_subtask_drop, msg, p)
 
 
-# Rules judged on each subtask of a group (the group itself gets RULES on its pooled row).
-SUBTASK_RULES: dict[str, Rule] = {"subtask_collapse": _subtask_collapse}
-assert set(RULES) | set(SUBTASK_RULES) == set(DEFAULT_SEVERITY)
-
-
-def _outcomes(
-    rules: Mapping[str, Rule], t: GatedRow, ev: Evidence, th: Thresholds, policy: Policy
-) -> list[RuleOutcome]:
-    """The outcome of each rule of ``rules`` that is on and applies to row ``t``."""
+def _outcomes(scoped: Sequence[Rule], t: GatedRow, ev: Evidence, th: Thresholds, policy: Policy) -> list[RuleOutcome]:
+    """The outcome of each rule of ``scoped`` that is on and applies to row ``t``."""
     out = []
-    for rule, fn in rules.items():
-        sev = policy.severity.get(rule, "WARN")
+    for r in scoped:
+        sev = policy.severity.get(r.name, r.severity)
         if sev == "off":
             continue
-        o = fn(t, ev, th)
+        o = r.check(t, ev, th)
         if o is not None:
-            out.append(RuleOutcome(rule, t.name, sev, bool(o.fired), o.value, o.limit, o.message, o.p_value))
+            out.append(RuleOutcome(r.name, t.name, sev, bool(o.fired), o.value, o.limit, o.message, o.p_value))
     return out
 
 
@@ -522,32 +424,22 @@ def judge(
     gated). A probe row gets only the rules its numbers support (the rises).
 
     The gated units are the standalone tasks and the ``groups`` (``compare.tables``), in
-    suite order: a group stands where its first subtask does, is judged on its pooled row and
-    counts once in each Holm family; each of its subtasks (a task row naming the group) gets
-    the ``SUBTASK_RULES``, Holm-adjusted across the group's subtasks. Without groups every
-    task is a unit, as before."""
-    by_name = {g.name: g for g in groups}
-    members: dict[str, list[TaskRow]] = {}
-    units: list[GatedRow] = []
-    for t in tasks:
-        if t.group is not None and t.group in by_name:
-            if t.group not in members:
-                members[t.group] = []
-                units.append(by_name[t.group])
-            members[t.group].append(t)
-        else:
-            units.append(t)
-    units += [g for g in groups if g.name not in members]
-    rows: list[GatedRow] = [*units, *probes]
+    suite order (``types.gated_units``): a group is judged on its pooled row and counts once
+    in each Holm family; each of its subtasks (a task row naming the group) gets the
+    subtask rules, Holm-adjusted across the group's subtasks. Without groups every task is a
+    unit."""
+    group_names = {g.name for g in groups}
+    rows: list[GatedRow] = [*gated_units(tasks, groups), *probes]
     evidence = _evidence(rows, policy, same_files)
+    unit_rules, subtask_rules = rules("unit"), rules("subtask")
     results: list[RuleOutcome] = []
     for row in rows:
-        results += _outcomes(RULES, row, evidence[row.name], policy.for_task(row.name), policy)
-        subs = members.get(row.name, []) if isinstance(row, TaskRow) and row.name in by_name else []
+        results += _outcomes(unit_rules, row, evidence[row.name], policy.for_task(row.name), policy)
+        subs = [s for s in tasks if s.group == row.name] if row.name in group_names else []
         adjusted = stats.holm([p_drop(s.negative_flips, s.positive_flips) for s in subs])
         for s, p in zip(subs, adjusted):
             th = policy.for_subtask(s.name, row.name)
-            results += _outcomes(SUBTASK_RULES, s, Evidence(p_drop=p), th, policy)
+            results += _outcomes(subtask_rules, s, Evidence({"drop": p}), th, policy)
     fired_rules = [r for r in results if r.fired]
     level = "FAIL" if any(r.severity == "FAIL" for r in fired_rules) else "WARN" if fired_rules else "PASS"
     reasons = tuple(f"[{r.severity}] {r.task} {r.rule}: {r.message}" for r in fired_rules)

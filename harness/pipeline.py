@@ -16,27 +16,28 @@ every later stage is handed.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from harness import checkpoint as ckpt
 from harness import detectors, probes
 from harness.backends import BACKENDS, rerun_options
-from harness.compare import add_drift, pair, probe_row, tables
+from harness.compare import add_drift, add_flags, pair, probe_row, tables
 from harness.config import RunConfig
 from harness.errors import BackendError, RegressError
 from harness.gate import judge, load_policy_file, override, parse_policy
+from harness.registry import Policy
 from harness.runner import evaluate
 from harness.store import check_writable
 from harness.suites import load_suite, suite_for
 from harness.trend import TrendPoint, points_of, write_trend
-from harness.types import Checkpoint, Comparison, LoadedCheckpoint, NoiseFloor, Policy, ProbeRow, RunResult, Suite
+from harness.types import Comparison, LoadedCheckpoint, NoiseFloor, RunResult, Suite
+
+if TYPE_CHECKING:
+    from harness.report.summary import StoredReport
 
 log = logging.getLogger(__name__)
 
@@ -143,29 +144,17 @@ def run_trend(
 def rejudge(report_dir: str, policy_file: str | None) -> tuple[Comparison, Path]:
     """``regress gate``: re-judge a stored report's items under a (new) policy, no model run."""
     from harness.report import write_report
-    from harness.types import RunSource
+    from harness.report.summary import load_comparison
 
     d = Path(report_dir)
-    try:
-        summary: Mapping[str, Any] = json.loads((d / "summary.json").read_text())
-        items = pd.read_parquet(d / "items.parquet")
-        base, cand = Checkpoint(**summary["base"]), Checkpoint(**summary["candidate"])
-        suite_name, suite_hash = summary["suite"]["name"], summary["suite"]["hash"]
-        stored_probe = (summary.get("probes") or {}).get("termination")
-        term = ProbeRow.from_dict(stored_probe) if stored_probe else None
-        nf = NoiseFloor(**{**summary["noise_floor"], "batch_sizes": _pair_or_none(summary["noise_floor"])}) \
-            if summary.get("noise_floor") else None  # fmt: skip
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RegressError(f"{report_dir} is not a regress report folder ({type(e).__name__}: {e})") from e
-    policy = _stored_policy(summary, d, policy_file)
+    stored = load_comparison(d)
+    old = stored.comparison
+    policy = _stored_policy(stored, policy_file)
+    items = add_flags(old.items)  # a detector registered since the report was written
     tasks, groups, overall = tables(items)  # groups from the items' group column
-    cmp = Comparison(
-        base, cand, suite_name, suite_hash, summary.get("backend", "?"), items, tasks, overall,
-        judge(tasks, policy, (term,) if term else (), groups, base.fingerprint == cand.fingerprint), policy,
-        warnings=tuple(summary.get("warnings", [])), config_check=tuple(summary.get("config_check") or ()),
-        termination=term, noise_floor=nf, detector=summary.get("detector"), groups=groups,
-        sources={k: RunSource.from_dict(v) for k, v in (summary.get("sources") or {}).items()},
-    )  # fmt: skip
+    probes = (old.termination,) if old.termination else ()
+    verdict = judge(tasks, policy, probes, groups, old.base.fingerprint == old.candidate.fingerprint)
+    cmp = replace(old, items=items, tasks=tasks, overall=overall, verdict=verdict, policy=policy, groups=groups)
     return cmp, write_report(cmp, d)
 
 
@@ -213,18 +202,13 @@ def noise_floor(base_ck: LoadedCheckpoint, suite: Suite, cfg: RunConfig, first: 
     return NoiseFloor(changed, len(a), changed / len(a) if a else 0.0, sizes, changed == 0)
 
 
-def _pair_or_none(stored: Mapping[str, Any]) -> tuple[int, int] | None:
-    sizes = stored.get("batch_sizes")
-    return (int(sizes[0]), int(sizes[1])) if sizes else None
-
-
-def _stored_policy(summary: Mapping[str, Any], d: Path, policy_file: str | None) -> Policy:
+def _stored_policy(stored: StoredReport, policy_file: str | None) -> Policy:
     """The policy a report was judged under, then ``--policy`` on top; for a report that
     does not record one, its suite's, else the defaults."""
-    if "policy" in summary:
-        policy = parse_policy(summary["policy"], where=f"policy in {d / 'summary.json'}")
+    if stored.policy_stored:
+        policy = stored.comparison.policy
         return load_policy_file(policy_file, policy) if policy_file else policy
     try:
-        return build_policy(load_suite(summary["suite"]["name"]), policy_file)
+        return build_policy(load_suite(stored.comparison.suite), policy_file)
     except RegressError:
         return load_policy_file(policy_file) if policy_file else Policy()

@@ -14,22 +14,27 @@ last in that order.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.types import Comparison, TaskRow
 
-METRICS = (
-    ("acc_candidate", "accuracy"),
-    ("nfr", "negative-flip rate"),
-    ("nonterm_rate_candidate", "non-termination rate"),
-    ("stop_drift_mean", "stop-token drift (nats)"),
+
+def nonterm_rate(t: TaskRow) -> float | None:
+    """The candidate's non-termination rate (the registered ``nonterm`` detector's)."""
+    r = t.rate("nonterm")
+    return r.candidate if r else None
+
+
+METRICS: tuple[tuple[Callable[[TaskRow], float | None], str], ...] = (
+    (lambda t: t.acc_candidate, "accuracy"),
+    (lambda t: t.nfr, "negative-flip rate"),
+    (nonterm_rate, "non-termination rate"),
+    (lambda t: t.stop_drift_mean, "stop-token drift (nats)"),
 )
 
 
@@ -56,13 +61,8 @@ def point_from_dict(d: Mapping[str, Any]) -> TrendPoint:
 
 
 def row_from_dict(d: Mapping[str, Any]) -> TaskRow:
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(TaskRow):
-        v = d.get(f.name, f.default)
-        if v is None and f.default is dataclasses.MISSING:
-            v = math.nan
-        values[f.name] = tuple(v) if f.name == "subtasks" else v
-    return TaskRow(**values)
+    """A task row as summary.json and trend.json store it (``TaskRow.from_dict``)."""
+    return TaskRow.from_dict(d)
 
 
 def points_of(paths: list[str], comparisons: list[Comparison]) -> tuple[list[TrendPoint], bool]:
@@ -106,9 +106,9 @@ def _plot(points: list[TrendPoint], xlabel: str) -> str:
     names = [t.name for t in points[0].tasks] if points else []
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.2))
     steps = [p.step for p in points]
-    for ax, (key, label) in zip(axes, METRICS):
+    for ax, (value, label) in zip(axes, METRICS):
         for name in names:
-            ys = [next((getattr(t, key) for t in p.tasks if t.name == name), None) for p in points]
+            ys = [next((value(t) for t in p.tasks if t.name == name), None) for p in points]
             ys = [float("nan") if y is None else y for y in ys]
             ax.plot(steps, ys, marker="o", label=name)
         for p in points:

@@ -12,21 +12,28 @@ Each stage returns new values and never mutates one it was given:
   (full text, generated token ids, finish reason).
 * ``Record``: one row per (checkpoint, task, item), written to the store; ``RunResult``:
   one checkpoint's records and probe values (``runner.evaluate``).
-* The item table (a pandas frame, columns ``compare.ITEM_COLUMNS``), ``TaskRow`` per task
+* The item table (a pandas frame, columns ``compare.item_columns()``), ``TaskRow`` per task
   and overall, ``ProbeRow`` for the termination probe (``compare``).
-* ``Thresholds`` / ``Policy`` (parsed in ``gate``), ``RuleOutcome`` and ``Verdict`` (``gate.judge``).
+* ``RuleOutcome`` and ``Verdict`` (``gate.judge``; the policy's ``Thresholds`` and ``Policy``
+  are derived from the rule registry, ``harness.registry``).
 * ``Comparison``: everything a report needs (``report.write_report``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from harness.registry import Policy
+
+# A JSON object as regress writes it to disk (summary.json, records.jsonl, the report's data):
+# what every ``to_dict`` returns and ``from_dict`` reads.
+JsonObject = dict[str, Any]
 
 FinishReason = Literal["eos", "stop", "length"]
 FINISH_REASONS: tuple[str, ...] = ("eos", "stop", "length")
@@ -84,6 +91,13 @@ class Checkpoint:
 
     path: str
     fingerprint: str
+
+    def to_dict(self) -> JsonObject:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Checkpoint:
+        return cls(str(d["path"]), str(d["fingerprint"]))
 
 
 @dataclass(frozen=True)
@@ -216,9 +230,9 @@ class Record:
 
     @property
     def correct(self) -> bool:
-        return self.score >= 0.5
+        return bool(is_correct(self.score))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         d = asdict(self)
         d["token_ids"] = list(self.token_ids)
         return d
@@ -291,6 +305,25 @@ def _json_number(x: Any) -> Any:
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
+CORRECT_AT = 0.5  # an item is right when its gate-metric score is at least this (0/1 metrics: 1)
+
+
+def is_correct(score: Any) -> Any:
+    """Whether a score counts as right: one place for a float, an array or a column."""
+    return score >= CORRECT_AT
+
+
+@dataclass(frozen=True)
+class DetectorRate:
+    """One registered detector's rates on a row (``harness.registry``): the share of the ``n``
+    items of its kinds it flags for the base and for the candidate."""
+
+    name: str
+    base: float
+    candidate: float
+    n: int
+
+
 @dataclass(frozen=True)
 class TaskRow:
     """The paired measures of one task (or of all items: ``Comparison.overall``).
@@ -298,9 +331,11 @@ class TaskRow:
     Accuracies with Wilson 95% intervals (``_lo``/``_hi``), the paired delta with Newcombe's
     interval, flips (counts, and rates with intervals), the exact two-sided McNemar p (and
     Holm-adjusted across the suite's tasks), the drop detectable with 80% power, output
-    identity and answer change, non-termination, tail-repetition and premature-ending rates
-    of generated items, the generated-length ratio, and the drift means (None where no drift was
-    measured; ``stop_drift_n`` None where the items carry no drift at all).
+    identity and answer change, the generated-length ratio, the drift means (None where no
+    drift was measured; ``stop_drift_n`` None where the items carry no drift at all), and one
+    ``DetectorRate`` per registered detector (``rates``; in summary.json
+    ``<name>_rate_base``/``<name>_rate_candidate``, and ``<name>_n`` where its items are not
+    the generated ones).
     """
 
     name: str
@@ -329,19 +364,12 @@ class TaskRow:
     identity_rate: float
     answer_change_rate: float
     n_generated: int
-    nonterm_rate_base: float
-    nonterm_rate_candidate: float
-    loop_rate_base: float
-    loop_rate_candidate: float
     length_ratio: float
     stop_drift_mean: float | None = None
     stop_drift_n: int | None = None
     answer_drift_mean: float | None = None
     answer_drift_n: int | None = None
-    # Premature endings of generated items (detectors.is_premature): the candidate's are empty
-    # or far earlier than the base's on the same item; the base's own are its empty outputs.
-    premature_rate_base: float = 0.0
-    premature_rate_candidate: float = 0.0
+    rates: tuple[DetectorRate, ...] = ()
     # Groups (lm-eval's mmlu, bbh_zeroshot): a subtask's row names its group; a group's row
     # (``Comparison.groups``, over the pooled items of its subtasks) names its subtasks.
     group: str | None = None
@@ -350,10 +378,13 @@ class TaskRow:
     # carry several metrics or name a gate metric, so there is a choice to name.
     metric: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def rate(self, name: str) -> DetectorRate | None:
+        return next((r for r in self.rates if r.name == name), None)
+
+    def to_dict(self) -> JsonObject:
         """The row as summary.json writes it (drift keys only where drift was measured;
-        group, subtasks and metric only where set)."""
-        d = {k: _json_number(v) for k, v in asdict(self).items()}
+        group, subtasks and metric only where set; detector rates flattened)."""
+        d = {k: _json_number(getattr(self, k)) for k in _TASK_FIELDS}
         for col in ("stop_drift", "answer_drift"):
             if d[f"{col}_n"] is None:
                 del d[f"{col}_mean"], d[f"{col}_n"]
@@ -362,7 +393,52 @@ class TaskRow:
                 del d[key]
         if "subtasks" in d:
             d["subtasks"] = list(d["subtasks"])
+        for r in self.rates:
+            d[f"{r.name}_rate_base"], d[f"{r.name}_rate_candidate"] = _json_number(r.base), _json_number(r.candidate)
+            if r.n != self.n_generated:
+                d[f"{r.name}_n"] = r.n
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TaskRow:
+        """The row ``to_dict`` wrote (a null number reads back as NaN, or inf for the length ratio)."""
+        known = {k: d[k] for k in _TASK_FIELDS if k in d}
+        for k in _FLOAT_FIELDS:
+            if k in known and known[k] is None and k not in ("stop_drift_mean", "answer_drift_mean"):
+                known[k] = math.inf if k == "length_ratio" else math.nan
+        names = [k[: -len("_rate_base")] for k in d if k.endswith("_rate_base")]
+        names = [n for n in names if f"{n}_rate_candidate" in d]
+        rates = tuple(
+            DetectorRate(n, _float(d[f"{n}_rate_base"]), _float(d[f"{n}_rate_candidate"]),
+                         int(d.get(f"{n}_n", d["n_generated"])))
+            for n in names
+        )  # fmt: skip
+        return cls(**{**known, "subtasks": tuple(known.get("subtasks") or ()), "rates": rates})
+
+
+def _float(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+_TASK_FIELDS = tuple(f.name for f in fields(TaskRow) if f.name != "rates")
+_FLOAT_FIELDS = tuple(f.name for f in fields(TaskRow) if f.type in ("float", "float | None"))
+
+
+def gated_units(tasks: Sequence[TaskRow], groups: Sequence[TaskRow]) -> tuple[TaskRow, ...]:
+    """The gated rows in suite order: each standalone task, and each group where its first
+    subtask stands (its subtasks folded under it); a group none of whose subtasks is among
+    ``tasks`` comes last. Without groups: ``tasks``. The one definition of the order the gate
+    judges, Holm counts and the reports show."""
+    by_name = {g.name: g for g in groups}
+    out: list[TaskRow] = []
+    placed: set[str] = set()
+    for t in tasks:
+        if t.group is None or t.group not in by_name:
+            out.append(t)
+        elif t.group not in placed:
+            placed.add(t.group)
+            out.append(by_name[t.group])
+    return (*out, *(g for g in groups if g.name not in placed))
 
 
 @dataclass(frozen=True)
@@ -404,7 +480,15 @@ class ProbeRow:
     candidate: TerminationStats
     examples: tuple[ProbeExample, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
+    def rate(self, name: str) -> DetectorRate | None:
+        """The probe measures two detectors' rates: ``nonterm`` and ``loop``."""
+        if name == "nonterm":
+            return DetectorRate(name, self.nonterm_rate_base, self.nonterm_rate_candidate, self.n_generated)
+        if name == "loop":
+            return DetectorRate(name, self.loop_rate_base, self.loop_rate_candidate, self.n_generated)
+        return None
+
+    def to_dict(self) -> JsonObject:
         return {**asdict(self), "probe": True}
 
     @classmethod
@@ -432,6 +516,15 @@ class NoiseFloor:
     batch_sizes: tuple[int, int] | None
     bitwise_repeatable: bool
 
+    def to_dict(self) -> JsonObject:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> NoiseFloor:
+        sizes = d.get("batch_sizes")
+        pair = (int(sizes[0]), int(sizes[1])) if sizes else None
+        return cls(int(d["changed"]), int(d["n"]), float(d["rate"]), pair, bool(d["bitwise_repeatable"]))
+
     def note(self) -> str:
         how = (
             f"(batch sizes {self.batch_sizes[0]} and {self.batch_sizes[1]}, reversed order)"
@@ -450,60 +543,6 @@ class NoiseFloor:
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    """The gate's limits for one task (see ``harness.gate`` for each rule)."""
-
-    max_acc_drop: float = 0.01
-    max_negative_flip_rate: float = 0.02
-    nfr_net_loss_only: bool = True
-    max_nonterm_rise: float = 0.01
-    max_loop_rise: float = 0.01
-    max_premature_rise: float = 0.01
-    min_stop_drift: float = -1.0
-    min_identity_rate: float | None = None
-    max_detectable_drop: float = 0.05
-    alpha: float = 0.05
-    noise_floor: float = 0.0
-    max_subtask_drop: float = 0.10
-
-
-DEFAULT_SEVERITY: Mapping[str, str] = {
-    "acc_drop": "FAIL",
-    "negative_flips": "FAIL",
-    "nonterm": "FAIL",
-    "loops": "FAIL",
-    "premature": "FAIL",
-    "stop_drift": "WARN",
-    "identity": "WARN",
-    "inconclusive": "WARN",
-    "subtask_collapse": "FAIL",
-}
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Default thresholds, per-task overrides (only the keys a task sets), rule severities.
-
-    A task's own setting wins over the global one; a later layer (``--policy`` over the
-    suite's block over the code defaults) wins over an earlier one at the same level.
-    Built and checked by ``gate.parse_policy``.
-    """
-
-    defaults: Thresholds = field(default_factory=Thresholds)
-    tasks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    severity: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_SEVERITY))
-
-    def for_task(self, name: str) -> Thresholds:
-        own = self.tasks.get(name)
-        return replace(self.defaults, **own) if own else self.defaults
-
-    def for_subtask(self, name: str, group: str) -> Thresholds:
-        """A subtask's limits: its group's, with the subtask's own settings on top."""
-        own = self.tasks.get(name)
-        return replace(self.for_task(group), **own) if own else self.for_task(group)
-
-
-@dataclass(frozen=True)
 class RuleOutcome:
     """One rule on one gated row: whether it fired, the measured value, its limit, the numbers."""
 
@@ -515,6 +554,13 @@ class RuleOutcome:
     threshold: float | None
     message: str
     p_value: float | None = None
+
+    def to_dict(self) -> JsonObject:
+        return {k: _json_number(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RuleOutcome:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 @dataclass(frozen=True)
@@ -561,15 +607,5 @@ class Comparison:
 
     @property
     def units(self) -> tuple[TaskRow, ...]:
-        """The gated rows in suite order: each standalone task, and each group where its first
-        subtask stands (its subtasks folded under it). Without groups: ``tasks``."""
-        by_name = {g.name: g for g in self.groups}
-        out: list[TaskRow] = []
-        placed: set[str] = set()
-        for t in self.tasks:
-            if t.group is None or t.group not in by_name:
-                out.append(t)
-            elif t.group not in placed:
-                placed.add(t.group)
-                out.append(by_name[t.group])
-        return (*out, *(g for g in self.groups if g.name not in placed))
+        """The gated rows in suite order (``gated_units``)."""
+        return gated_units(self.tasks, self.groups)

@@ -39,7 +39,7 @@ from typing import Any
 from harness.config import RunConfig
 from harness.errors import RegressError
 from harness.store import atomic_write
-from harness.trend import TrendPoint, point_from_dict, point_to_dict, row_from_dict, write_trend
+from harness.trend import TrendPoint, nonterm_rate, point_from_dict, point_to_dict, row_from_dict, write_trend
 
 STATE_FILE = "watch.json"
 STATE_VERSION = 1
@@ -127,10 +127,10 @@ def metrics_of(point: TrendPoint) -> dict[str, float]:
     """The numbers a trainer logs for one gated checkpoint (``regress/verdict``: 0 pass, 1 warn, 2 fail)."""
     o = point.overall
     logs = {"regress/verdict": float(LEVELS.get(point.verdict, 2)), "regress/accuracy": o.acc_candidate,
-            "regress/nfr": o.nfr, "regress/nonterm": o.nonterm_rate_candidate}  # fmt: skip
+            "regress/nfr": o.nfr, "regress/nonterm": nonterm_rate(o) or 0.0}  # fmt: skip
     for t in point.tasks:
         logs |= {f"regress/{t.name}/accuracy": t.acc_candidate, f"regress/{t.name}/nfr": t.nfr,
-                 f"regress/{t.name}/nonterm": t.nonterm_rate_candidate}  # fmt: skip
+                 f"regress/{t.name}/nonterm": nonterm_rate(t) or 0.0}  # fmt: skip
     return logs
 
 
@@ -139,7 +139,7 @@ def line_of(point: TrendPoint, report: Path) -> str:
     o = point.overall
     return (
         f"  step {point.step:>8}  {point.verdict:4s}  acc {o.acc_candidate:.3f}  NFR {o.nfr:.3f}  "
-        f"non-term {o.nonterm_rate_candidate:.3f}  {point.path}  report: {report}"
+        f"non-term {nonterm_rate(o) or 0.0:.3f}  {point.path}  report: {report}"
     )
 
 

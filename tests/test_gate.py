@@ -19,16 +19,16 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from harness import compare, gate, stats
+from harness import compare, gate, registry, stats
 from harness.cli import main
 from harness.errors import PolicyError
-from harness.types import Checkpoint, Comparison, ProbeRow, TaskRow, TerminationStats
+from harness.types import Checkpoint, Comparison, DetectorRate, ProbeRow, TaskRow, TerminationStats
 
 # -- a comparison from cell counts ----------------------------------------------------
 
 
 def items_frame(spec: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """Item frame (``compare.ITEM_COLUMNS``) from, per task: ``cells`` = (both, neg, pos,
+    """Item frame (``compare.item_columns()``) from, per task: ``cells`` = (both, neg, pos,
     neither) and optionally ``nonterm`` = (base count, candidate count) of items that ran to
     the token limit (the candidate's also loop), ``changed`` = how many of the agreeing
     items still changed their output text."""
@@ -83,7 +83,7 @@ def items_frame(spec: dict[str, dict[str, Any]]) -> pd.DataFrame:
                 }
             )  # fmt: skip
         )
-    return compare.add_premature(pd.concat(frames, ignore_index=True))[list(compare.ITEM_COLUMNS)]
+    return compare.add_flags(pd.concat(frames, ignore_index=True))[list(compare.item_columns())]
 
 
 def make_comparison(spec: dict[str, dict[str, Any]], policy: gate.Policy | None = None) -> Comparison:
@@ -98,7 +98,13 @@ def make_comparison(spec: dict[str, dict[str, Any]], policy: gate.Policy | None 
 
 def row(name: str, cells: tuple[int, int, int, int], **extra: Any) -> TaskRow:
     """One task row as compare.task_table makes it from the 2x2 ``cells`` (both, neg, pos,
-    neither) of items that all agree in output unless they flipped, with ``extra`` fields set."""
+    neither) of items that all agree in output unless they flipped, with ``extra`` fields set
+    (a detector's rates as summary.json names them: ``nonterm_rate_candidate=0.05``)."""
+    rates = {d.name: [0.0, 0.0] for d in registry.detectors()}
+    for key in list(extra):
+        for suffix, side in (("_rate_base", 0), ("_rate_candidate", 1)):
+            if key.endswith(suffix) and key[: -len(suffix)] in rates:
+                rates[key[: -len(suffix)]][side] = extra.pop(key)
     both, neg, pos, neither = cells
     base = np.repeat([1, 1, 0, 0], cells)
     cand = np.repeat([1, 0, 1, 0], cells)
@@ -108,10 +114,10 @@ def row(name: str, cells: tuple[int, int, int, int], **extra: Any) -> TaskRow:
         name=name, **s,  # type: ignore[arg-type]
         mcnemar_p_holm=s["mcnemar_p"], identical_outputs=both + neither,
         identity_rate=(both + neither) / n if n else 1.0, answer_change_rate=(neg + pos) / n if n else 0.0,
-        n_generated=0, nonterm_rate_base=0.0, nonterm_rate_candidate=0.0,
-        loop_rate_base=0.0, loop_rate_candidate=0.0, length_ratio=1.0,
+        n_generated=0, length_ratio=1.0,
     )  # fmt: skip
-    return replace(r, **extra)
+    r = replace(r, **extra)
+    return replace(r, rates=tuple(DetectorRate(name, b, c, r.n_generated) for name, (b, c) in rates.items()))
 
 
 def probe_row(n: int, nonterm: float, loops: float) -> ProbeRow:
@@ -161,7 +167,7 @@ def test_override_sets_a_value_for_every_task() -> None:
     q = gate.override(p, noise_floor=0.03)
     assert q.for_task("a").noise_floor == q.for_task("b").noise_floor == 0.03
     assert q.for_task("a").alpha == 0.01
-    with pytest.raises(PolicyError, match="'noise_floor' must be in"):
+    with pytest.raises(PolicyError, match="'noise_floor' must be at least 0 and at most 1"):
         gate.override(p, noise_floor=2)
     with pytest.raises(PolicyError, match="unknown policy key 'noise'"):
         gate.override(p, noise=0.1)
@@ -189,8 +195,8 @@ def test_severity_levels() -> None:
         ({"max_acc_drop": "1%"}, "'max_acc_drop' must be a number"),
         ({"max_acc_drop": True}, "'max_acc_drop' must be a number"),
         ({"max_acc_drop": float("nan")}, "'max_acc_drop' must be a number"),
-        ({"max_acc_drop": 5}, "'max_acc_drop' must be in [0, 1]"),
-        ({"alpha": 0}, "'alpha' must be in (0, 0.25]"),
+        ({"max_acc_drop": 5}, "'max_acc_drop' must be at least 0 and at most 1 (got 5)"),
+        ({"alpha": 0}, "'alpha' must be above 0 and at most 0.25 (got 0)"),
         ({"min_stop_drift": None}, "'min_stop_drift' must be a number"),
         ({"nfr_net_loss_only": "yes"}, "'nfr_net_loss_only' must be true or false"),
         ({"tasks": ["demo_add"]}, "'tasks' must map task names"),

@@ -263,7 +263,7 @@ def test_suite_without_groups_keeps_its_shape() -> None:
     plain = [replace(r, metrics={r.metric: r.score}) for r in base if r.task != GSM]
     plain_c = [replace(r, metrics={r.metric: r.score}) for r in cand if r.task != GSM]
     items, _ = compare.pair(plain, plain_c)
-    assert list(items.columns) == list(compare.ITEM_COLUMNS)
+    assert list(items.columns) == list(compare.item_columns())
     tasks, groups, overall = compare.tables(items)
     assert groups == () and all(t.group is None and t.metric is None for t in tasks)
     assert compare.task_table(items) == (tasks, overall)

@@ -56,7 +56,7 @@ def test_early_eot_is_flagged_on_sort(demo, early_eot, session_store, tmp_path_f
     md = (d / "report.md").read_text()
     assert "ends early" in md
     html = (d / "report.html").read_text()
-    assert 'id="f-premature"' in html and '"pe":true' in html
+    assert 'id="f-premature"' in html and '"dc":["premature"]' in html
 
 
 @pytest.mark.parametrize("ft", ["ft-identical", "ft-answer-only"])

@@ -6,14 +6,17 @@
   var D = JSON.parse(document.getElementById("flip-data").textContent);
   var TASKS = D.tasks, ITEMS = D.items, PAGE = 40;
   var GROUPS = D.groups || []; // [name, [task index, ...]]: a group filters on all its subtasks
+  var FLAGS = {}; // each registered detector: name -> {label, badge}
+  (D.flags || []).forEach(function (f) { FLAGS[f[0]] = { label: f[1], badge: f[2] }; });
+  var CORRECT_AT = D.correct_at;
   var KIND = { neg: "negative flip", pos: "positive flip", chg: "changed" };
   function $(id) { return document.getElementById(id); }
   var ui = {
-    task: $("f-task"), kind: $("f-kind"), loops: $("f-loops"), premature: $("f-premature"), q: $("f-q"),
+    task: $("f-task"), kind: $("f-kind"), flags: document.querySelectorAll("input.f-flag"), q: $("f-q"),
     list: $("flip-list"),
     count: $("f-count"), prev: $("f-prev"), next: $("f-next"), page: $("f-page")
   };
-  var st = { task: -1, group: null, kind: "", loops: false, premature: false, q: "", page: 0 };
+  var st = { task: -1, group: null, kind: "", flags: [], q: "", page: 0 };
   var shown = ITEMS;
 
   function el(tag, cls, text) {
@@ -59,8 +62,7 @@
     if (st.task >= 0 && it.t !== st.task) return false;
     if (st.group && !st.group[it.t]) return false;
     if (st.kind && it.k !== st.kind) return false;
-    if (st.loops && !it.lp) return false;
-    if (st.premature && !it.pe) return false;
+    for (var i = 0; i < st.flags.length; i++) if (it.dc.indexOf(st.flags[i]) < 0) return false;
     if (st.q && haystack(it).indexOf(st.q) < 0) return false;
     return true;
   }
@@ -90,7 +92,7 @@
 
   function scoreMark(score) {
     if (score === null || score === undefined) return el("span", null, "");
-    return score >= 0.5 ? el("span", "ok", "\u2713 right") : el("span", "ko", "\u2717 wrong");
+    return score >= CORRECT_AT ? el("span", "ok", "\u2713 right") : el("span", "ko", "\u2717 wrong");
   }
 
   function pane(it, side) {
@@ -118,10 +120,10 @@
     if (!it[side].length && !diverges) pre.appendChild(el("span", "gap", "(empty output)"));
     p.appendChild(pre);
     if (!base && it.lp) p.appendChild(loopInfo(it.lp));
-    if (base && it.lb) p.appendChild(el("div", "loop", "base output also ends in a tail loop"));
-    if (!base && it.pe) {
-      p.appendChild(el("div", "loop", it.pb ? "ended empty (so did the base)"
-        : "premature ending: empty, or far earlier than the base's output"));
+    if (base) {
+      it.db.forEach(function (name) {
+        p.appendChild(el("div", "loop", "base output flagged too: " + FLAGS[name].label));
+      });
     }
     return p;
   }
@@ -148,8 +150,9 @@
     h.appendChild(el("span", "badge " + it.k, KIND[it.k]));
     h.appendChild(el("span", "task", TASKS[it.t]));
     h.appendChild(el("span", "iid", "item " + it.id));
-    if (it.lp) h.appendChild(el("span", "badge loop", "candidate loops"));
-    if (it.pe && !it.pb) h.appendChild(el("span", "badge loop", "ends early"));
+    it.dc.forEach(function (name) { // flagged on the candidate, not on the base
+      if (FLAGS[name].badge && it.db.indexOf(name) < 0) h.appendChild(el("span", "badge loop", FLAGS[name].badge));
+    });
     if (it.dv < 0) h.appendChild(el("span", "badge", "outputs identical"));
     else h.appendChild(el("span", "badge", "diverge at character " + fmt(it.dv)));
     c.appendChild(h);
@@ -203,8 +206,8 @@
     }
     st.task = g ? -1 : parseInt(ui.task.value, 10);
     st.kind = ui.kind.value;
-    st.loops = ui.loops.checked;
-    st.premature = ui.premature.checked;
+    st.flags = [];
+    Array.prototype.forEach.call(ui.flags, function (f) { if (f.checked) st.flags.push(f.getAttribute("data-flag")); });
     st.q = ui.q.value.trim().toLowerCase();
     shown = ITEMS.filter(match);
     st.page = 0;
@@ -214,8 +217,7 @@
   var timer = null;
   ui.task.addEventListener("change", apply);
   ui.kind.addEventListener("change", apply);
-  ui.loops.addEventListener("change", apply);
-  ui.premature.addEventListener("change", apply);
+  Array.prototype.forEach.call(ui.flags, function (f) { f.addEventListener("change", apply); });
   ui.q.addEventListener("input", function () {
     clearTimeout(timer);
     timer = setTimeout(apply, 150);

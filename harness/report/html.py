@@ -38,10 +38,12 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from harness import __version__, detectors
+from harness import __version__, detectors, registry
+from harness.compare import BASE_COLUMNS
 from harness.report import plots
 from harness.report.summary import SCHEMA_VERSION
-from harness.types import Comparison, RuleOutcome, TaskRow
+from harness.text import pct, pts
+from harness.types import CORRECT_AT, Comparison, JsonObject, RuleOutcome, TaskRow
 
 MAX_SAMPLE = 300  # positive flips and other changed answers shown (seeded samples)
 DATA_BUDGET = 3_500_000  # bytes of explorer JSON; the rest of the page is ~0.5 MB
@@ -50,7 +52,16 @@ SEED = 0
 # explorer's data fits DATA_BUDGET.
 CAP_LEVELS = ((2000, 400, 4000), (1000, 300, 2000), (600, 200, 1000), (300, 120, 500), (160, 80, 240))
 _ID_CAP, _ANSWER_CAP, _UNIT_CAP = 200, 200, 120
-DEGENERATION_TITLE = "Non-termination, tail repetition and premature endings"
+
+
+def degeneration_title() -> str:
+    """The degeneration plot's caption: the registered detectors' labels ("Non-termination,
+    tail repetition and premature endings")."""
+    labels = [d.label.split(" (")[0] for d in registry.detectors()]
+    text = ", ".join(labels[:-1]) + (" and " if len(labels) > 1 else "") + labels[-1]
+    return text[:1].upper() + text[1:]
+
+
 _DRIFT_COLS: tuple[tuple[str, Callable[[TaskRow], float | None]], ...] = (
     ("stop drift", lambda t: t.stop_drift_mean),
     ("answer drift", lambda t: t.answer_drift_mean),
@@ -120,11 +131,11 @@ def _finite(x: Any) -> bool:
 
 
 def _pct(x: Any, digits: int = 1) -> str:
-    return f"{100 * float(x):.{digits}f}%" if _finite(x) else "–"
+    return pct(x, digits, missing="–")
 
 
 def _pts(x: Any) -> str:
-    return f"{100 * float(x):+.1f}" if _finite(x) else "–"
+    return pts(x, unit="", missing="–")
 
 
 def _fmt(x: Any, spec: str = ".3f") -> str:
@@ -212,7 +223,7 @@ def output_segments(text: str, div: int, cap: int) -> list[list[Any]]:
     return _split(shared, 0, s_cap, 0.25) + _split(rest, 1, cap - s_cap, 0.7)
 
 
-def _loop_info(row: Mapping[str, Any], cand: str) -> dict[str, Any] | None:
+def _loop_info(row: Mapping[str, Any], cand: str) -> JsonObject | None:
     """The candidate's tail loop for display: its unit as text, repeats, start character."""
     if not _true(row.get("loop_cand")):
         return None
@@ -250,7 +261,7 @@ def _num(x: Any) -> float | None:
     return round(float(x), 4) if _finite(x) else None
 
 
-def _item(row: Mapping[str, Any], task_idx: int, kind: str, caps: tuple[int, int, int]) -> dict[str, Any]:
+def _item(row: Mapping[str, Any], task_idx: int, kind: str, caps: tuple[int, int, int]) -> JsonObject:
     """One explorer item (short keys keep 10,000-item pages small)."""
     cp, ct, co = caps
     b, c = _raw(row["output_base"]), _raw(row["output_cand"])
@@ -271,9 +282,9 @@ def _item(row: Mapping[str, Any], task_idx: int, kind: str, caps: tuple[int, int
         "fc": clean(_raw(row["finish_cand"])[:20]),
         "nb": _int(row["ntok_base"]),
         "nc": _int(row["ntok_cand"]),
-        "lb": _true(row.get("loop_base")),
-        "pe": _true(row.get("premature_cand")),  # the candidate ended empty or far earlier than the base
-        "pb": _true(row.get("premature_base")),
+        # the registered detectors that flag the base's output and the candidate's
+        "db": [d.name for d in registry.detectors() if _true(row.get(f"{d.name}_base"))],
+        "dc": [d.name for d in registry.detectors() if _true(row.get(f"{d.name}_cand"))],
         "lp": _loop_info(row, c),
         "dv": -1 if same else div,
         "b": output_segments(b, div, co),
@@ -290,12 +301,10 @@ def _pools(items: pd.DataFrame) -> dict[str, np.ndarray]:
             return np.zeros(len(items), dtype=bool)
         return items[name].fillna(False).astype(bool).to_numpy()
 
-    other = (flip == "") & (
-        col("answer_changed")
-        | (col("loop_cand") & ~col("loop_base"))
-        | (col("nonterm_cand") & ~col("nonterm_base"))
-        | (col("premature_cand") & ~col("premature_base"))
-    )
+    changed = col("answer_changed")
+    for d in registry.detectors():  # or a detector flags the candidate and not the base
+        changed = changed | (col(f"{d.name}_cand") & ~col(f"{d.name}_base"))
+    other = (flip == "") & changed
     return {"neg": np.flatnonzero(flip == "neg"), "pos": np.flatnonzero(flip == "pos"), "chg": np.flatnonzero(other)}
 
 
@@ -308,12 +317,9 @@ def _estimate(lengths: dict[str, np.ndarray], caps: tuple[int, int, int]) -> flo
     return 1.15 * total
 
 
-_ROW_COLUMNS = (
-    "task", "item_id", "kind", "prompt", "target", "output_base", "output_cand", "answer_base", "answer_cand",
-    "score_base", "score_cand", "finish_base", "finish_cand", "ntok_base", "ntok_cand",
-    "loop_base", "loop_cand", "loop_unit_cand", "loop_repeats_cand", "loop_start_cand",
-    "premature_base", "premature_cand",
-)  # fmt: skip
+def _row_columns() -> tuple[str, ...]:
+    """The item columns the explorer reads: the item's own and every registered detector's."""
+    return (*BASE_COLUMNS, *(c for d in registry.detectors() for c in d.columns))
 
 
 def explorer_data(
@@ -321,7 +327,7 @@ def explorer_data(
     tasks: list[str],
     budget: int = DATA_BUDGET,
     groups: Sequence[tuple[str, Sequence[str]]] = (),
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, JsonObject]:
     """The explorer's JSON (script-safe) and notes on what it holds.
 
     Every negative flip and up to MAX_SAMPLE positive flips and other changed answers
@@ -335,14 +341,19 @@ def explorer_data(
         order[k] = order[k][:MAX_SAMPLE]
     wanted = [(k, int(pos)) for k in ("neg", "pos", "chg") for pos in order[k]]
     rows = np.array([pos for _, pos in wanted], dtype=int)
-    cols = {c: items[c].take(rows).to_numpy(dtype=object) for c in _ROW_COLUMNS if c in items.columns}
+    cols = {c: items[c].take(rows).to_numpy(dtype=object) for c in _row_columns() if c in items.columns}
     lengths = {
         c: np.fromiter((len(v) if isinstance(v, str) else 0 for v in cols[c]), dtype=np.int64, count=len(rows))
         for c in ("prompt", "target", "output_base", "output_cand")
     }
     level = next((i for i, lv in enumerate(CAP_LEVELS) if _estimate(lengths, lv) <= budget), len(CAP_LEVELS) - 1)
     task_idx = {t: i for i, t in enumerate(tasks)}
-    listing: dict[str, Any] = {"tasks": [clean(t) for t in tasks]}
+    listing: JsonObject = {
+        "tasks": [clean(t) for t in tasks],
+        "correct_at": CORRECT_AT,
+        # each registered detector: [name, label, badge or null]
+        "flags": [[d.name, d.label, d.badge] for d in registry.detectors()],
+    }
     if groups:  # [name, [task index, ...]]: the task filter offers each group as a whole
         listing["groups"] = [[clean(g), [task_idx[t] for t in subs if t in task_idx]] for g, subs in groups]
     head = script_json(listing)[:-1] + ',"items":['
@@ -398,7 +409,7 @@ def render_html(cmp: Comparison) -> str:
         ("plot-accuracy", "Accuracy per task", plots.accuracy_plot(units)),
         ("plot-flips", "Flips per task", plots.flips_plot(units)),
         ("plot-lengths", "Output length", plots.lengths_plot(items)),
-        ("plot-degeneration", DEGENERATION_TITLE, plots.degeneration_plot(units)),
+        ("plot-degeneration", degeneration_title(), plots.degeneration_plot(units, registry.detectors())),
         ("plot-stop-drift", "Stop-token drift", plots.stop_drift_plot(items)),
     ]
     css, js = _asset("report.css"), _asset("explorer.js")
@@ -418,6 +429,7 @@ def render_html(cmp: Comparison) -> str:
         subtasks_of=subtasks_of,
         show_metric=any(t.metric for t in (*cmp.tasks, *cmp.groups)),
         overall=cmp.overall,
+        detectors=registry.detectors(),
         drift_cols=drift_cols,
         plots=[(pid, title, uri) for pid, title, uri in plot_list if uri],
         notes=notes,

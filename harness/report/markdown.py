@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from harness import registry
+from harness.text import pct
 from harness.types import Comparison, TaskRow
 
 MAX_REASONS = 10
@@ -57,10 +59,6 @@ def _line(s: str) -> str:
     return s if len(s) <= MAX_LINE else s[: MAX_LINE - 1] + "…"
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
 def _task_levels(cmp: Comparison) -> dict[str, str]:
     levels: dict[str, str] = {}
     for r in cmp.verdict.results:
@@ -74,14 +72,13 @@ def _task_row(t: TaskRow, level: str, metric: bool = False, prefix: str = "") ->
     if t.subtasks:
         name += f" (group of {len(t.subtasks)})"
     metric_cell = f" {_code(t.metric, 40) if t.metric else ''} |" if metric else ""
+    rates = [t.rate(d.name) for d in registry.detectors()]  # one column per registered detector
     return (
         f"| {prefix}{_ICON.get(level, '')} {name} |{metric_cell} {t.n} | "
-        f"{_pct(t.acc_base)} | {_pct(t.acc_candidate)} | "
+        f"{pct(t.acc_base)} | {pct(t.acc_candidate)} | "
         f"{100 * t.delta:+.1f} [{100 * t.delta_lo:+.1f}, {100 * t.delta_hi:+.1f}] | "
-        f"{t.negative_flips} | {t.positive_flips} | {_pct(t.identity_rate)} | "
-        f"{_pct(t.nonterm_rate_base)}→{_pct(t.nonterm_rate_candidate)} | "
-        f"{_pct(t.loop_rate_base)}→{_pct(t.loop_rate_candidate)} | "
-        f"{_pct(t.premature_rate_base)}→{_pct(t.premature_rate_candidate)} |"
+        f"{t.negative_flips} | {t.positive_flips} | {pct(t.identity_rate)} |"
+        + "".join(f" {pct(r.base)}→{pct(r.candidate)} |" if r else " n/a |" for r in rates)
     )
 
 
@@ -99,7 +96,7 @@ def _task_table(cmp: Comparison, levels: dict[str, str]) -> list[str]:
     metric = any(t.metric for t in (*cmp.tasks, *cmp.groups))
     header = [
         "task", *(["metric"] if metric else []), "n", "acc base", "acc cand", "Δ pts (95% CI)", "−flips", "+flips",
-        "identical", "non-term", "loops", "ends early",
+        "identical", *(d.column for d in registry.detectors()),
     ]  # fmt: skip
     right = {"n", "acc base", "acc cand", "−flips", "+flips", "identical"}  # numbers: right-aligned
     blank = " |" * (len(header) - 1)

@@ -1,7 +1,7 @@
 """Plots for the report, rendered with matplotlib (Agg) to embedded PNG data URIs.
 
 Each function takes the comparison's ``TaskRow``s (``compare.task_table``) or its item frame
-(``compare.ITEM_COLUMNS``) and returns a ``data:image/png;base64,...`` string, or None
+(``compare.item_columns()``) and returns a ``data:image/png;base64,...`` string, or None
 where there is nothing to plot (no generated items, no stop-drift column)::
 
     uri = plots.accuracy_plot(cmp.tasks)
@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
+from harness.registry import Detector  # noqa: E402
 from harness.types import TaskRow  # noqa: E402
 
 BASE_COLOR, CAND_COLOR = "#4C72B0", "#DD8452"
@@ -131,26 +132,26 @@ def flips_plot(rows: Sequence[TaskRow]) -> str:
     return to_data_uri(fig)
 
 
-def degeneration_plot(tasks: Sequence[TaskRow]) -> str | None:
-    """Non-termination, tail-repetition and premature-ending rates per task, base vs candidate."""
+def degeneration_plot(tasks: Sequence[TaskRow], detectors: Sequence[Detector]) -> str | None:
+    """One panel per registered detector (its ``plot`` title): its rate per task, base vs candidate."""
     rows = [t for t in tasks if t.n_generated]
-    if not rows:
+    if not rows or not detectors:
         return None
-    fig, axes = _per_task_axes(len(rows), ncols=3, width=4.2)
-    panels: tuple[tuple[Any, Rates, str], ...] = (
-        (axes[0][0], lambda t: (t.nonterm_rate_base, t.nonterm_rate_candidate), "Non-termination (ran to token limit)"),
-        (axes[0][1], lambda t: (t.loop_rate_base, t.loop_rate_candidate), "Tail repetition (output ends in a loop)"),
-        (axes[0][2], lambda t: (t.premature_rate_base, t.premature_rate_candidate),
-         "Premature ending (empty or cut short)"),
-    )  # fmt: skip
-    for ax, rates, title in panels:
+    fig, axes = _per_task_axes(len(rows), ncols=len(detectors), width=4.2)
+    for i, d in enumerate(detectors):
+        ax = axes[0][i]
+
+        def rates(t: TaskRow, name: str = d.name) -> tuple[float, float]:
+            r = t.rate(name)
+            return (r.base, r.candidate) if r else (0.0, 0.0)
+
         _paired_bars(ax, rows, rates)
         top = max(max(_num(r) for t in rows for r in rates(t)) * 100, 1.0)
         ax.set_xlim(0, min(100.0, top * 1.2) if top < 80 else 102)
         ax.set_xlabel("% of generated outputs")
-        ax.set_title(title, fontsize=10)
-    axes[0][1].set_yticklabels([])
-    axes[0][2].set_yticklabels([])
+        ax.set_title(d.plot, fontsize=10)
+        if i:
+            ax.set_yticklabels([])
     _legend(fig, axes[0][0])
     return to_data_uri(fig)
 

@@ -9,6 +9,7 @@ from harness.report.html import render_html
 from harness.report.markdown import render_markdown
 from harness.report.summary import build_summary
 from harness.store import atomic_folder
+from harness.text import utf8
 from harness.types import Comparison
 
 
@@ -17,7 +18,7 @@ def _items_for_parquet(cmp: Comparison):  # type: ignore[no-untyped-def]
     for col in df.columns:
         if df[col].dtype == object:
             # untrusted text: keep it, but make it valid UTF-8 for Arrow
-            df[col] = df[col].map(lambda v: v.encode("utf-8", "replace").decode("utf-8") if isinstance(v, str) else v)
+            df[col] = df[col].map(lambda v: utf8(v) if isinstance(v, str) else v)
     return df
 
 
