@@ -322,6 +322,19 @@ def _row_columns() -> tuple[str, ...]:
     return (*BASE_COLUMNS, *(c for d in registry.detectors() for c in d.columns))
 
 
+def _listing(tasks: list[str], task_idx: Mapping[str, int], groups: Sequence[tuple[str, Sequence[str]]]) -> JsonObject:
+    """What the explorer needs besides its items: task names, groups, the score that counts as
+    right, and each registered detector as [name, label, badge or null]."""
+    listing: JsonObject = {
+        "tasks": [clean(t) for t in tasks],
+        "correct_at": CORRECT_AT,
+        "flags": [[d.name, d.label, d.badge] for d in registry.detectors()],
+    }
+    if groups:  # [name, [task index, ...]]: the task filter offers each group as a whole
+        listing["groups"] = [[clean(g), [task_idx[t] for t in subs if t in task_idx]] for g, subs in groups]
+    return listing
+
+
 def explorer_data(
     items: pd.DataFrame,
     tasks: list[str],
@@ -348,14 +361,7 @@ def explorer_data(
     }
     level = next((i for i, lv in enumerate(CAP_LEVELS) if _estimate(lengths, lv) <= budget), len(CAP_LEVELS) - 1)
     task_idx = {t: i for i, t in enumerate(tasks)}
-    listing: JsonObject = {
-        "tasks": [clean(t) for t in tasks],
-        "correct_at": CORRECT_AT,
-        # each registered detector: [name, label, badge or null]
-        "flags": [[d.name, d.label, d.badge] for d in registry.detectors()],
-    }
-    if groups:  # [name, [task index, ...]]: the task filter offers each group as a whole
-        listing["groups"] = [[clean(g), [task_idx[t] for t in subs if t in task_idx]] for g, subs in groups]
+    listing = _listing(tasks, task_idx, groups)
     head = script_json(listing)[:-1] + ',"items":['
     while True:
         caps = CAP_LEVELS[level]
