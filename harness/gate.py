@@ -140,6 +140,7 @@ from harness.registry import (
     Threshold,
     Thresholds,
     ThresholdValue,
+    default_severity,
     p_drop,
     p_rise,
     register_threshold,
@@ -161,7 +162,7 @@ class _DefaultSeverity(Mapping[str, str]):
     """Each registered rule's default severity (a live view of the registry)."""
 
     def __getitem__(self, key: str) -> str:
-        return {r.name: r.severity for r in rules()}[key]
+        return default_severity()[key]
 
     def __iter__(self) -> Iterator[str]:
         return iter([r.name for r in rules()])

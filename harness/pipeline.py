@@ -176,8 +176,9 @@ def comparison_of(
     # a registered task read from a local copy that is not the original (HellaSwag: approximate; TriviaQA: subset)
     notes += tuple(dict.fromkeys(f"{t.group or t.name}: local data: {t.fidelity}" for t in suite.tasks if t.fidelity))
     return Comparison(
-        base.checkpoint, cand.checkpoint, suite.name, suite.content_hash, backend, items, tasks, overall, verdict,
-        policy, warnings=(*warnings, *findings, *notes), config_check=findings, termination=term, noise_floor=nf,
+        base=base.checkpoint, candidate=cand.checkpoint, suite=suite.name, suite_hash=suite.content_hash,
+        backend=backend, items=items, tasks=tasks, overall=overall, verdict=verdict, policy=policy,
+        warnings=(*warnings, *findings, *notes), config_check=findings, termination=term, noise_floor=nf,
         detector=detectors.table_scores(), groups=groups,
     )  # fmt: skip
 

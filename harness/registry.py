@@ -110,8 +110,14 @@ class Detector:
 _DETECTORS: dict[str, Detector] = {}
 
 
+def _builtins() -> None:
+    """Import the modules that register the built-ins (once; a no-op while they import)."""
+    import harness.gate  # noqa: F401  (imports harness.detectors too)
+
+
 def detectors() -> tuple[Detector, ...]:
     """The registered detectors, in registration order."""
+    _builtins()
     return tuple(_DETECTORS.values())
 
 
@@ -237,6 +243,7 @@ _CACHE = _Derived()
 
 def rules(scope: str | None = None) -> tuple[Rule, ...]:
     """The registered rules in output order (``rank``, then registration), of one scope or all."""
+    _builtins()
     if _CACHE.rules is None:
         _CACHE.rules = tuple(r for _, r in sorted(enumerate(_RULES.values()), key=lambda ir: (ir[1].rank, ir[0])))
     return tuple(r for r in _CACHE.rules if scope is None or r.scope == scope)

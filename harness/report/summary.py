@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from harness import __version__
+from harness.compare import tables
 from harness.errors import RegressError
 from harness.gate import parse_policy, policy_to_dict
 from harness.registry import Policy
@@ -115,7 +116,7 @@ def _comparison(d: Mapping[str, Any], items: pd.DataFrame, policy: Policy) -> Co
         backend=str(d.get("backend", "?")),
         items=items,
         tasks=tuple(TaskRow.from_dict(t) for t in d["tasks"]),
-        overall=TaskRow.from_dict(overall) if overall else TaskRow.from_dict(d["tasks"][0]),
+        overall=TaskRow.from_dict(overall) if overall else tables(items)[2],  # null: measured again
         verdict=_verdict(d),
         policy=policy,
         warnings=tuple(d.get("warnings") or ()),
