@@ -110,9 +110,15 @@ class Detector:
 _DETECTORS: dict[str, Detector] = {}
 
 
+_LOADED: list[bool] = []  # non-empty once the built-ins are imported
+
+
 def _builtins() -> None:
     """Import the modules that register the built-ins (once; a no-op while they import)."""
-    import harness.gate  # noqa: F401  (imports harness.detectors too)
+    if not _LOADED:
+        import harness.gate  # noqa: F401  (imports harness.detectors too)
+
+        _LOADED.append(True)
 
 
 def detectors() -> tuple[Detector, ...]:
