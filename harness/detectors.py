@@ -80,6 +80,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness.registry import Flags, detector
+from harness.types import JsonObject
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -329,7 +330,7 @@ def _numbered_loop(text: str, max_unit: int, min_repeats: float, min_span: int) 
 CASES_FILE = Path(__file__).parent / "data" / "repetition_cases.json"
 
 
-def load_cases() -> list[dict[str, Any]]:
+def load_cases() -> list[JsonObject]:
     return json.loads(CASES_FILE.read_text())["cases"]
 
 

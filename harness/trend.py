@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.types import Comparison, TaskRow
+from harness.types import Comparison, JsonObject, TaskRow
 
 
 def nonterm_rate(t: TaskRow) -> float | None:
@@ -49,7 +49,7 @@ class TrendPoint:
     overall: TaskRow
 
 
-def point_to_dict(p: TrendPoint) -> dict[str, Any]:
+def point_to_dict(p: TrendPoint) -> JsonObject:
     """A point as trend.json and ``regress watch``'s state file store it (the overall row last)."""
     return {"path": p.path, "step": p.step, "verdict": p.verdict, "tasks": [t.to_dict() for t in (*p.tasks, p.overall)]}
 
