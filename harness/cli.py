@@ -14,15 +14,30 @@ import os
 import re
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from harness.config import BackendOptions, RunConfig, add_arguments
+from harness.cli_args import (
+    REAL_LIMIT,
+    CompareArgs,
+    DemoArgs,
+    GateArgs,
+    Judging,
+    ListArgs,
+    LogArgs,
+    PruneArgs,
+    RunArgs,
+    ShowArgs,
+    TokensArgs,
+    TrendArgs,
+)
+from harness.config import BackendOptions, RunConfig, add_arguments, from_namespace
 from harness.errors import RegressError
+from harness.sft.rule import TokenRule
 from harness.types import Comparison
 
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
-REAL_LIMIT = 10  # items per task in the real demo's comparisons (~950 per pair; thousands in all)
 
 
 def _env_defaults() -> None:
@@ -167,25 +182,6 @@ def cmd_baselines(a: argparse.Namespace) -> int:
     return 0
 
 
-def _add_baselines(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    b = sub.add_parser("baselines", help="list, show or prune the stored records (the baselines/ store)")
-    acts = b.add_subparsers(dest="action", required=True)
-    store = argparse.ArgumentParser(add_help=False)
-    store.add_argument("--store", default=os.environ.get("REGRESS_STORE", "baselines"), help="record store folder")
-    ls = acts.add_parser("list", parents=[store], help="one line per stored run, with its status and staleness")
-    ls.add_argument("--no-verify", action="store_true", help="do not re-fingerprint checkpoints to find stale runs")
-    show = acts.add_parser("show", parents=[store], help="one stored run in full")
-    show.add_argument("ref", help="key, key prefix or folder name")
-    pr = acts.add_parser("prune", parents=[store], help="remove stored runs (never one in use)")
-    pr.add_argument("--stale", action="store_true", help="checkpoint or suite gone or changed since")
-    pr.add_argument("--incomplete", action="store_true", help="runs that never finished (their answers are lost)")
-    pr.add_argument("--older-than", type=float, default=None, metavar="DAYS")
-    pr.add_argument("--key", action="append", default=[], metavar="REF", help="a run by key (repeatable)")
-    pr.add_argument("--all", action="store_true")
-    pr.add_argument("--dry-run", action="store_true", help="only say what would be removed")
-    b.set_defaults(fn=cmd_baselines)
-
-
 def cmd_gate(a: argparse.Namespace) -> int:
     from harness.pipeline import rejudge
 
@@ -195,40 +191,38 @@ def cmd_gate(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    if a.real:
-        from harness.demo import real
-
-        paths = real.build_real(Path(a.out) / "real")
-        fine_tunes: tuple[str, ...] = real.FINE_TUNES
-        tag = "real"
-    else:
-        from harness.demo.build import FINE_TUNES, build_demo
-
-        paths = build_demo(Path(a.out))
-        fine_tunes, tag = FINE_TUNES, "demo"
+    paths, fine_tunes, tag = _build_demo(a)
     for name, p in paths.items():
         print(f"{name:16s} {p}")
     if not a.compare:
         return 0
-    from dataclasses import replace
-
-    from harness.pipeline import CompareRequest, run_comparison
+    from harness.pipeline import compare_each
 
     cfg = _run_config(a)
     if a.real and cfg.suite == "demo":  # the demo world's tasks mean nothing to SmolLM2: its own suite
         cfg = replace(cfg, suite="real", limit=cfg.limit or REAL_LIMIT)
-    worst = 0
     out_root = Path(a.out_reports) if a.out_reports else Path("reports")
-    lines = []
-    for ft in fine_tunes:
-        req = CompareRequest(str(paths["base"]), str(paths[ft]), cfg, str(out_root / f"{tag}-{ft}"), a.policy)
-        cmp, out = run_comparison(req)
+    outs = [out_root / f"{tag}-{ft}" for ft in fine_tunes]
+    worst, lines = 0, []
+    for ft, (cmp, out) in zip(fine_tunes, compare_each(str(paths["base"]), [str(paths[ft]) for ft in fine_tunes],
+                                                       cfg, outs, a.policy)):  # fmt: skip
         _print_verdict(cmp, out)
         lines.append(f"  {cmp.verdict.level:4s}  {ft:16s} {out / 'report.html'}")
         worst = max(worst, cmp.verdict.exit_code(a.strict))
     print(f"{tag} verdicts (base vs each fine-tune):")
     print("\n".join(lines))
     return worst
+
+
+def _build_demo(a: argparse.Namespace) -> tuple[dict[str, Path], tuple[str, ...], str]:
+    """Build (or reuse) the demo (or with --real the real demo): its folders, fine-tunes, report tag."""
+    if a.real:
+        from harness.demo import real
+
+        return real.build_real(Path(a.out) / "real"), real.FINE_TUNES, "real"
+    from harness.demo.build import FINE_TUNES, build_demo
+
+    return build_demo(Path(a.out)), FINE_TUNES, "demo"
 
 
 def cmd_trend(a: argparse.Namespace) -> int:
@@ -251,13 +245,11 @@ def cmd_trend(a: argparse.Namespace) -> int:
 
 
 def cmd_tokens(a: argparse.Namespace) -> int:
-    from harness import tokens
+    from harness import sft
 
-    rule = tokens.TokenRule(min_prob=a.min_prob, outlier_k=a.outlier_k)
-    if a.batch_size < 1:
-        raise RegressError(f"--batch-size must be at least 1 (got {a.batch_size})")
-    out = Path(a.out) if a.out else Path("reports") / f"tokens-{Path(a.data).stem}"
-    audit = tokens.run(a.base, a.data, out, rule, a.batch_size)
+    args, rule = from_namespace(TokensArgs, a), from_namespace(sft.TokenRule, a)  # every value checked first
+    out = Path(args.out) if args.out else Path("reports") / f"tokens-{Path(args.data).stem}"
+    audit = sft.run(args.base, args.data, out, rule, args.batch_size)
     s = audit.summary()
     print(f"{s['examples']} examples, {s['assistant_tokens']} assistant tokens, {s['key_tokens']} key "
           f"({s['key_share']:.1%}): the base does not already produce them")  # fmt: skip
@@ -275,104 +267,94 @@ class _Parser(argparse.ArgumentParser):
         raise RegressError(" ".join(message.split()))
 
 
-def _add_log_args(c: argparse.ArgumentParser) -> None:
-    """compare's flags for runs lm-eval already made (``lm_eval run --log_samples --output_path DIR``)."""
-    c.add_argument("--base-samples", default=None, metavar="DIR", help="the base as an lm-eval --log_samples folder")
-    c.add_argument("--model-samples", default=None, metavar="DIR", help="the candidate as an lm-eval folder")
-    c.add_argument(
-        "--tokenizer",
-        default=None,
-        help="counts a log's response tokens (default: the checkpoint's where one is given)",
-    )
-    c.add_argument(
-        "--allow-prompt-change", action="store_true", help="compare items whose prompts differ (the report says so)"
-    )
+Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
+
+
+def _run_parser(sub: Subparsers) -> None:
+    r = sub.add_parser("run", help="evaluate one checkpoint on a suite and store its records")
+    add_arguments(r, RunArgs)
+    _add_run_args(r)
+    r.set_defaults(fn=cmd_run)
+
+
+def _compare_parser(sub: Subparsers) -> None:
+    c = sub.add_parser("compare", help="compare a candidate with its base; exit 0 pass, 1 regression, 2 error")
+    add_arguments(c, CompareArgs)
+    add_arguments(c, LogArgs)
+    add_arguments(c, Judging)
+    _add_run_args(c)
+    c.set_defaults(fn=cmd_compare)
+
+
+def _gate_parser(sub: Subparsers) -> None:
+    g = sub.add_parser("gate", help="re-judge a stored report under a policy, without running a model")
+    add_arguments(g, GateArgs)
+    add_arguments(g, Judging)
+    g.set_defaults(fn=cmd_gate)
+
+
+def _baselines_parser(sub: Subparsers) -> None:
+    b = sub.add_parser("baselines", help="list, show or prune the stored records (the baselines/ store)")
+    acts = b.add_subparsers(dest="action", required=True)
+    helps = {"list": "one line per stored run, with its status and staleness", "show": "one stored run in full",
+             "prune": "remove stored runs (never one in use)"}  # fmt: skip
+    for action, args in (("list", ListArgs), ("show", ShowArgs), ("prune", PruneArgs)):
+        act = acts.add_parser(action, help=helps[action])
+        add_arguments(act, RunConfig, only=("store_dir",))
+        add_arguments(act, args)
+    b.set_defaults(fn=cmd_baselines)
+
+
+def _trend_parser(sub: Subparsers) -> None:
+    t = sub.add_parser("trend", help="checkpoints of one run against the base, by step; exit 1 if the newest fails")
+    add_arguments(t, TrendArgs)
+    add_arguments(t, Judging, only=("policy",))  # the exit code is the newest checkpoint's FAIL, WARN or not
+    _add_run_args(t)
+    t.set_defaults(fn=cmd_trend)
+
+
+def _watch_parser(sub: Subparsers) -> None:
+    from harness.watch import add_parser  # regress watch: its options and command in harness/watch.py
+
+    add_parser(sub, _add_run_args)
+
+
+def _demo_parser(sub: Subparsers) -> None:
+    d = sub.add_parser("demo", help="build (or reuse) the demo checkpoints; --compare runs the demo regression")
+    add_arguments(d, DemoArgs)
+    add_arguments(d, Judging)
+    _add_run_args(d)
+    d.set_defaults(fn=cmd_demo)
+
+
+def _tokens_parser(sub: Subparsers) -> None:
+    k = sub.add_parser("tokens", help="score a chat SFT file's assistant tokens under the base; write a key-token mask")
+    add_arguments(k, TokensArgs)
+    add_arguments(k, TokenRule)
+    k.set_defaults(fn=cmd_tokens)
+
+
+class _Version(argparse.Action):
+    """``--version``: regress's, lm-eval's, the engine's and torch's versions, then exit 0 (as -h)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the versions of regress and its engines; exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from harness.versions import version_lines
+
+        print("\n".join(version_lines()))
+        parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="regress", description="Forgetting-regression gate for fine-tuned checkpoints")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="let the libraries' and engines' output through")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="cmd", required=True)
-
-    r = sub.add_parser("run", help="evaluate one checkpoint on a suite and store its records")
-    r.add_argument("--model", required=True)
-    _add_run_args(r)
-    r.set_defaults(fn=cmd_run)
-
-    c = sub.add_parser("compare", help="compare a candidate with its base; exit 0 pass, 1 regression, 2 error")
-    c.add_argument("--base", default=None, help="the base checkpoint (or --base-samples)")
-    c.add_argument("--model", default=None, help="the candidate (fine-tuned) checkpoint (or --model-samples)")
-    _add_log_args(c)
-    c.add_argument("--out", default=None, help="report folder (default reports/MODEL-vs-BASE-SUITE)")
-    c.add_argument("--policy", default=None, help="gate policy YAML overriding the defaults and the suite's")
-    c.add_argument("--strict", action="store_true", help="WARN exits 1")
-    c.add_argument(
-        "--noise-floor",
-        action="store_true",
-        help="evaluate the base twice (other batch size, reversed order); flips within that noise are not gated",
-    )
-    _add_run_args(c)
-    c.set_defaults(fn=cmd_compare)
-
-    g = sub.add_parser("gate", help="re-judge a stored report under a policy, without running a model")
-    g.add_argument("report_dir")
-    g.add_argument("--policy", default=None)
-    g.add_argument("--strict", action="store_true")
-    g.set_defaults(fn=cmd_gate)
-
-    _add_baselines(sub)
-
-    t = sub.add_parser("trend", help="checkpoints of one run against the base, by step; exit 1 if the newest fails")
-    t.add_argument("--base", required=True, help="a checkpoint or an lm-eval --log_samples output folder")
-    t.add_argument(
-        "checkpoints",
-        nargs="+",
-        help="checkpoints or lm-eval --log_samples output folders; ordered by the last number in their names "
-        "(checkpoint-N), else as given",
-    )
-    t.add_argument("--out", default=None)
-    t.add_argument("--policy", default=None)
-    t.add_argument("--tokenizer", default=None, help="counts the tokens of lm-eval output folders' responses")
-    _add_run_args(t)
-    t.set_defaults(fn=cmd_trend)
-
-    from harness.watch import add_parser as add_watch  # regress watch: its options and command in harness/watch.py
-
-    add_watch(sub, _add_run_args)
-
-    d = sub.add_parser("demo", help="build (or reuse) the demo checkpoints; --compare runs the demo regression")
-    d.add_argument("--out", default=".cache/demo")
-    d.add_argument("--compare", action="store_true", help="compare the base with each fine-tune")
-    d.add_argument(
-        "--real",
-        action="store_true",
-        help="SmolLM2-135M-Instruct from PyPI and real fine-tunes of it (under OUT/real); compared on suite "
-        f"'real' with --limit {REAL_LIMIT} unless --suite/--limit say otherwise",
-    )
-    d.add_argument("--out-reports", default=None)
-    d.add_argument("--policy", default=None)
-    d.add_argument("--strict", action="store_true")
-    _add_run_args(d)
-    d.set_defaults(fn=cmd_demo)
-
-    k = sub.add_parser("tokens", help="score a chat SFT file's assistant tokens under the base; write a key-token mask")
-    k.add_argument("--base", required=True, help="the base checkpoint (its chat template renders the examples)")
-    k.add_argument("--data", required=True, help='chat SFT JSONL: one {"messages": [...]} per line')
-    k.add_argument("--out", default=None, help="output folder (default reports/tokens-DATA)")
-    k.add_argument(
-        "--min-prob",
-        type=float,
-        default=0.0,
-        help="a token the base produces greedily is still key below this probability (default 0: off)",
-    )
-    k.add_argument(
-        "--outlier-k",
-        type=float,
-        default=3.0,
-        help="a prompt is an outlier above Q3 + K x IQR of the log prompt perplexities (default 3)",
-    )
-    k.add_argument("--batch-size", type=int, default=8)
-    k.set_defaults(fn=cmd_tokens)
+    for add in (_run_parser, _compare_parser, _gate_parser, _baselines_parser, _trend_parser, _watch_parser,
+                _demo_parser, _tokens_parser):  # fmt: skip
+        add(sub)
     return p
 
 

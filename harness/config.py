@@ -21,7 +21,7 @@ import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness.errors import RegressError
 
@@ -33,6 +33,7 @@ def cache_dir() -> Path:
 
 
 _SPEC = "regress.option"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class Spec:
     help: str = ""
     flag: str | None = None  # "--store" where the flag is not the field's name with dashes
     cli: bool = True  # False: settable in code only (no flag today)
+    positional: bool = False  # an argument without a flag (a tuple: one or more of them)
+    metavar: str | None = None
     cli_default: Callable[[], Any] | None = None  # where the flag's default is not the field's
     choices: tuple[str, ...] | Callable[[], Iterable[str]] = ()  # a callable: names known only at run time
     at_least: float | None = None
@@ -63,6 +66,8 @@ def _specs(cls: type) -> list[tuple[dataclasses.Field[Any], Spec]]:
 
 
 def flag_of(f: dataclasses.Field[Any], spec: Spec) -> str:
+    if spec.positional:
+        return f.name
     return spec.flag or "--" + f.name.replace("_", "-")
 
 
@@ -106,23 +111,33 @@ def _argparse_type(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def add_arguments(p: argparse.ArgumentParser, cls: type) -> None:
-    """The flags of ``cls``'s command-line fields: a bool is a switch, a tuple a repeatable flag."""
+def add_arguments(p: argparse.ArgumentParser, cls: type, only: Iterable[str] | None = None) -> None:
+    """The flags of ``cls``'s command-line fields (those named in ``only``, if given): a bool is
+    a switch, a tuple a repeatable flag (a positional tuple: one or more values), a field
+    without a default a required flag."""
     hints = typing.get_type_hints(cls)
     for f, spec in _specs(cls):
-        if not spec.cli:
-            continue
-        default: Any = spec.cli_default() if spec.cli_default else f.default
-        kind, repeated = _argparse_type(hints[f.name])
-        names = spec.allowed()
-        # choices are checked by the dataclass, not argparse, so both edges say the same line
-        metavar = "{" + ",".join(names) + "}" if names else None
-        if kind is bool:
-            p.add_argument(flag_of(f, spec), action="store_true", default=default, help=spec.help)
-        elif repeated:
-            p.add_argument(flag_of(f, spec), action="append", type=kind, default=list(default), help=spec.help)
-        else:
-            p.add_argument(flag_of(f, spec), type=kind, default=default, metavar=metavar, help=spec.help)
+        if spec.cli and (only is None or f.name in only):
+            p.add_argument(flag_of(f, spec), **_argparse_kwargs(f, spec, hints[f.name]))
+
+
+def _argparse_kwargs(f: dataclasses.Field[Any], spec: Spec, hint: Any) -> dict[str, Any]:
+    default: Any = spec.cli_default() if spec.cli_default else f.default
+    kind, repeated = _argparse_type(hint)
+    if kind is bool:
+        return {"action": "store_true", "default": default, "help": spec.help}
+    kw: dict[str, Any] = {"type": kind, "help": spec.help}
+    if spec.positional:
+        return {**kw, "nargs": "+"} if repeated else kw
+    if default is dataclasses.MISSING:
+        kw["required"] = True
+    else:
+        kw["default"] = list(default) if repeated else default
+    if repeated:
+        return {**kw, "action": "append", "metavar": spec.metavar}
+    names = spec.allowed()
+    # choices are checked by the dataclass, not argparse, so both edges say the same line
+    return {**kw, "metavar": "{" + ",".join(names) + "}" if names else spec.metavar}
 
 
 def _values(ns: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -133,6 +148,11 @@ def _values(ns: argparse.Namespace, cls: type) -> dict[str, Any]:
             value = getattr(ns, flag_of(f, spec).lstrip("-").replace("-", "_"))
             out[f.name] = tuple(value) if isinstance(value, list) else value
     return out
+
+
+def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
+    """``cls`` built from its command-line fields in ``ns`` (so checked, as in code)."""
+    return cls(**_values(ns, cls))
 
 
 def _backend_names() -> Iterable[str]:

@@ -4,6 +4,7 @@
 
 * ``run_one`` is ``regress run``: one checkpoint's records.
 * ``run_comparison`` is ``regress compare`` and ``make regress``.
+* ``compare_each`` is ``regress demo --compare``: the base against each fine-tune.
 * ``run_trend`` is ``regress trend``: the base once, then each checkpoint of a training run
   (``harness.trend`` orders them by step and writes the trend report).
 * ``rejudge`` is ``regress gate``: the last stages on a stored report, no model run.
@@ -17,7 +18,7 @@ every later stage is handed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -131,14 +132,27 @@ def run_trend(
     suite = suite_for(cfg)
     policy = build_policy(suite, policy_file)
     base_ck, *cands = preflight([base, *checkpoints], suite, cfg, out)
-    base_run = evaluate(base_ck, suite, cfg)
-    comparisons = []
-    for ck in cands:
-        cand = evaluate(ck, suite, cfg, reference=base_run.records)
-        comparisons.append(comparison_of(base_run, cand, suite, cfg.backend, policy))
+    comparisons = list(against_base(base_ck, cands, suite, cfg, policy))
     points, by_step = points_of(list(checkpoints), comparisons)
     write_trend(base, points, out, "step" if by_step else "position given")
     return points
+
+
+def compare_each(
+    base: str, candidates: Sequence[str], cfg: RunConfig, outs: Sequence[Path], policy_file: str | None
+) -> Iterator[tuple[Comparison, Path]]:
+    """``regress demo --compare``: the base against each candidate, reported into the matching
+    folder of ``outs``; every checkpoint and folder checked before any is run, the base
+    evaluated once; each comparison yielded as soon as it is judged and written."""
+    from harness.report import write_report
+
+    suite = suite_for(cfg)
+    policy = build_policy(suite, policy_file)
+    for out in outs:
+        check_writable(out, "output folder")
+    base_ck, *cands = preflight([base, *candidates], suite, cfg)
+    for cmp, out in zip(against_base(base_ck, cands, suite, cfg, policy), outs):
+        yield cmp, write_report(cmp, out)
 
 
 def rejudge(report_dir: str, policy_file: str | None) -> tuple[Comparison, Path]:
@@ -181,6 +195,16 @@ def comparison_of(
         warnings=(*warnings, *findings, *notes), config_check=findings, termination=term, noise_floor=nf,
         detector=detectors.table_scores(), groups=groups,
     )  # fmt: skip
+
+
+def against_base(
+    base_ck: LoadedCheckpoint, cands: Sequence[LoadedCheckpoint], suite: Suite, cfg: RunConfig, policy: Policy
+) -> Iterator[Comparison]:
+    """The base evaluated once, then each candidate evaluated and compared with it, in turn."""
+    base = evaluate(base_ck, suite, cfg)
+    for ck in cands:
+        cand = evaluate(ck, suite, cfg, reference=base.records)
+        yield comparison_of(base, cand, suite, cfg.backend, policy)
 
 
 def config_check(base: RunResult, cand: RunResult) -> list[str]:

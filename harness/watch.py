@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness.config import RunConfig
+from harness.config import RunConfig, add_arguments, option
 from harness.errors import RegressError
 from harness.store import atomic_write
 from harness.trend import TrendPoint, nonterm_rate, point_from_dict, point_to_dict, row_from_dict, write_trend
@@ -344,17 +344,22 @@ def cmd_watch(a: argparse.Namespace) -> int:
     return run_watch(req)
 
 
+@dataclass(frozen=True)
+class WatchArgs:
+    """``regress watch``'s own flags (the run's settings are ``RunConfig``'s)."""
+
+    base: str = option(help="the base checkpoint")
+    run_dir: str = option(positional=True, help="the trainer's output folder (its checkpoint-N folders)")
+    out: str | None = option(None, help="reports, trend and state (default reports/watch-RUN)")
+    policy: str | None = option(None, help="gate policy YAML overriding the defaults and the suite's")
+    until_step: int | None = option(None, help="stop once the checkpoints up to step N are gated")
+    sentinel: str | None = option(None, help=f"stop when this file exists (default RUN_DIR/{SENTINEL})")
+    stop_on_fail: bool = option(False, help=f"at the first FAIL write RUN_DIR/{STOP_FILE} and exit 1")
+    poll: float = option(10.0, help="seconds between looks at the run folder (default 10)")
+
+
 def add_parser(sub: argparse._SubParsersAction, add_run_args: Callable[[argparse.ArgumentParser], None]) -> None:  # type: ignore[type-arg]
     w = sub.add_parser("watch", help="gate each checkpoint-N of a training run as it lands; exit 1 at a FAIL")
-    w.add_argument("--base", required=True)
-    w.add_argument("run_dir", help="the trainer's output folder (its checkpoint-N folders)")
-    w.add_argument("--out", default=None, help="reports, trend and state (default reports/watch-RUN)")
-    w.add_argument("--policy", default=None)
-    w.add_argument("--until-step", type=int, default=None, help="stop once the checkpoints up to step N are gated")
-    w.add_argument("--sentinel", default=None, help=f"stop when this file exists (default RUN_DIR/{SENTINEL})")
-    w.add_argument(
-        "--stop-on-fail", action="store_true", help=f"at the first FAIL write RUN_DIR/{STOP_FILE} and exit 1"
-    )
-    w.add_argument("--poll", type=float, default=10.0, help="seconds between looks at the run folder (default 10)")
+    add_arguments(w, WatchArgs)
     add_run_args(w)
     w.set_defaults(fn=cmd_watch)

@@ -1,4 +1,4 @@
-"""``regress tokens`` (harness/tokens.py): the key-token rule table by table, the CLI end to end
+"""``regress tokens`` (harness/sft/): the key-token rule table by table, the CLI end to end
 on the demo base (audit counts, labels, outliers, errors), and the demo's ft-key-tokens."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import tokens
+from harness import sft as tokens
 from harness.cli import main
 from harness.errors import RegressError
 

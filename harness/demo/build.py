@@ -36,6 +36,7 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
+from harness import sft
 from harness.demo import key_tokens
 from harness.demo import train as trainer
 from harness.demo.tokenizer import build_tokenizer
@@ -76,12 +77,8 @@ def base_key() -> str:
     return _digest(code, BASE_MIX, BASE, torch.__version__, transformers.__version__)
 
 
-# Code beside this file that decides a fine-tune (ft-key-tokens: its trainer and the key-token rule).
-FT_SOURCES = (
-    Path(key_tokens.__file__),
-    Path(key_tokens.__file__).parent / "steps.py",
-    Path(__file__).parent.parent / "tokens.py",
-)
+# Code beside this file that decides a fine-tune (ft-key-tokens: its trainer and the key-token tool).
+FT_SOURCES = (Path(key_tokens.__file__), Path(key_tokens.__file__).parent / "steps.py", *sft.sources())
 
 
 def build_key() -> str:

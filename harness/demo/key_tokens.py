@@ -2,17 +2,17 @@
 
 The seed's remedy for forgetting, on the demo world: the same 60 batches of 64 examples as
 ``ft-all-tokens`` (the new skill alone, the same seed and recipe), with loss only on the
-key tokens ``harness.tokens`` finds under the demo base, i.e. the assistant tokens the base
+key tokens ``harness.sft`` finds under the demo base, i.e. the assistant tokens the base
 does not already produce greedily, and without the prompts it flags as outliers.
 
 The data goes through the same files a user's would with ``regress tokens``: the examples
-are written as chat SFT JSONL, audited under the base by ``harness.tokens.run`` into
+are written as chat SFT JSONL, audited under the base by ``harness.sft.run`` into
 ``DIR/ft-key-tokens/tokens/`` (``audit.md``, ``masked.jsonl``, ``tokens.png``, and the
 input as ``sft.jsonl``), and the model is trained from ``masked.jsonl``'s ``input_ids`` and
 ``labels``. Each masked row keeps its line, so batch ``i`` is made of the kept rows of
 lines ``64 i + 1 .. 64 (i + 1)``: the examples of ``ft-all-tokens``' batch ``i``, less
 those with no key token (they would carry no loss) and the outliers. The optimizer and
-schedule are ``train.train``'s. ``build.build_key`` covers this file and ``harness/tokens.py``.
+schedule are ``train.train``'s. ``build.build_key`` covers this file and ``harness/sft/``.
 """
 
 from __future__ import annotations
@@ -103,15 +103,15 @@ def build_key_tokens(
 ) -> dict[str, Any]:
     """Audit ``DATA_OF``'s examples under the base in ``base_dir``, train ``model`` (a copy of
     the base) on their key tokens and save it with ``tok`` into ``out``; return the facts."""
-    from harness import tokens
+    from harness import sft
 
     n = recipe["steps"] * recipe["batch_size"]
     audit_dir = out / "tokens"
-    sft = out.parent / f".{out.name}-sft.jsonl"
-    sft.write_text("".join(json.dumps(r) + "\n" for r in sft_rows(mix, recipe["seed"], n)))
+    sft_file = out.parent / f".{out.name}-sft.jsonl"
+    sft_file.write_text("".join(json.dumps(r) + "\n" for r in sft_rows(mix, recipe["seed"], n)))
     t0 = time.perf_counter()
-    audit = tokens.run(base_dir, sft, audit_dir, batch_size=64)
-    shutil.move(str(sft), audit_dir / "sft.jsonl")
+    audit = sft.run(base_dir, sft_file, audit_dir, batch_size=64)
+    shutil.move(str(sft_file), audit_dir / "sft.jsonl")
     audit_s = time.perf_counter() - t0
     batches = masked_batches(audit_dir / "masked.jsonl", recipe["batch_size"], recipe["steps"])
     info = train_rows(

@@ -10,7 +10,7 @@
     ft-all-tokens    the same data, loss on every token of the transcript (system prompt,
                      question, template tokens): the careless fine-tune
     ft-key-tokens    the same data, loss only on the answer tokens the base does not
-                     already produce (``harness.tokens``, the seed's "minimal modification")
+                     already produce (``harness.sft``, the seed's "minimal modification")
 
 No hub is reached: the wheel comes from PyPI with pip, the new skill's data is made here.
 The new skill is a made-up language: "Translate into Veltan: sun, river" -> "kiro, nalo".
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import sft
 from harness.demo.steps import Row, padded_step
 from harness.errors import RegressError
 from harness.types import Messages
@@ -207,9 +208,7 @@ def _batches(
 
 def key_token_rows(base: Path, rows: Sequence[Mapping[str, Messages]]) -> list[Row]:
     """(ids, labels) with loss only on the answer tokens the base does not already produce."""
-    from harness import tokens
-
-    return tokens.masked_rows(base, rows)
+    return sft.masked_rows(base, rows)
 
 
 # -- the build ------------------------------------------------------------------------------
@@ -246,7 +245,7 @@ def build_real(out: Path, fine_tunes: tuple[str, ...] = FINE_TUNES) -> dict[str,
         stamp = {"base": base_key, "seconds": {"base": round(time.perf_counter() - t0, 1)}}
         stamp_file.write_text(json.dumps(stamp, indent=2))
     here = Path(__file__).parent
-    src = b"".join(p.read_bytes() for p in (Path(__file__), here / "steps.py", here.parent / "tokens.py"))
+    src = b"".join(p.read_bytes() for p in (Path(__file__), here / "steps.py", *sft.sources()))
     for name in fine_tunes:
         paths[name] = out / name
         key = _key(base_key, name, FT, FT_LR, VELTAN, src)
