@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -34,6 +32,7 @@ from harness.cli_args import (
 )
 from harness.config import BackendOptions, RunConfig, add_arguments, from_namespace
 from harness.errors import RegressError
+from harness.quiet import quiet_third_party
 from harness.sft.rule import TokenRule
 from harness.types import Comparison
 
@@ -49,45 +48,6 @@ def _env_defaults() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-
-
-# Libraries whose logs, Python warnings and progress bars regress keeps quiet unless -v: their
-# chatter repeats per request or per task (transformers' "max_new_tokens and max_length both
-# set", datasets' "Using the latest cached version", lm-eval's INFO/WARNING lines) and buries
-# the verdict in a CI log. Errors still show. regress's own loggers (harness.*) are untouched.
-THIRD_PARTY = (
-    "transformers", "datasets", "lm_eval", "lm-eval", "huggingface_hub", "accelerate", "evaluate",
-    "torch", "vllm", "filelock", "fsspec", "urllib3", "httpx", "absl", "nltk", "sacrebleu", "rouge_score",
-)  # fmt: skip
-
-
-def _quiet_third_party(verbose: bool) -> None:
-    """Without -v: third-party loggers at ERROR, their Python warnings ignored, the progress
-    bars of libraries that do not choose for themselves hidden. Environment variables first,
-    for the libraries not imported yet (they read them once, at import); the verbosity APIs
-    for those already imported (a test calling ``main`` in-process)."""
-    if verbose:
-        return
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DATASETS_VERBOSITY", "error")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar too
-    # tqdm's default for bars that pass no `disable` (lm-eval's "building contexts"); regress's
-    # own bars pass disable=None (shown on a terminal, hidden in a log) and are unaffected.
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    for name in THIRD_PARTY:
-        logging.getLogger(name).setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore", module=rf"{re.escape(name)}(\.|$)")
-    if "transformers" in sys.modules:
-        from transformers.utils import logging as tf_logging
-
-        tf_logging.set_verbosity_error()
-        tf_logging.disable_progress_bar()
-    if "datasets" in sys.modules:
-        import datasets
-
-        datasets.utils.logging.set_verbosity_error()
-        datasets.disable_progress_bars()
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -363,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-        _quiet_third_party(args.verbose)
+        quiet_third_party(args.verbose)
         if "backend" in vars(args):  # a command that runs checkpoints: check every option before it reads anything
             _run_config(args)
         return int(args.fn(args))

@@ -96,17 +96,17 @@ def test_quiet_third_party_silences_the_known_chatter(monkeypatch, capfd):
     from datasets.utils import logging as ds_logging
     from transformers.utils import logging as tf_logging
 
-    from harness import cli
+    from harness import quiet
 
-    for var in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY", "TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS",
-                "VLLM_LOGGING_LEVEL"):  # fmt: skip
+    for var in quiet.QUIET_ENV:
         monkeypatch.delenv(var, raising=False)
-    levels = {n: logging.getLogger(n).level for n in cli.THIRD_PARTY}
+    monkeypatch.setattr(quiet, "_quiet", quiet.is_quiet())  # put back after the test
+    levels = {n: logging.getLogger(n).level for n in quiet.THIRD_PARTY}
     tf_level, ds_level = tf_logging.get_verbosity(), ds_logging.get_verbosity()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            cli._quiet_third_party(verbose=False)
+            quiet.quiet_third_party(verbose=False)
             tf_logging.get_logger("transformers.generation.utils").warning(
                 "Both `max_new_tokens` (=48) and `max_length`(=20) seem to have been set."
             )

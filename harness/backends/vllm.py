@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from harness import quiet
 from harness.backends.base import (
     CheckpointBackend,
     Done,
@@ -118,6 +120,7 @@ def engine_args(checkpoint: str, options: BackendOptions) -> dict[str, Any]:
         "trust_remote_code": options.trust_remote_code,
         "tensor_parallel_size": options.tensor_parallel_size,
         "seed": 0,
+        "use_tqdm_on_load": not quiet.is_quiet(),  # its weights bar passes `disable` itself: TQDM_DISABLE misses it
     }
     if options.data_parallel_size > 1:
         args["data_parallel_size"] = options.data_parallel_size
@@ -128,12 +131,16 @@ def engine_args(checkpoint: str, options: BackendOptions) -> dict[str, Any]:
     return args
 
 
-def _why(e: BaseException, limit: int = 400) -> str:
+def _why(e: BaseException, log: str = "", limit: int = 400) -> str:
     """One line from an engine's start-up error: pydantic's first line only counts the
-    errors, so its first error's field and message instead; capped at ``limit``."""
-    msg = ""
+    errors, so its first error's field and message instead; where the engine ran in other
+    processes, the root cause they logged (in ``log``, the start's captured output) rather
+    than the parent's "initialization failed"; capped at ``limit``."""
+    msg = quiet.cause_in(log) if "initialization failed" in str(e) else None
+    if not msg and not str(e):  # a bare AssertionError: where it was raised
+        msg = quiet.cause_in("".join(traceback.format_exception(e)))
     errors = getattr(e, "errors", None)  # vLLM's configs are pydantic models
-    if callable(errors):
+    if not msg and callable(errors):
         with contextlib.suppress(Exception):
             first = errors()[0]
             where = ".".join(str(x) for x in first.get("loc", ()))
@@ -166,15 +173,18 @@ class VLLMBackend(CheckpointBackend):
         gc.freeze()
         self._frozen = True
         self.llm: Any = None
-        try:
-            self.llm = vllm.LLM(**engine_args(ckpt.path, options))
-            self.max_model_len = model_len(self.llm)
-        except BaseException as e:
-            with contextlib.suppress(Exception):  # the error that stopped the start is the one to tell
-                self.close()  # shuts down an engine that did start; unfreezes
-            if isinstance(e, (OSError, ValueError, RuntimeError, TypeError)):
-                raise BackendError(f"vLLM cannot start on {ckpt.path}: {_why(e)}") from e
-            raise
+        # Without -v the start's output (weights bar, C++ warnings, engine processes) goes to a
+        # temporary file; a failed start's cause is read back from it
+        with quiet.engine_output() as log:
+            try:
+                self.llm = vllm.LLM(**engine_args(ckpt.path, options))
+                self.max_model_len = model_len(self.llm)
+            except BaseException as e:
+                with contextlib.suppress(Exception):  # the error that stopped the start is the one to tell
+                    self.close()  # shuts down an engine that did start; unfreezes
+                if isinstance(e, Exception):  # any failure to start (an assert in vLLM's loader too)
+                    raise BackendError(f"vLLM cannot start on {ckpt.path}: {_why(e, log())}") from e
+                raise  # Ctrl-C
         # One engine call takes everything lm-eval hands over; the chunk only bounds what a
         # crash can lose (the adapter stores each chunk as it finishes).
         self.chunk_size = options.chunk_size or 4096
