@@ -1,4 +1,4 @@
-"""The command line: ``regress run | compare | gate | baselines | demo``.
+"""The command line: ``regress run | compare | gate | baselines | trend | demo | tokens``, and ``--version``.
 
 Thin by design: it parses arguments into one ``RunConfig``/``CompareRequest`` at the edge,
 calls ``harness.pipeline``, prints where the results are, and maps outcomes to exit codes:
