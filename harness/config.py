@@ -121,12 +121,24 @@ def add_arguments(p: argparse.ArgumentParser, cls: type, only: Iterable[str] | N
             p.add_argument(flag_of(f, spec), **_argparse_kwargs(f, spec, hints[f.name]))
 
 
-def _argparse_kwargs(f: dataclasses.Field[Any], spec: Spec, hint: Any) -> dict[str, Any]:
+class _Flag(typing.TypedDict, total=False):
+    """``ArgumentParser.add_argument``'s keyword arguments, as regress uses them."""
+
+    action: str
+    type: Any
+    nargs: str
+    default: Any
+    required: bool
+    metavar: str | None
+    help: str
+
+
+def _argparse_kwargs(f: dataclasses.Field[Any], spec: Spec, hint: Any) -> _Flag:
     default: Any = spec.cli_default() if spec.cli_default else f.default
     kind, repeated = _argparse_type(hint)
     if kind is bool:
         return {"action": "store_true", "default": default, "help": spec.help}
-    kw: dict[str, Any] = {"type": kind, "help": spec.help}
+    kw: _Flag = {"type": kind, "help": spec.help}
     if spec.positional:
         return {**kw, "nargs": "+"} if repeated else kw
     if default is dataclasses.MISSING:

@@ -218,3 +218,41 @@ def test_unset_means_the_backends_default():
     opts = BackendOptions(batch_size=None, dtype=None, max_model_len=None, gpu_memory_utilization=None)
     assert opts.batch_size is None and opts.dtype is None
     assert RunConfig(suite="demo", limit=None, options=opts).limit is None
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every (sub)command's parser, nested ones (baselines list|show|prune) included."""
+    out = []
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for p in a.choices.values():
+                out += [p, *_subparsers(p)]
+    return out
+
+
+def test_every_subcommand_flag_is_generated_from_an_option_field():
+    """Issue 19: no hand-written flag left in a subcommand: each one is an option(...) field."""
+    from harness import cli_args
+    from harness.config import _specs, flag_of
+    from harness.sft import TokenRule
+
+    classes = [RunConfig, BackendOptions, TokenRule] + [
+        c for c in vars(cli_args).values() if isinstance(c, type) and dataclasses.is_dataclass(c)
+    ]
+    declared = {flag_of(f, spec) for c in classes for f, spec in _specs(c)}
+    parsers = _subparsers(build_parser())
+    assert len(parsers) == 10  # run compare gate baselines(list show prune) trend demo tokens
+    for p in parsers:
+        for a in p._actions:
+            if isinstance(a, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            names = a.option_strings or [a.dest]
+            assert set(names) <= declared, (p.prog, names)
+
+
+def test_tokens_flags_are_checked_before_anything_runs(tmp_path, capsys):
+    for argv, says in [(["--batch-size", "0"], "--batch-size must be at least 1 (got 0)"),
+                       (["--min-prob", "2"], "--min-prob must be at least 0 and at most 1 (got 2.0)"),
+                       (["--outlier-k", "0"], "--outlier-k must be above 0 (got 0.0)")]:  # fmt: skip
+        code = main(["tokens", "--base", str(tmp_path / "no"), "--data", str(tmp_path / "no.jsonl"), *argv])
+        assert code == 2 and capsys.readouterr().err.strip() == f"regress: error: {says}"
