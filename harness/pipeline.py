@@ -3,8 +3,9 @@
     preflight -> evaluate(base) -> evaluate(candidate) -> pair -> tables -> judge -> report
 
 * ``run_one`` is ``regress run``: one checkpoint's records.
-* ``run_comparison`` is ``regress compare`` and ``make regress``.
-* ``compare_each`` is ``regress demo --compare``: the base against each fine-tune.
+* ``run_comparison`` is ``regress compare`` (and ``make regress MODEL=...``).
+* ``compare_each`` is ``regress demo --compare`` (and ``make regress`` without MODEL): the
+  base against each fine-tune.
 * ``run_trend`` is ``regress trend``: the base once, then each checkpoint of a training run
   (``harness.trend`` orders them by step and writes the trend report).
 * ``rejudge`` is ``regress gate``: the last stages on a stored report, no model run.

@@ -56,6 +56,23 @@ def test_vllm_compare_prints_only_regress_lines(vllm_installed, demo, tmp_path, 
 
 @pytest.mark.slow
 @pytest.mark.vllm
+def test_vllm_compare_on_the_real_base_is_quiet(vllm_installed, tmp_path):
+    """SmolLM2 (the real demo's base, when it has been built: never built here) on a small
+    registered task: a real tokenizer and chat template, a real model's engine start."""
+    base = REPO / ".cache" / "demo" / "real" / "base"
+    if not (base / "config.json").is_file():
+        pytest.skip("the real demo's base is not built (regress demo --real)")
+    twin = tmp_path / "twin"
+    twin.symlink_to(base)
+    code, out, err = _regress("compare", "--base", str(base), "--model", str(twin), "--backend", "vllm",
+                              "--tasks", "arc_easy", "--limit", "3", "--data", str(REPO / "../shared/benchmarks"),
+                              "--store", str(tmp_path / "st"), "--out", str(tmp_path / "rep"))  # fmt: skip
+    assert code == 0, err[-3000:]
+    assert out.startswith(("PASS: ", "WARN: ")) and _foreign(out + err) == []
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_verbose_brings_vllms_output_back(vllm_installed, demo, tmp_path):
     code, out, err = _regress("-v", "run", "--model", str(demo["base"]), "--backend", "vllm", "--tasks", "demo_add",
                               "--limit", "2", "--store", str(tmp_path / "st"))  # fmt: skip
