@@ -235,13 +235,14 @@ def test_every_subcommand_flag_is_generated_from_an_option_field():
     from harness import cli_args
     from harness.config import _specs, flag_of
     from harness.sft import TokenRule
+    from harness.watch import WatchArgs
 
-    classes = [RunConfig, BackendOptions, TokenRule] + [
+    classes = [RunConfig, BackendOptions, TokenRule, WatchArgs] + [
         c for c in vars(cli_args).values() if isinstance(c, type) and dataclasses.is_dataclass(c)
     ]
     declared = {flag_of(f, spec) for c in classes for f, spec in _specs(c)}
     parsers = _subparsers(build_parser())
-    assert len(parsers) == 10  # run compare gate baselines(list show prune) trend demo tokens
+    assert len(parsers) == 11  # run compare gate baselines(list show prune) trend watch demo tokens
     for p in parsers:
         for a in p._actions:
             if isinstance(a, argparse._HelpAction | argparse._SubParsersAction):
