@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from harness.config import cache_dir
+from harness import defaults
 from harness.errors import CheckpointError
 from harness.types import LoadedCheckpoint
 
@@ -217,7 +217,7 @@ def tokenizer_digest(path: Path) -> str:
 
 
 def _cache_file() -> Path:
-    return cache_dir() / "file-hashes.json"
+    return defaults.cache_dir() / "file-hashes.json"
 
 
 def _load_hash_cache() -> dict[str, list[Any]]:
@@ -281,7 +281,7 @@ def hash_files(files: list[Path], use_cache: bool = True, threads: int | None = 
     if not todo:
         return out
     started = time.time()
-    n = threads or int(os.environ.get("REGRESS_HASH_THREADS", 0)) or min(os.cpu_count() or 1, 16)
+    n = threads or defaults.hash_threads() or min(os.cpu_count() or 1, 16)
     fds = [os.open(f, os.O_RDONLY) for f, _ in todo]
     try:
         with ThreadPoolExecutor(max_workers=n) as pool:

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+from harness import defaults
 from harness.cli_args import (
     REAL_LIMIT,
     CompareArgs,
@@ -41,7 +42,7 @@ EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
 
 def _env_defaults() -> None:
     # No hub is reachable on most machines that run a gate; never wait on one.
-    if os.environ.get("REGRESS_ONLINE") != "1":
+    if not defaults.online():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -161,7 +162,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     cfg = _run_config(a)
     if a.real and cfg.suite == "demo":  # the demo world's tasks mean nothing to SmolLM2: its own suite
         cfg = replace(cfg, suite="real", limit=cfg.limit or REAL_LIMIT)
-    out_root = Path(a.out_reports) if a.out_reports else Path("reports")
+    out_root = Path(a.out_reports) if a.out_reports else Path(defaults.REPORTS_DIR)
     outs = [out_root / f"{tag}-{ft}" for ft in fine_tunes]
     worst, lines = 0, []
     for ft, (cmp, out) in zip(fine_tunes, compare_each(str(paths["base"]), [str(paths[ft]) for ft in fine_tunes],
@@ -190,7 +191,7 @@ def cmd_trend(a: argparse.Namespace) -> int:
     from harness.pipeline import run_trend
     from harness.trend import last_passing
 
-    out = Path(a.out) if a.out else Path("reports") / f"trend-{Path(a.base).name}"
+    out = Path(a.out) if a.out else Path(defaults.REPORTS_DIR) / f"trend-{Path(a.base).name}"
     if any(lm_eval_logs.is_log_folder(p) for p in (a.base, *a.checkpoints)):  # lm-eval output folders among them
         points = lm_eval_logs.trend(a.base, a.checkpoints, _run_config(a), out, a.policy, a.tokenizer)
     else:
@@ -208,7 +209,7 @@ def cmd_tokens(a: argparse.Namespace) -> int:
     from harness import sft
 
     args, rule = from_namespace(TokensArgs, a), from_namespace(sft.TokenRule, a)  # every value checked first
-    out = Path(args.out) if args.out else Path("reports") / f"tokens-{Path(args.data).stem}"
+    out = Path(args.out) if args.out else Path(defaults.REPORTS_DIR) / f"tokens-{Path(args.data).stem}"
     audit = sft.run(args.base, args.data, out, rule, args.batch_size)
     s = audit.summary()
     print(f"{s['examples']} examples, {s['assistant_tokens']} assistant tokens, {s['key_tokens']} key "
@@ -334,11 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         print("regress: interrupted; finished items are stored, run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - the edge: one line, not a traceback
-        if os.environ.get("REGRESS_DEBUG"):
+        if defaults.debug():
             raise
         print(
             f"regress: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-            "(set REGRESS_DEBUG=1 for a traceback)",
+            f"(set {defaults.DEBUG_ENV}=1 for a traceback)",
             file=sys.stderr,
         )
         return EXIT_ERROR

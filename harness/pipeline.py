@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness import checkpoint as ckpt
-from harness import detectors, probes
+from harness import defaults, detectors, probes
 from harness.backends import BACKENDS, rerun_options
 from harness.compare import add_drift, add_flags, pair, probe_row, tables
 from harness.config import RunConfig
@@ -95,7 +95,7 @@ def build_policy(suite: Suite, policy_file: str | None) -> Policy:
 
 
 def default_out(base: str, model: str, suite: str) -> Path:
-    return Path("reports") / f"{Path(model).name}-vs-{Path(base).name}-{suite}"
+    return Path(defaults.REPORTS_DIR) / f"{Path(model).name}-vs-{Path(base).name}-{suite}"
 
 
 # -- the commands ---------------------------------------------------------------------

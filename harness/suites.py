@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from harness import defaults
 from harness.errors import SuiteError
 from harness.types import Suite, TaskSpec
 
@@ -162,11 +162,11 @@ def _load_task_yaml(path: Path) -> dict[str, Any]:
 def data_root(given: str | None, suite_value: Any = None, suite_dir: Path | None = None) -> Path | None:
     """Where registered tasks look for local data: ``given`` (``--data``), else ``$REGRESS_DATA``,
     else the suite's ``data:`` (relative to the suite file; skipped when it does not exist)."""
-    explicit = given or os.environ.get("REGRESS_DATA")
+    explicit = given or defaults.data_env()
     if explicit:
         root = Path(explicit).expanduser()
         if not root.is_dir():
-            how = "--data" if given else "REGRESS_DATA"
+            how = "--data" if given else defaults.DATA_ENV
             raise SuiteError(f"data root {explicit} ({how}) is not a folder")
         return root.resolve()
     if suite_value is None:

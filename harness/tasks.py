@@ -48,13 +48,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import cache_dir
+from harness.defaults import DATA_ENV, cache_dir
 from harness.errors import SuiteError
 from harness.types import TaskSpec
 
 log = logging.getLogger(__name__)
 
-DATA_ENV = "REGRESS_DATA"
 SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
 TASKS_EXTRA = "pip install 'regress[tasks]'"
 

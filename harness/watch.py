@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from harness import defaults
 from harness.config import RunConfig, add_arguments, option
 from harness.errors import RegressError
 from harness.store import atomic_write
@@ -215,7 +216,7 @@ class WatchRequest:
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out) if self.out else Path("reports") / f"watch-{Path(self.run_dir).resolve().name}"
+        return Path(self.out) if self.out else Path(defaults.REPORTS_DIR) / f"watch-{Path(self.run_dir).resolve().name}"
 
     @property
     def sentinel_file(self) -> Path:

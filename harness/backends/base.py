@@ -15,27 +15,45 @@ and answers, in bulk:
 * ``close()``: stop the engine and free its memory.
 
 Each engine module (``hf``, ``vllm``, ``openai``) owns its knowledge and provides, besides
-its backend class, the functions of ``EngineModule``: its defaults resolved into the
-settings that key the store, the options of the noise floor's second run, and the import
-of its engine. Backends never see lm-eval objects; ``harness.lm_adapter.RegressLM`` turns
+its backend class, its options (a dataclass extending ``CommonOptions``) and the functions
+of ``EngineModule``: its defaults resolved into the settings that key the store, the
+options of the noise floor's second run, and the import of its engine. An engine module
+imports its engine (torch, vllm, httpx) only when a backend is started, so that the
+registry can read its options cheaply. Backends never see lm-eval objects; ``harness.lm_adapter.RegressLM`` turns
 lm-eval ``Instance``s into ``GenRequest``/``LoglikRequest`` lists and back. Backends are
-registered by name in ``harness.backends`` with lazy imports.
+registered by name in ``harness.backends``, the one place a new backend is added.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from harness.config import BackendOptions
 from harness.errors import BackendError
+from harness.options import check, option
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
 
 log = logging.getLogger(__name__)
 
 # Called with the positions (in the call's requests) and answers of a batch that finished.
 Done = Callable[[list[int], list[Generation]], None]
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    """The options every backend takes. Each engine module declares its own options as a
+    frozen dataclass that extends this one (``hf.HFOptions``...), each field with its
+    ``option(...)`` spec; ``harness.backends.BackendOptions`` joins them into the one set
+    of flags and values a run carries. Unset (None) means the backend's own default."""
+
+    dtype: str | None = option(None, choices=("auto", "float32", "bfloat16", "float16"), help="weights' dtype")
+    trust_remote_code: bool = option(False, help="run the checkpoint's own modelling code")
+    chunk_size: int | None = option(None, at_least=1, help="requests per backend call, stored as each finishes")
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @runtime_checkable
@@ -60,12 +78,14 @@ class EngineModule(Protocol):
         one is not installed."""
         ...
 
-    def output_settings(self, options: BackendOptions) -> StoreSettings:
+    # ``options`` below is the run's ``BackendOptions``, which extends the module's own options class
+
+    def output_settings(self, options: Any) -> StoreSettings:
         """The settings that can move this backend's answers, defaults filled in: the part
         of the store key the backend makes."""
         ...
 
-    def rerun_options(self, options: BackendOptions) -> tuple[BackendOptions, tuple[int, int] | None]:
+    def rerun_options(self, options: Any) -> tuple[Any, tuple[int, int] | None]:
         """Options of the noise floor's second run of the base, and the two batch sizes
         (None where the engine batches as it schedules)."""
         ...
@@ -83,7 +103,7 @@ class CheckpointBackend:
     Prompts are rendered by the chat template, which writes BOS itself, so encoding adds
     no specials."""
 
-    def __init__(self, ckpt: LoadedCheckpoint, options: BackendOptions) -> None:
+    def __init__(self, ckpt: LoadedCheckpoint, options: CommonOptions) -> None:
         self.options = options
         self.checkpoint = ckpt.path
         self.tokenizer: Any = ckpt.tokenizer

@@ -12,16 +12,16 @@ settings of the store key (``output_settings``) and the noise floor's second run
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any
-
-import torch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ParamSpec, TypeVar
 
 from harness.backends.base import (
     CheckpointBackend,
+    CommonOptions,
     Done,
     cuda_available,
     cut_at_stop,
@@ -29,11 +29,35 @@ from harness.backends.base import (
     fit_prompts,
     split_pair,
 )
-from harness.config import BackendOptions
 from harness.errors import BackendError
+from harness.options import option
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
 
 BATCH_SIZE = 64  # the batch size when none is given
+
+
+@dataclass(frozen=True)
+class HFOptions(CommonOptions):
+    batch_size: int | None = option(None, at_least=1, help="prompts per batch (hf)")
+    device: str | None = option(None, help="torch device: cpu, cuda, cuda:1 (hf)")
+
+
+Opts = TypeVar("Opts", bound=HFOptions)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _inference(fn: Callable[P, R]) -> Callable[P, R]:
+    """``torch.inference_mode()`` as a decorator, with torch imported when first called."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        import torch
+
+        with torch.inference_mode():
+            return fn(*args, **kwargs)
+
+    return run
 
 
 # -- defaults and the store key ---------------------------------------------------------
@@ -49,25 +73,25 @@ def context_length(config: Any) -> int:
     return sys.maxsize
 
 
-def resolve_device(options: BackendOptions) -> str:
+def resolve_device(options: HFOptions) -> str:
     return options.device or ("cuda" if cuda_available() else "cpu")
 
 
-def resolve_dtype(options: BackendOptions, device: str) -> str:
+def resolve_dtype(options: HFOptions, device: str) -> str:
     """The dtype weights are loaded in: float32 on CPU, the checkpoint's own elsewhere."""
     if options.dtype in (None, "auto"):
         return "float32" if device.partition(":")[0] == "cpu" else "auto"
     return options.dtype
 
 
-def resolve_batching(options: BackendOptions) -> tuple[int, int]:
+def resolve_batching(options: HFOptions) -> tuple[int, int]:
     """(batch size, chunk size): each chunk is sorted by length and batched within, so
     both decide which prompts are padded together."""
     batch = options.batch_size or BATCH_SIZE
     return batch, options.chunk_size or max(batch * 4, 256)
 
 
-def accelerator(options: BackendOptions) -> str:
+def accelerator(options: HFOptions) -> str:
     """What computes the answers: the GPU's name, "cpu", "mps", ... Two cards (or a card and
     a CPU) give different float noise, so a base stored on one is not reused for a
     candidate run on another; the card is named, not the index it is reached by."""
@@ -76,17 +100,19 @@ def accelerator(options: BackendOptions) -> str:
         return kind
     if not cuda_available():
         return "cpu"
+    import torch
+
     return torch.cuda.get_device_name(int(index) if index.isdigit() else 0)  # the backend initialises CUDA anyway
 
 
-def output_settings(options: BackendOptions) -> StoreSettings:
+def output_settings(options: HFOptions) -> StoreSettings:
     accel = accelerator(options)
     batch, chunk = resolve_batching(options)
     dtype = resolve_dtype(options, resolve_device(options))
     return {"accelerator": accel, "dtype": dtype, "batch_size": batch, "chunk_size": chunk}
 
 
-def rerun_options(options: BackendOptions) -> tuple[BackendOptions, tuple[int, int]]:
+def rerun_options(options: Opts) -> tuple[Opts, tuple[int, int]]:
     """The noise floor's second run: another batch size, so other prompts share a batch."""
     batch = resolve_batching(options)[0]
     second = max(1, batch // 4 + 1)
@@ -103,7 +129,8 @@ def import_engine() -> object:
 
 
 class HFBackend(CheckpointBackend):
-    def __init__(self, ckpt: LoadedCheckpoint, options: BackendOptions) -> None:
+    def __init__(self, ckpt: LoadedCheckpoint, options: HFOptions) -> None:
+        import torch
         from transformers import AutoModelForCausalLM
 
         super().__init__(ckpt, options)
@@ -149,8 +176,10 @@ class HFBackend(CheckpointBackend):
                     on_done(batch, gens)
         return [g for g in out if g is not None]
 
-    @torch.inference_mode()
+    @_inference
     def _generate_batch(self, prompts: list[list[int]], stop: tuple[str, ...], max_tokens: int) -> list[Generation]:
+        import torch
+
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         att = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -204,8 +233,10 @@ class HFBackend(CheckpointBackend):
                 out[i] = r
         return [r for r in out if r is not None]
 
-    @torch.inference_mode()
+    @_inference
     def _loglik_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[Loglik]:
+        import torch
+
         seqs = [(c + k)[:-1] for c, k in pairs]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)

@@ -30,18 +30,28 @@ import json
 import queue
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from harness.backends.base import CheckpointBackend, Done, cut_at_stop, split_pair
-from harness.config import BackendOptions
+from harness.backends.base import CheckpointBackend, CommonOptions, Done, cut_at_stop, split_pair
 from harness.errors import BackendError
+from harness.options import option
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
+
+if TYPE_CHECKING:
+    import httpx
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 BACKOFF_S = 0.5  # first retry delay; doubled on each retry, capped at BACKOFF_MAX_S
 BACKOFF_MAX_S = 16.0
+
+
+@dataclass(frozen=True)
+class OpenAIOptions(CommonOptions):
+    base_urls: tuple[str, ...] = option((), flag="--base-url", help="OpenAI-compatible server (repeatable)")
+    api_model: str | None = option(None, help="model name the server knows (openai backend)")
+    concurrency: int = option(16, at_least=1, help="requests in flight per server (openai)")
+    max_retries: int = option(5, at_least=0, cli=False)
 
 
 def api_root(url: str) -> str:
@@ -50,20 +60,24 @@ def api_root(url: str) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
-def output_settings(options: BackendOptions) -> StoreSettings:
+def output_settings(options: OpenAIOptions) -> StoreSettings:
     return {"api_model": options.api_model}  # the server's own settings regress cannot see
 
 
-def rerun_options(options: BackendOptions) -> tuple[BackendOptions, None]:
+def rerun_options(options: OpenAIOptions) -> tuple[OpenAIOptions, None]:
     return options, None  # the server batches as it schedules
 
 
 def import_engine() -> object:
-    return httpx  # imported with this module; nothing else to import
+    import httpx
+
+    return httpx
 
 
 class OpenAIBackend(CheckpointBackend):
-    def __init__(self, ckpt: LoadedCheckpoint, options: BackendOptions) -> None:
+    options: OpenAIOptions
+
+    def __init__(self, ckpt: LoadedCheckpoint, options: OpenAIOptions) -> None:
         if not options.base_urls:
             raise BackendError("the openai backend needs --base-url URL (one per server; repeat it for a fleet)")
         super().__init__(ckpt, options)
@@ -74,6 +88,8 @@ class OpenAIBackend(CheckpointBackend):
         # at most one chunk; big enough that the pool stays busy between chunks.
         self.chunk_size = options.chunk_size or max(64, 4 * self.concurrency)
         self.fixed_chunks = False  # each request is answered on its own
+        import httpx
+
         self.client = httpx.Client(
             timeout=httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=600.0),
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
@@ -93,6 +109,8 @@ class OpenAIBackend(CheckpointBackend):
     def _call(self, method: str, url: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
         """One HTTP call: its JSON, or ``_Retryable`` (connection error, 408/429/5xx), or
         ``_Refused`` (any other 4xx: retrying will not help)."""
+        import httpx  # imported by __init__: a lookup
+
         try:
             resp = self.client.request(method, url, json=payload)
         except httpx.TransportError as e:

@@ -21,11 +21,13 @@ import gc
 import os
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from harness import quiet
 from harness.backends.base import (
     CheckpointBackend,
+    CommonOptions,
     Done,
     cuda_available,
     cut_at_stop,
@@ -33,11 +35,20 @@ from harness.backends.base import (
     fit_prompts,
     split_pair,
 )
-from harness.config import BackendOptions
 from harness.errors import BackendError
+from harness.options import option
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
 
-# -- defaults and the store key (vllm not imported) -------------------------------------
+# -- options, defaults and the store key (vllm not imported) ----------------------------
+
+
+@dataclass(frozen=True)
+class VLLMOptions(CommonOptions):
+    max_model_len: int | None = option(None, at_least=1, help="context length (vllm)")
+    tensor_parallel_size: int = option(1, at_least=1, help="GPUs per model replica (vllm)")
+    data_parallel_size: int = option(1, at_least=1, help="model replicas (vllm)")
+    gpu_memory_utilization: float | None = option(None, above=0, at_most=1, help="share of GPU memory (vllm)")
+    enforce_eager: bool | None = option(None, cli=False)
 
 
 def set_environment() -> bool:
@@ -52,11 +63,11 @@ def set_environment() -> bool:
     return cpu
 
 
-def resolve_dtype(options: BackendOptions, cpu: bool) -> str:
+def resolve_dtype(options: VLLMOptions, cpu: bool) -> str:
     return options.dtype or ("float32" if cpu else "auto")  # as the hf backend picks
 
 
-def resolve_eager(options: BackendOptions, cpu: bool) -> bool:
+def resolve_eager(options: VLLMOptions, cpu: bool) -> bool:
     return cpu if options.enforce_eager is None else options.enforce_eager
 
 
@@ -79,7 +90,7 @@ def accelerator() -> str:
     return torch.cuda.get_device_name(0)
 
 
-def output_settings(options: BackendOptions) -> StoreSettings:
+def output_settings(options: VLLMOptions) -> StoreSettings:
     """vLLM's scheduling (chunking, data parallelism, memory) is not keyed: which requests
     share a batch changes from step to step anyway, and ``--noise-floor`` measures what
     that moves."""
@@ -94,7 +105,7 @@ def output_settings(options: BackendOptions) -> StoreSettings:
     }
 
 
-def rerun_options(options: BackendOptions) -> tuple[BackendOptions, None]:
+def rerun_options(options: VLLMOptions) -> tuple[VLLMOptions, None]:
     return options, None  # the engine batches as it schedules
 
 
@@ -109,7 +120,7 @@ def import_engine() -> Any:
 # -- the backend ------------------------------------------------------------------------
 
 
-def engine_args(checkpoint: str, options: BackendOptions) -> dict[str, Any]:
+def engine_args(checkpoint: str, options: VLLMOptions) -> dict[str, Any]:
     """``vllm.LLM`` keyword arguments: regress's defaults plus the pass-through options."""
     cpu = set_environment()
     args: dict[str, Any] = {
@@ -159,7 +170,7 @@ def finish_of(finish_reason: str | None, stop_reason: int | str | None) -> str:
 
 
 class VLLMBackend(CheckpointBackend):
-    def __init__(self, ckpt: LoadedCheckpoint, options: BackendOptions) -> None:
+    def __init__(self, ckpt: LoadedCheckpoint, options: VLLMOptions) -> None:
         import torch
 
         vllm = import_engine()
