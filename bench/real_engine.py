@@ -47,7 +47,7 @@ def write_suite(folder: Path, tasks: list[str]) -> str:
 
 def requests_of(res: Any, suite_path: str) -> list[dict[str, Any]]:
     """The generation requests regress made for a run's records (prompt, stops, token budget)."""
-    from harness.lm_adapter import _gen_request
+    from harness.lm_adapter import gen_request
     from harness.suites import load_suite
 
     suite = load_suite(suite_path)
@@ -55,7 +55,7 @@ def requests_of(res: Any, suite_path: str) -> list[dict[str, Any]]:
     out = []
     for r in res.records:
         if r.kind == "generate_until":
-            g = _gen_request(r.prompt, kwargs.get(r.task, {}), 256)
+            g = gen_request(r.prompt, kwargs.get(r.task, {}), 256)
             out.append({"prompt": g.prompt, "stop": list(g.stop), "max_tokens": g.max_tokens})
     return out
 

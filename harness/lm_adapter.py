@@ -3,7 +3,10 @@
 lm-eval's evaluator drives it (so prompts and metrics are lm-eval's own); the adapter
 hands every request of a call to the backend in bulk, in chunks that are written to the
 store as soon as they finish (resume loses nothing), and keeps what lm-eval throws away:
-full text, token ids and finish reason of each generation, looked up later by request key.
+full text, token ids and finish reason of each generation. As it serves each lm-eval
+``Instance`` it records the instance's own identity (task, doc_id, idx: ``RequestId``) with
+the request it answered (``RegressLM.served``), so that records are joined to lm-eval's
+samples on that identity (``runner.records_of``), never by rebuilding a request.
 
 The backend is started lazily, on the first request the store cannot answer, so a run
 whose records are all stored never starts an engine. Progress (requests done, tokens/s,
@@ -19,16 +22,23 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from lm_eval.api.model import LM
 
+from harness import defaults
 from harness.backends.base import Backend
 from harness.errors import BackendError
 from harness.progress import Progress
 from harness.store import RunStore
-from harness.types import Generation, GenRequest, Loglik, LoglikRequest, Messages
+from harness.types import Generation, GenRequest, Loglik, LoglikRequest, Messages, RequestId
+
+if TYPE_CHECKING:
+    from lm_eval.api.instance import Instance
+
+Request = GenRequest | LoglikRequest
+Answer = type[Generation] | type[Loglik]
 
 log = logging.getLogger(__name__)
 FIRST_CHUNK = 64  # requests in the first call of an engine whose chunks are sized by time
@@ -43,7 +53,9 @@ def ll_key(r: LoglikRequest) -> str:
     return hashlib.sha256(json.dumps(["ll", r.context, r.continuation]).encode()).hexdigest()[:32]
 
 
-def _gen_request(context: str, gen_kwargs: Mapping[str, Any], default_max: int) -> GenRequest:
+def gen_request(context: str, gen_kwargs: Mapping[str, Any] | None, default_max: int) -> GenRequest:
+    """The ``GenRequest`` of an lm-eval ``generate_until`` request (its prompt and
+    ``generation_kwargs``): greedy, its stop strings, its token budget."""
     kw = dict(gen_kwargs or {})
     if kw.get("do_sample") or float(kw.get("temperature", 0.0) or 0.0) > 0:
         log.warning("regress decodes greedily; ignoring sampling settings %s", kw)
@@ -54,6 +66,31 @@ def _gen_request(context: str, gen_kwargs: Mapping[str, Any], default_max: int) 
     return GenRequest(prompt=context, stop=tuple(until), max_tokens=max_tokens)
 
 
+class ServedRequests:
+    """lm-eval's request identity -> the request regress answered for it, by item.
+
+    Filled by ``RegressLM`` as lm-eval hands it ``Instance``s; read by whoever joins
+    lm-eval's per-item samples to what the backend returned (``runner.records_of``).
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, int], dict[int, Request]] = {}
+
+    def add(self, instances: Iterable[Instance], requests: Iterable[Request]) -> None:
+        for inst, req in zip(instances, requests):
+            if inst.task_name is None or inst.doc_id is None:
+                continue  # an instance lm-eval did not build for a task (no identity to join on)
+            self._items.setdefault((inst.task_name, inst.doc_id), {})[inst.idx] = req
+
+    def __getitem__(self, rid: RequestId) -> Request:
+        return self._items[(rid.task, rid.doc_id)][rid.idx]
+
+    def of_item(self, task: str, doc_id: int) -> list[tuple[RequestId, Request]]:
+        """The requests lm-eval made for one document, in its own order (``idx``)."""
+        reqs = self._items.get((task, doc_id), {})
+        return [(RequestId(task, doc_id, i), reqs[i]) for i in sorted(reqs)]
+
+
 class RegressLM(LM):
     def __init__(
         self,
@@ -61,7 +98,7 @@ class RegressLM(LM):
         store: RunStore,
         chat: Callable[[Messages, bool], str],
         tokenizer_name: str,
-        default_max_tokens: int = 256,
+        default_max_tokens: int = defaults.MAX_GEN_TOKS,
         chunk_size: int | None = None,
         label: str = "",
     ) -> None:
@@ -72,8 +109,9 @@ class RegressLM(LM):
         self._tokenizer_name = tokenizer_name
         self.store = store
         self.default_max_tokens = default_max_tokens
-        self.generations: dict[str, Generation] = {}
-        self.logliks: dict[str, Loglik] = {}
+        self.generations: dict[str, Generation] = {}  # by request key (gen_key)
+        self.logliks: dict[str, Loglik] = {}  # by request key (ll_key)
+        self.served = ServedRequests()  # lm-eval's request identity -> the request answered
         self.chunk_size = chunk_size  # None: the backend's own
         self.label = label or tokenizer_name  # names the checkpoint in progress lines
         self.reverse = False  # hand requests over in reverse order (noise-floor runs)
@@ -104,15 +142,17 @@ class RegressLM(LM):
     def apply_chat_template(self, chat_history: Messages, add_generation_prompt: bool = True) -> str:
         return self._chat(chat_history, add_generation_prompt)
 
-    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        reqs = [_gen_request(i.args[0], i.args[1], self.default_max_tokens) for i in requests]
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        reqs = [gen_request(i.args[0], i.args[1], self.default_max_tokens) for i in requests]
+        self.served.add(requests, reqs)
         return [g.text for g in self.generate(reqs)]
 
-    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+    def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         reqs = [LoglikRequest(i.args[0], i.args[1]) for i in requests]
+        self.served.add(requests, reqs)
         return [(r.logprob, r.is_greedy) for r in self.score(reqs)]
 
-    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+    def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
         raise BackendError("regress does not run perplexity (loglikelihood_rolling) tasks")
 
     # -- bulk calls with the store in front -------------------------------------------
@@ -127,14 +167,29 @@ class RegressLM(LM):
         self._fill("ll", keys, reqs, self.logliks, Loglik)
         return [self.logliks[k] for k in keys]
 
-    def _fill(self, kind: str, keys: list[str], reqs: Sequence[Any], memo: dict[str, Any], cls: type) -> None:
+    def generation(self, req: GenRequest) -> Generation:
+        """The answer already given to ``req`` (KeyError where it was never asked)."""
+        return self.generations[gen_key(req)]
+
+    def loglik(self, req: LoglikRequest) -> Loglik:
+        """The answer already given to ``req`` (KeyError where it was never asked)."""
+        return self.logliks[ll_key(req)]
+
+    def _fill(
+        self,
+        kind: str,
+        keys: list[str],
+        reqs: Sequence[Any],
+        memo: dict[str, Any],
+        cls: type[Generation] | type[Loglik],
+    ) -> None:
         stored = self.store.answers(kind)
         todo: dict[str, Any] = {}
         for k, r in zip(keys, reqs):
             if k in memo:
                 continue
             if k in stored:
-                memo[k] = cls(**stored[k]) if cls is Loglik else _generation(stored[k])
+                memo[k] = cls.from_dict(stored[k])
                 self.stored_requests += 1
             else:
                 todo.setdefault(k, r)
@@ -178,9 +233,3 @@ class RegressLM(LM):
                 per_request = max(time.monotonic() - t0, 1e-6) / len(chunk)
                 size = max(1, min(cap, 8 * size, int(CHUNK_SECONDS / per_request)))
         progress.close()
-
-
-def _generation(d: Mapping[str, Any]) -> Generation:
-    d = dict(d)
-    d["token_ids"] = tuple(d.get("token_ids") or ())
-    return Generation(**d)

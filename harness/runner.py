@@ -12,21 +12,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from harness import probes
-from harness.backends import load_backend, output_settings
+from harness.backends import load_backend
 from harness.config import RunConfig
 from harness.errors import RegressError, SuiteError
-from harness.lm_adapter import RegressLM, _gen_request, gen_key
-from harness.store import RunStore, lm_eval_version, run_key
-from harness.suites import data_root
+from harness.lm_adapter import RegressLM, Request
+from harness.store import RunStore, store_folder, store_meta
 from harness.types import (
     DriftValues,
     Generation,
+    GenRequest,
     LoadedCheckpoint,
     LoglikRequest,
     Messages,
@@ -36,39 +35,12 @@ from harness.types import (
     TaskSpec,
 )
 
+if TYPE_CHECKING:
+    # one (item, filter) as lm-eval's log_samples gives it: doc, target, resps, filtered_resps,
+    # filter, metrics and each metric's value (lm-eval's own type of its samples)
+    from lm_eval.result_schema import SampleResult
+
 log = logging.getLogger(__name__)
-Sample = Mapping[str, Any]  # one item as lm-eval's log_samples gives it (doc, arguments, resps, metrics)
-
-
-def store_meta(path: str, fp: str, suite: Suite, cfg: RunConfig, files: dict[str, str] | None = None) -> dict[str, Any]:
-    settings = output_settings(cfg.backend, cfg.options)
-    parts = {
-        "fingerprint": fp,
-        "suite_hash": suite.content_hash,
-        "backend": cfg.backend,
-        "settings": settings,
-        "limit": cfg.limit,
-        "lm_eval": lm_eval_version(),  # lm-eval builds the prompts and scores
-    }
-    if cfg.noise_variant:
-        parts["noise_variant"] = cfg.noise_variant
-    # files: what the fingerprint was made of, so `regress baselines` can say what changed
-    # data: the data root asked for (--data, else $REGRESS_DATA), resolved, so that `regress
-    # baselines` rebuilds the suite as it was run; the data files' hashes are in the suite hash
-    root = data_root(cfg.data)
-    data = str(root) if root else None
-    extra = {"checkpoint": path, "suite": suite.name, "suite_path": suite.path, "data": data, "files": files or {}}
-    return {**parts, "key": run_key(parts), **extra}
-
-
-def store_folder(cfg: RunConfig, meta: Mapping[str, Any]) -> Path:
-    label = Path(meta["checkpoint"]).name.replace(os.sep, "_")[:40] or "ckpt"
-    own = Path(cfg.store_dir) / f"{label}-{meta['key']}"
-    if not own.exists():  # the same content under another name (a copy, a move) is the same run
-        done = [d for d in Path(cfg.store_dir).glob(f"*-{meta['key']}") if (d / "records.jsonl").is_file()]
-        if done:
-            return sorted(done)[0]
-    return own
 
 
 def evaluate(
@@ -80,13 +52,13 @@ def evaluate(
     score the base's answers under this checkpoint. Without it they score its own.
     The engine starts only when a request is not in the store.
     """
-    meta = store_meta(ck.path, ck.fingerprint, suite, cfg, dict(ck.files))
+    meta = store_meta(ck.path, ck.fingerprint, suite, cfg, ck.files)
     tokenizer = ck.tokenizer
 
     def chat(messages: Messages, add_generation_prompt: bool) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
-    with RunStore.open(store_folder(cfg, meta), meta) as store:
+    with RunStore.open(store_folder(cfg.store_dir, meta), meta) as store:
         lm = RegressLM(
             lambda: load_backend(cfg.backend, ck, cfg.options), store, chat, ck.path,
             chunk_size=cfg.options.chunk_size, label=Path(ck.path).name,
@@ -131,7 +103,7 @@ def run_probes(
     return drift, term
 
 
-def run_lm_eval(lm: RegressLM, suite: Suite, cfg: RunConfig) -> Mapping[str, list[Sample]]:
+def run_lm_eval(lm: RegressLM, suite: Suite, cfg: RunConfig) -> Mapping[str, list[SampleResult]]:
     """Hand the suite to lm-eval's evaluator with ``lm`` as the model; return its samples."""
     import lm_eval
     import lm_eval.evaluator
@@ -208,7 +180,7 @@ def _value(v: Any) -> float | None:
     return None
 
 
-def item_metrics(samples: Sequence[Sample]) -> dict[str, float]:
+def item_metrics(samples: Sequence[SampleResult]) -> dict[str, float]:
     """Every metric of every filter of one item, keyed "metric,filter" as lm-eval names them."""
     out: dict[str, float] = {}
     for s in samples:
@@ -219,7 +191,7 @@ def item_metrics(samples: Sequence[Sample]) -> dict[str, float]:
     return out
 
 
-def gate_key(task: TaskSpec, samples: Sequence[Sample], metrics: Mapping[str, float]) -> str:
+def gate_key(task: TaskSpec, samples: Sequence[SampleResult], metrics: Mapping[str, float]) -> str:
     """The item's gating metric as "metric,filter": the suite's, else the first metric of the
     task's first filter as lm-eval lists them (the config's metric_list, the samples' filter order)."""
     if task.gate_metric is not None:
@@ -236,79 +208,78 @@ def gate_key(task: TaskSpec, samples: Sequence[Sample], metrics: Mapping[str, fl
     raise SuiteError(f"task {task.name}: no metric in lm-eval's sample ({first.get('metrics')})")
 
 
-def _args(arg: Any) -> tuple[Any, Any]:
-    if isinstance(arg, dict):  # lm-eval logs arguments as {"gen_args_0": {"arg_0":..., "arg_1":...}}
-        vals = list(arg.values())
-        return vals[0], vals[1]
-    return arg[0], arg[1]
+class _Answered(NamedTuple):
+    """What the backend was asked and answered for one item, joined on lm-eval's identity."""
+
+    prompt: str
+    target: str
+    output: str
+    answer: str
+    kind: str
+    generation: Generation | None  # generate_until: the full generation
 
 
-def records_of(task: TaskSpec, samples: Sequence[Sample], lm: RegressLM) -> list[Record]:
-    """One ``Record`` per item, with what the backend recorded joined in.
+def answered(served: Sequence[Request], lm: RegressLM, sample: SampleResult) -> _Answered:
+    """The item's prompt, output and answer from the requests lm-eval made for it (in its
+    ``idx`` order) and the answers the backend gave them. Multiple choice (log-likelihood
+    requests): the output is the continuation with the highest log-likelihood (the first on
+    a tie, as lm-eval's argmax), and a gold label given as a choice index becomes its text."""
+    target = str(sample.get("target", ""))
+    first = served[0]
+    if isinstance(first, GenRequest):
+        g = lm.generation(first)
+        filtered = sample.get("filtered_resps")
+        answer = filtered[0] if isinstance(filtered, list) and filtered else filtered
+        return _Answered(first.prompt, target, g.text, str(answer), "generate_until", g)
+    choices = [r for r in served if isinstance(r, LoglikRequest)]
+    lls = [lm.loglik(r).logprob for r in choices]
+    best = max(range(len(lls)), key=lambda i: lls[i])
+    conts = [r.continuation for r in choices]
+    if target.isdigit() and int(target) < len(conts):  # lm-eval logs the gold choice's index
+        target = conts[int(target)]
+    return _Answered(first.context, target, conts[best], conts[best], "multiple_choice", None)
+
+
+def records_of(task: TaskSpec, samples: Sequence[SampleResult], lm: RegressLM) -> list[Record]:
+    """One ``Record`` per item: lm-eval's samples joined, on lm-eval's own request identity
+    (task, doc_id, idx), to the requests ``lm`` served and the answers it got for them.
 
     lm-eval logs one sample per (item, filter); the record's ``score``/``metric``/``answer`` are
     the gating metric's (``metric`` named plainly where the filter is lm-eval's "none", as our
     own tasks always were), ``metrics`` every metric of every filter.
     """
-    by_doc: dict[int, list[Sample]] = {}
+    by_doc: dict[int, list[SampleResult]] = {}
     for s in samples:
         by_doc.setdefault(int(s["doc_id"]), []).append(s)
-    out = []
-    for doc_id in sorted(by_doc):
-        group = by_doc[doc_id]
-        metrics = item_metrics(group)
-        key = gate_key(task, group, metrics)
-        name, _, filt = key.partition(",")
-        s = next((x for x in group if x.get("filter", "none") == filt), group[0])
-        doc = s["doc"]
-        item_id = str(doc.get("id", doc_id)) if isinstance(doc, dict) else str(doc_id)
-        args = s["arguments"]
-        args = list(args.values()) if isinstance(args, dict) else args
-        base: dict[str, Any] = {
-            "task": task.name,
-            "item_id": item_id,
-            "item_hash": item_hash(doc),
-            "target": str(s.get("target", "")),
-            "score": metrics[key],
-            "metric": name if filt == "none" else key,
-            "metrics": metrics,
-        }
-        filtered = s.get("filtered_resps")
-        if isinstance(filtered, list) and filtered and isinstance(filtered[0], list | tuple):
-            # multiple choice: one (logprob, greedy) per choice; the output is the argmax choice
-            ctx, _ = _args(args[0])
-            conts = [_args(a)[1] for a in args]
-            lls = lm.score([LoglikRequest(ctx, c) for c in conts])
-            best = max(range(len(lls)), key=lambda i: lls[i].logprob)
-            label = str(base["target"])
-            if label.isdigit() and int(label) < len(conts):  # lm-eval logs the gold choice's index
-                base["target"] = conts[int(label)]
-            out.append(
-                Record(
-                    **base,
-                    prompt_hash=_text_hash(ctx),
-                    prompt=ctx,
-                    output=conts[best],
-                    answer=conts[best],
-                    kind="multiple_choice",
-                )
-            )
-            continue
-        ctx, kw = _args(args[0])
-        g = lm.generations[gen_key(_gen_request(ctx, kw, lm.default_max_tokens))]
-        answer = filtered[0] if isinstance(filtered, list) and filtered else filtered
-        out.append(
-            Record(
-                **base,
-                prompt_hash=_text_hash(ctx),
-                prompt=ctx,
-                output=g.text,
-                answer=str(answer),
-                kind="generate_until",
-                finish=g.finish,
-                stop_reason=g.stop_reason,
-                n_tokens=g.n_tokens,
-                token_ids=g.token_ids,
-            )
-        )
-    return out
+    return [_record(task, doc_id, by_doc[doc_id], lm) for doc_id in sorted(by_doc)]
+
+
+def _record(task: TaskSpec, doc_id: int, group: Sequence[SampleResult], lm: RegressLM) -> Record:
+    metrics = item_metrics(group)
+    key = gate_key(task, group, metrics)
+    name, _, filt = key.partition(",")
+    s = next((x for x in group if x.get("filter", "none") == filt), group[0])
+    served = [r for _, r in lm.served.of_item(task.name, doc_id)]
+    if not served:
+        raise SuiteError(f"task {task.name}: lm-eval logged item {doc_id} but asked no request for it")
+    a = answered(served, lm, s)
+    doc = s["doc"]
+    g = a.generation
+    return Record(
+        task=task.name,
+        item_id=str(doc.get("id", doc_id)) if isinstance(doc, dict) else str(doc_id),
+        item_hash=item_hash(doc),
+        prompt_hash=_text_hash(a.prompt),
+        prompt=a.prompt,
+        target=a.target,
+        output=a.output,
+        answer=a.answer,
+        score=metrics[key],
+        metric=name if filt == "none" else key,
+        kind=a.kind,
+        finish=g.finish if g else None,
+        stop_reason=g.stop_reason if g else None,
+        n_tokens=g.n_tokens if g else 0,
+        token_ids=g.token_ids if g else (),
+        metrics=metrics,
+    )

@@ -19,7 +19,6 @@ once) without creating the folder, so bad input is caught before anything is wri
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import functools
@@ -33,10 +32,13 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from harness.errors import RegressError, StoreError
-from harness.types import Record
+from harness.types import Generation, Loglik, Record, StoreSettings, Suite
+
+if TYPE_CHECKING:
+    from harness.config import RunConfig
 
 # 2: multiple-choice targets are the gold choice text; 3: settings keyed per backend,
 # defaults resolved; 4: one record per item across lm-eval's filters, ``metrics`` keyed
@@ -61,6 +63,63 @@ def lm_eval_version() -> str:
 def run_key(parts: Mapping[str, Any]) -> str:
     blob = json.dumps({**parts, "format": FORMAT_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class StoreMeta(TypedDict, total=False):
+    """A run folder's ``meta.json``: the parts of its key (``KEY_PARTS``), the key, and what
+    `regress baselines` needs to say what a run was and what changed."""
+
+    fingerprint: str
+    suite_hash: str
+    backend: str
+    settings: StoreSettings
+    limit: int | None
+    lm_eval: str  # lm-eval builds the prompts and scores
+    noise_variant: int  # only in a noise-floor rerun's key
+    key: str
+    checkpoint: str
+    suite: str
+    suite_path: str
+    data: str | None  # the data root asked for (--data, else $REGRESS_DATA), resolved
+    files: dict[str, str]  # what the fingerprint was made of
+
+
+def store_meta(path: str, fp: str, suite: Suite, cfg: RunConfig, files: Mapping[str, str] | None = None) -> StoreMeta:
+    """The meta (and so the key) of checkpoint ``path`` (fingerprint ``fp``) on ``suite`` as
+    ``cfg`` runs it. ``data`` is the data root as ``suites.data_root`` resolves it, so that
+    `regress baselines` rebuilds the suite as it was run (the data files' hashes are in the
+    suite hash)."""
+    from harness.backends import output_settings
+    from harness.suites import data_root
+
+    meta = StoreMeta(
+        fingerprint=fp,
+        suite_hash=suite.content_hash,
+        backend=cfg.backend,
+        settings=output_settings(cfg.backend, cfg.options),
+        limit=cfg.limit,
+        lm_eval=lm_eval_version(),
+    )
+    if cfg.noise_variant:
+        meta["noise_variant"] = cfg.noise_variant
+    meta["key"] = run_key(meta)
+    root = data_root(cfg.data)
+    data = str(root) if root else None
+    extra = StoreMeta(checkpoint=path, suite=suite.name, suite_path=suite.path, data=data, files=dict(files or {}))
+    return {**meta, **extra}
+
+
+def store_folder(store_dir: str | Path, meta: StoreMeta) -> Path:
+    """The run folder of ``meta`` in store ``store_dir``: ``<label>-<key>``, the label the
+    checkpoint folder's name. The same content under another name (a copy, a move) is the
+    same run: a complete folder with the key is reused whatever its label."""
+    label = Path(meta["checkpoint"]).name.replace(os.sep, "_")[:40] or "ckpt"
+    own = Path(store_dir) / f"{label}-{meta['key']}"
+    if not own.exists():
+        done = [d for d in Path(store_dir).glob(f"*-{meta['key']}") if (d / "records.jsonl").is_file()]
+        if done:
+            return sorted(done)[0]
+    return own
 
 
 def _fsync_dir(d: Path) -> None:
@@ -280,15 +339,13 @@ class RunStore:
             self._answers = self._load_answers()
         return self._answers[kind]
 
-    def append(self, kind: str, pairs: Iterable[tuple[str, Any]]) -> None:
+    def append(self, kind: str, pairs: Iterable[tuple[str, Generation | Loglik]]) -> None:
         self._upgrade()
         """Append answers durably (one write, fsync) before they count as done."""
         rows = []
         done: dict[str, dict[str, Any]] = {}
         for k, v in pairs:
-            d = dataclasses.asdict(v)
-            if "token_ids" in d:
-                d["token_ids"] = list(d["token_ids"])
+            d = v.to_dict()
             rows.append(json.dumps({"t": kind, "k": k, "v": d}) + "\n")
             done[k] = d
         cache = self.answers(kind)

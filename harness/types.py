@@ -7,7 +7,8 @@ Each stage returns new values and never mutates one it was given:
 * ``Suite`` / ``TaskSpec``: what to run (``suites.load_suite``).
 * ``LoadedCheckpoint``: a validated checkpoint, fingerprinted, with its tokenizer and its
   end-of-turn setup (``EotSetup``), made once per checkpoint per run (``pipeline``).
-* ``GenRequest`` / ``LoglikRequest``: what the lm-eval adapter hands a backend.
+* ``GenRequest`` / ``LoglikRequest``: what the lm-eval adapter hands a backend, each
+  served for lm-eval's request identity ``RequestId`` (task, doc_id, idx).
 * ``Generation`` / ``Loglik``: what a backend answers, with what lm-eval throws away
   (full text, generated token ids, finish reason).
 * ``Record``: one row per (checkpoint, task, item), written to the store; ``RunResult``:
@@ -22,7 +23,7 @@ Each stage returns new values and never mutates one it was given:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -149,6 +150,28 @@ class LoadedCheckpoint:
 # -- backend requests and answers ---------------------------------------------------------
 
 
+def ids_to_json(ids: Sequence[int]) -> list[int]:
+    """Token ids as stored (a JSON list); the one place ids become a list."""
+    return list(ids)
+
+
+def ids_from_json(value: Iterable[int] | None) -> tuple[int, ...]:
+    """Token ids as a record holds them (a tuple) from a stored list, or none; the one place
+    ids become a tuple."""
+    return tuple(value or ())
+
+
+@dataclass(frozen=True, order=True)
+class RequestId:
+    """lm-eval's own identity of one request (its ``Instance``): the task, the document's
+    index in the task's split (``doc_id``, as lm-eval's samples log it) and the request's
+    index among the document's (``idx``: a multiple-choice item's choice, in order)."""
+
+    task: str
+    doc_id: int
+    idx: int
+
+
 @dataclass(frozen=True)
 class GenRequest:
     """One greedy generation: a fully templated prompt, its stop strings and token budget."""
@@ -178,6 +201,13 @@ class Generation:
         if self.finish not in FINISH_REASONS:
             raise ValueError(f"finish reason must be one of {FINISH_REASONS}, got {self.finish!r}")
 
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "token_ids": ids_to_json(self.token_ids)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Generation:
+        return cls(**{**d, "token_ids": ids_from_json(d.get("token_ids"))})
+
 
 @dataclass(frozen=True)
 class LoglikRequest:
@@ -195,6 +225,13 @@ class Loglik:
     logprob: float
     is_greedy: bool
     n_tokens: int
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Loglik:
+        return cls(**d)
 
 
 # -- records --------------------------------------------------------------------------
@@ -234,13 +271,13 @@ class Record:
 
     def to_dict(self) -> JsonObject:
         d = asdict(self)
-        d["token_ids"] = list(self.token_ids)
+        d["token_ids"] = ids_to_json(self.token_ids)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Record:
         d = dict(d)
-        d["token_ids"] = tuple(d.get("token_ids") or ())
+        d["token_ids"] = ids_from_json(d.get("token_ids"))
         d["metrics"] = dict(d.get("metrics") or {})
         return cls(**d)
 

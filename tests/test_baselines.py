@@ -239,7 +239,7 @@ def test_settings_that_move_answers_are_in_the_key(monkeypatch):
     import torch
 
     from harness.config import BackendOptions, RunConfig
-    from harness.runner import store_meta
+    from harness.store import store_meta
     from harness.suites import load_suite
 
     suite = load_suite("demo")

@@ -227,7 +227,7 @@ def test_same_vocab_other_tokenizer_files_is_a_warning(tmp_path, base_ckpt, capl
 def test_second_run_on_a_locked_store_names_the_holder(capsys, tmp_path, base_ckpt):
     from harness import checkpoint as ckpt
     from harness.config import RunConfig
-    from harness.runner import store_folder, store_meta
+    from harness.store import store_folder, store_meta
     from harness.suites import load_suite
 
     suite_file = write_suite(tmp_path)
@@ -235,7 +235,7 @@ def test_second_run_on_a_locked_store_names_the_holder(capsys, tmp_path, base_ck
     p = base_ckpt.resolve()
     files = ckpt.fingerprint_files(p)
     meta = store_meta(str(p), ckpt.fingerprint_of(files), load_suite(str(suite_file)), cfg, files)
-    folder = store_folder(cfg, meta)
+    folder = store_folder(cfg.store_dir, meta)
     with RunStore.open(folder, meta):
         argv = ["run", "--model", str(base_ckpt), "--suite", str(suite_file), "--limit", LIMIT,
                 "--store", str(tmp_path / "store")]  # fmt: skip

@@ -108,7 +108,7 @@ def test_a_gate_metric_the_task_does_not_have_is_one_line(tmp_path):
 
 def test_store_key_covers_data_hashes_and_task_version(tmp_path, monkeypatch):
     from harness.config import RunConfig
-    from harness.runner import store_meta
+    from harness.store import store_meta
 
     root = tmp_path / "data"
     _copy_dataset(root, "openai__gsm8k/main", ("test", "train"))
@@ -145,7 +145,7 @@ def test_baselines_judge_a_stored_run_on_the_data_root_it_was_run_on(demo, tmp_p
     from harness import checkpoint
     from harness.baselines import RunInfo, staleness
     from harness.config import RunConfig
-    from harness.runner import store_meta
+    from harness.store import store_meta
     from harness.suites import suite_for
 
     root = tmp_path / "data"
