@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lm_eval.api.model import LM
 
@@ -31,14 +31,14 @@ from harness import defaults
 from harness.backends.base import Backend
 from harness.errors import BackendError
 from harness.progress import Progress
-from harness.store import RunStore
+from harness.store import Answer, RunStore
 from harness.types import Generation, GenRequest, Loglik, LoglikRequest, Messages, RequestId
 
 if TYPE_CHECKING:
     from lm_eval.api.instance import Instance
 
 Request = GenRequest | LoglikRequest
-Answer = type[Generation] | type[Loglik]
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 FIRST_CHUNK = 64  # requests in the first call of an engine whose chunks are sized by time
@@ -109,8 +109,7 @@ class RegressLM(LM):
         self._tokenizer_name = tokenizer_name
         self.store = store
         self.default_max_tokens = default_max_tokens
-        self.generations: dict[str, Generation] = {}  # by request key (gen_key)
-        self.logliks: dict[str, Loglik] = {}  # by request key (ll_key)
+        self.answers: dict[str, dict[str, Answer]] = {"gen": {}, "ll": {}}  # kind -> request key -> answer
         self.served = ServedRequests()  # lm-eval's request identity -> the request answered
         self.chunk_size = chunk_size  # None: the backend's own
         self.label = label or tokenizer_name  # names the checkpoint in progress lines
@@ -158,43 +157,38 @@ class RegressLM(LM):
     # -- bulk calls with the store in front -------------------------------------------
 
     def generate(self, reqs: Sequence[GenRequest]) -> list[Generation]:
-        keys = [gen_key(r) for r in reqs]
-        self._fill("gen", keys, reqs, self.generations, Generation)
-        return [self.generations[k] for k in keys]
+        return [_as(Generation, a) for a in self._fill("gen", [gen_key(r) for r in reqs], reqs)]
 
     def score(self, reqs: Sequence[LoglikRequest]) -> list[Loglik]:
-        keys = [ll_key(r) for r in reqs]
-        self._fill("ll", keys, reqs, self.logliks, Loglik)
-        return [self.logliks[k] for k in keys]
+        return [_as(Loglik, a) for a in self._fill("ll", [ll_key(r) for r in reqs], reqs)]
 
     def generation(self, req: GenRequest) -> Generation:
         """The answer already given to ``req`` (KeyError where it was never asked)."""
-        return self.generations[gen_key(req)]
+        return _as(Generation, self.answers["gen"][gen_key(req)])
 
     def loglik(self, req: LoglikRequest) -> Loglik:
         """The answer already given to ``req`` (KeyError where it was never asked)."""
-        return self.logliks[ll_key(req)]
+        return _as(Loglik, self.answers["ll"][ll_key(req)])
 
-    def _fill(
-        self,
-        kind: str,
-        keys: list[str],
-        reqs: Sequence[Any],
-        memo: dict[str, Any],
-        cls: type[Generation] | type[Loglik],
-    ) -> None:
+    def _fill(self, kind: str, keys: list[str], reqs: Sequence[Request]) -> list[Answer]:
+        """The answers to ``reqs`` (keyed ``keys``): remembered, else stored, else the backend's."""
+        memo = self.answers[kind]
         stored = self.store.answers(kind)
-        todo: dict[str, Any] = {}
+        todo: dict[str, Request] = {}
         for k, r in zip(keys, reqs):
             if k in memo:
                 continue
             if k in stored:
-                memo[k] = cls.from_dict(stored[k])
+                memo[k] = stored[k]
                 self.stored_requests += 1
             else:
                 todo.setdefault(k, r)
-        if not todo:
-            return
+        if todo:
+            self._ask(kind, todo, memo)
+        return [memo[k] for k in keys]
+
+    def _ask(self, kind: str, todo: dict[str, Request], memo: dict[str, Answer]) -> None:
+        """Ask the backend for ``todo`` in chunks, each stored (and remembered) as it finishes."""
         backend = self.backend
         items = list(todo.items())[:: -1 if self.reverse else 1]
         cap = self.chunk_size or backend.chunk_size
@@ -219,9 +213,9 @@ class RegressLM(LM):
             self.backend_calls += 1
             answers: Sequence[Any]
             if kind == "gen":
-                answers = backend.generate([r for _, r in chunk], functools.partial(keep, chunk))
+                answers = backend.generate([_as(GenRequest, r) for _, r in chunk], functools.partial(keep, chunk))
             else:
-                answers = backend.loglikelihood([r for _, r in chunk])
+                answers = backend.loglikelihood([_as(LoglikRequest, r) for _, r in chunk])
             if len(answers) != len(chunk):
                 raise BackendError(f"backend returned {len(answers)} answers for {len(chunk)} requests")
             rest = [i for i in range(len(chunk)) if i not in done_at]
@@ -233,3 +227,10 @@ class RegressLM(LM):
                 per_request = max(time.monotonic() - t0, 1e-6) / len(chunk)
                 size = max(1, min(cap, 8 * size, int(CHUNK_SECONDS / per_request)))
         progress.close()
+
+
+def _as(cls: type[T], value: object) -> T:
+    """``value``, which the kind it was kept under makes a ``cls``; checked, not cast."""
+    if not isinstance(value, cls):
+        raise BackendError(f"expected a {cls.__name__}, got {type(value).__name__}")
+    return value

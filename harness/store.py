@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 # "metric,filter"; 5: prompts past the model's context cut from the left as lm-eval does
 # (runs stored before are listed as stale and never reused)
 FORMAT_VERSION = 5
+# the kinds of answers.jsonl's rows ("t") and what each holds ("v", as its ``to_dict`` writes it)
+ANSWER_KINDS: dict[str, type[Generation] | type[Loglik]] = {"gen": Generation, "ll": Loglik}
+Answer = Generation | Loglik
 # what a run's key is made of (with FORMAT_VERSION), as meta.json stores them
 KEY_PARTS = ("fingerprint", "suite_hash", "backend", "settings", "limit", "lm_eval", "noise_variant")
 log = logging.getLogger(__name__)
@@ -239,7 +242,7 @@ class RunStore:
         self.meta = meta
         self._lock_fd: int | None = None
         self._shared = False
-        self._answers: dict[str, dict[str, dict[str, Any]]] | None = None
+        self._answers: dict[str, dict[str, Answer]] | None = None
         self.dropped_torn_line = False
 
     @classmethod
@@ -305,8 +308,8 @@ class RunStore:
 
     # -- answers (resume) -------------------------------------------------------------
 
-    def _load_answers(self) -> dict[str, dict[str, dict[str, Any]]]:
-        out: dict[str, dict[str, dict[str, Any]]] = {"gen": {}, "ll": {}}
+    def _load_answers(self) -> dict[str, dict[str, Answer]]:
+        out: dict[str, dict[str, Answer]] = {kind: {} for kind in ANSWER_KINDS}
         f = self.path / "answers.jsonl"
         if not f.exists():
             return out
@@ -317,7 +320,7 @@ class RunStore:
                 break  # torn tail: the writer died mid-line
             try:
                 row = json.loads(line)
-                out[row["t"]][row["k"]] = row["v"]
+                out[row["t"]][row["k"]] = ANSWER_KINDS[row["t"]].from_dict(row["v"])
             except (ValueError, KeyError, TypeError):
                 break  # a line the writer never finished (e.g. zeros after a power cut)
             good += len(line)
@@ -334,20 +337,17 @@ class RunStore:
                 raise _os_error(e, f) from e
         return out
 
-    def answers(self, kind: str) -> dict[str, dict[str, Any]]:
+    def answers(self, kind: str) -> dict[str, Answer]:
+        """The stored answers of ``kind`` ("gen" or "ll") by request key."""
         if self._answers is None:
             self._answers = self._load_answers()
         return self._answers[kind]
 
-    def append(self, kind: str, pairs: Iterable[tuple[str, Generation | Loglik]]) -> None:
-        self._upgrade()
+    def append(self, kind: str, pairs: Iterable[tuple[str, Answer]]) -> None:
         """Append answers durably (one write, fsync) before they count as done."""
-        rows = []
-        done: dict[str, dict[str, Any]] = {}
-        for k, v in pairs:
-            d = v.to_dict()
-            rows.append(json.dumps({"t": kind, "k": k, "v": d}) + "\n")
-            done[k] = d
+        self._upgrade()
+        pairs = list(pairs)
+        rows = [json.dumps({"t": kind, "k": k, "v": v.to_dict()}) + "\n" for k, v in pairs]
         cache = self.answers(kind)
         f = self.path / "answers.jsonl"
         try:
@@ -361,7 +361,7 @@ class RunStore:
                 os.close(fd)
         except OSError as e:
             raise _os_error(e, f) from e
-        cache.update(done)
+        cache.update(pairs)
 
     # -- records ----------------------------------------------------------------------
 

@@ -332,7 +332,7 @@ def test_enospc_at_the_write_layer_leaves_a_resumable_store(tmp_path, monkeypatc
     with RunStore.open(tmp_path / "run", {"key": "k"}) as s:
         kept = sorted(s.answers("gen"))  # the lines that reached the disk whole, and only those
         assert kept[:4] == [f"k{i}" for i in range(4)] and "k7" not in kept and len(kept) < 8
-        assert all(s.answers("gen")[k]["text"] == f"answer {k[1:]}" for k in kept)
+        assert all(s.answers("gen")[k].text == f"answer {k[1:]}" for k in kept)
         assert s.dropped_torn_line
     with pytest.raises(StoreError, match="out of disk space"):
         monkeypatch.setattr(store_mod, "os", _FullDisk(budget=0))
@@ -355,7 +355,7 @@ def test_torn_last_record_is_dropped(tmp_path, tail):
         fh.write(tail)
     with RunStore.open(tmp_path / "run", {}) as s:
         assert sorted(s.answers("gen")) == ["k0", "k1", "k2"]
-        assert s.answers("gen")["k1"]["text"] == "answer 1"
+        assert s.answers("gen")["k1"].text == "answer 1"
         assert s.dropped_torn_line
         s.append("gen", [("k3", _gen(3))])
     assert f.read_bytes().startswith(good) and f.read_bytes().count(b"\n") == 4

@@ -18,7 +18,7 @@ def test_complete_store_is_shared_by_readers_and_writes_need_it_alone(tmp_path):
             RunStore.open(folder, {"k": 1})
     first = RunStore.open(folder, {"k": 1})
     second = RunStore.open(folder, {"k": 1})  # a second reader of the complete run is welcome
-    assert first.answers("ll")["a"]["logprob"] == -1.0
+    assert first.answers("ll")["a"].logprob == -1.0
     with pytest.raises(StoreError, match="being read by another run"):
         first.append("ll", [("b", Loglik(-2.0, False, 1))])
     second.close()
