@@ -125,3 +125,22 @@ def test_the_layers_below_config_do_not_reach_up() -> None:
     for name, edges in graph.items():
         if name.startswith("harness.backends"):
             assert "harness.config" not in edges, name
+
+
+def test_config_reads_every_backends_options_without_an_engine() -> None:
+    """The flags of every backend come from the registry without torch, vllm or httpx imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dataclasses, harness.config as c; "
+        "print(sorted(m for m in ('torch', 'vllm', 'httpx', 'transformers') if m in sys.modules)); "
+        "print(' '.join(f.name for f in dataclasses.fields(c.BackendOptions)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "[]"
+    fields = set(out[1].split())
+    # each backend's own fields, declared in its own module (config.py names none of them)
+    assert {"batch_size", "device", "max_model_len", "base_urls", "api_model", "chunk_size"} <= fields
+    config_src = (HARNESS / "config.py").read_text()
+    assert not any(f"{name}:" in config_src for name in fields)
