@@ -128,8 +128,8 @@ from typing import Any
 
 from harness import detectors as _detectors  # noqa: F401  (registers the detectors and their rise rules)
 from harness import stats
-from harness.config import Spec
 from harness.errors import PolicyError
+from harness.options import Spec
 from harness.registry import (
     Evidence,
     Family,

@@ -36,7 +36,7 @@ from typing import Any
 
 from harness.config import RunConfig
 from harness.errors import RegressError
-from harness.runner import _args, _text_hash, gate_key, item_hash, item_metrics
+from harness.runner import _text_hash, gate_key, item_hash, item_metrics
 from harness.types import Checkpoint, Comparison, LoadedCheckpoint, Record, RunResult, RunSource, Suite, TaskSpec
 
 Sample = Mapping[str, Any]
@@ -105,6 +105,16 @@ class LmEvalLog:
         """The run's identity: lm-eval's hash of every item's doc, prompt and target per task, and the model."""
         ident = json.dumps([self.results.get("task_hashes"), self.model_args, self.results_file], sort_keys=True)
         return "lm-eval-" + hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _args(arg: Any) -> tuple[Any, Any]:
+    """One request's (context, continuation-or-gen_kwargs) as an lm-eval log file holds it:
+    ``{"arg_0": ..., "arg_1": ...}`` (its ``result_schema``), or a list where a writer kept
+    lm-eval's in-memory tuple."""
+    if isinstance(arg, dict):
+        vals = list(arg.values())
+        return vals[0], vals[1]
+    return arg[0], arg[1]
 
 
 def _kv(part: str) -> tuple[str, str]:

@@ -43,8 +43,8 @@ from contextlib import contextmanager
 from dataclasses import FrozenInstanceError, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from harness.config import Spec, problem
 from harness.errors import PolicyError
+from harness.options import Spec, problem
 from harness.text import pct, pts
 from harness.types import DetectorRate, ProbeRow, TaskRow
 
