@@ -233,7 +233,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
 def test_every_subcommand_flag_is_generated_from_an_option_field():
     """Issue 19: no hand-written flag left in a subcommand: each one is an option(...) field."""
     from harness import cli_args
-    from harness.config import _specs, flag_of
+    from harness.options import _specs, flag_of
     from harness.sft import TokenRule
     from harness.watch import WatchArgs
 
