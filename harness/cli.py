@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from harness import defaults
 from harness.cli_args import (
@@ -36,6 +36,9 @@ from harness.errors import RegressError
 from harness.quiet import quiet_third_party
 from harness.sft.rule import TokenRule
 from harness.types import Comparison
+
+if TYPE_CHECKING:
+    from harness.pipeline import CompareRequest
 
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
 
@@ -91,7 +94,7 @@ def _print_verdict(cmp: Comparison, out: Path) -> None:
 def cmd_run(a: argparse.Namespace) -> int:
     from harness.pipeline import run_one
 
-    res = run_one(a.model, _run_config(a))
+    res = run_one(a.model, _run_config(a), a.base)
     by_task: dict[str, list[float]] = {}
     for r in res.records:
         by_task.setdefault(r.task, []).append(r.score)
@@ -104,20 +107,25 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from harness.pipeline import CompareRequest, run_comparison
 
+    models = tuple(a.model)
     base, base_log = _side(a.base, a.base_samples, "--base")
-    model, model_log = _side(a.model, a.model_samples, "--model")
+    model, model_log = _side(models[0] if models else None, a.model_samples, "--model")
     if base_log or model_log:  # an lm-eval output folder on one side or both (harness/lm_eval_logs.py)
         from harness import lm_eval_logs
 
         if a.noise_floor:
             raise RegressError("--noise-floor runs the base twice: give --base CKPT, not --base-samples")
+        if len(models) > 1:
+            raise RegressError("several --model are compared with a checkpoint base, not with --base-samples")
         log_req = lm_eval_logs.LogCompareRequest(
             base, model, base_log, model_log, _run_config(a), a.out, a.policy, a.tokenizer, a.allow_prompt_change
         )
         cmp, out = lm_eval_logs.compare(log_req)
         _print_verdict(cmp, out)
         return cmp.verdict.exit_code(a.strict)
-    req = CompareRequest(base, model, _run_config(a), a.out, a.policy, a.noise_floor)
+    req = CompareRequest(base, model, _run_config(a), a.out, a.policy, a.noise_floor, a.allow_no_effect)
+    if len(models) > 1:
+        return _compare_many(req, list(models), a.strict)
     cmp, out = run_comparison(req)
     _print_verdict(cmp, out)
     return cmp.verdict.exit_code(a.strict)
@@ -128,6 +136,16 @@ def _side(ckpt: str | None, samples: str | None, flag: str) -> tuple[str, bool]:
     if (ckpt is None) == (samples is None):
         raise RegressError(f"give one of {flag} CKPT and {flag}-samples DIR (an lm_eval --log_samples output folder)")
     return (samples, True) if samples is not None else (str(ckpt), False)
+
+
+def _compare_many(req: CompareRequest, models: list[str], strict: bool) -> int:
+    from harness.candidates import run_many
+
+    results, out = run_many(req, models)
+    for cmp, folder in results:
+        _print_verdict(cmp, folder)
+    print(f"  index: {out / 'index.html'}")
+    return max(cmp.verdict.exit_code(strict) for cmp, _ in results)
 
 
 def cmd_baselines(a: argparse.Namespace) -> int:
@@ -195,7 +213,7 @@ def cmd_trend(a: argparse.Namespace) -> int:
     if any(lm_eval_logs.is_log_folder(p) for p in (a.base, *a.checkpoints)):  # lm-eval output folders among them
         points = lm_eval_logs.trend(a.base, a.checkpoints, _run_config(a), out, a.policy, a.tokenizer)
     else:
-        points = run_trend(a.base, a.checkpoints, _run_config(a), out, a.policy)
+        points = run_trend(a.base, a.checkpoints, _run_config(a), out, a.policy, a.allow_no_effect)
     for p in points:
         print(f"  step {p.step:>8}  {p.verdict:4s}  {p.path}")
     best = last_passing(points)

@@ -11,18 +11,25 @@ from dataclasses import dataclass
 
 from harness.config import check, option
 
+NO_EFFECT_HELP = "accept a candidate whose files differ from the base's but whose every answer equals the base's"
 REAL_LIMIT = 10  # items per task in the real demo's comparisons (~950 per pair; thousands in all)
 
 
 @dataclass(frozen=True)
 class RunArgs:
-    model: str = option(help="the checkpoint to evaluate")
+    model: str = option(help="a checkpoint folder, a PEFT adapter folder or a hub id org/name[@revision]")
+    base: str | None = option(None, help="the model a PEFT adapter is applied to (default: the one it names)")
 
 
 @dataclass(frozen=True)
 class CompareArgs:
     base: str | None = option(None, help="the base checkpoint (or --base-samples)")
-    model: str | None = option(None, help="the candidate (fine-tuned) checkpoint (or --model-samples)")
+    model: tuple[str, ...] = option(
+        (),
+        help="the candidate: a checkpoint folder, a PEFT adapter folder or a hub id org/name[@revision] (or "
+        "--model-samples); repeat it to rank several candidates against one base (one report each and an index)",
+    )
+    allow_no_effect: bool = option(False, help=NO_EFFECT_HELP)
     out: str | None = option(None, help="report folder (default reports/MODEL-vs-BASE-SUITE)")
     noise_floor: bool = option(
         False,
@@ -65,6 +72,7 @@ class TrendArgs:
     )
     out: str | None = option(None, help="trend report folder (default reports/trend-BASE)")
     tokenizer: str | None = option(None, help="counts the tokens of lm-eval output folders' responses")
+    allow_no_effect: bool = option(False, help=NO_EFFECT_HELP)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness import adapters, defaults, detectors, engines, probes
 from harness import checkpoint as ckpt
-from harness import defaults, detectors, probes
 from harness.backends import BACKENDS, rerun_options
 from harness.compare import add_drift, add_flags, pair, probe_row, tables
 from harness.config import RunConfig
@@ -54,6 +54,7 @@ class CompareRequest:
     out: str | None = None
     policy_file: str | None = None
     noise_floor: bool = False
+    allow_no_effect: bool = False  # a candidate whose files differ but whose answers do not: accepted
 
 
 # -- preflight ------------------------------------------------------------------------
@@ -70,21 +71,22 @@ def preflight(paths: Sequence[str], suite: Suite, cfg: RunConfig, out: Path | No
     """
     if cfg.backend not in BACKENDS:
         raise BackendError(f"unknown backend {cfg.backend!r}; choose one of: {', '.join(BACKENDS)}")
-    resolved = [ckpt.validate(p) for p in paths]
+    first = adapters.locate(paths[0])  # folders, adapters (of the first: the base), hub ids
+    sources = [first, *(adapters.locate(p, base=first) for p in paths[1:])]
     loaded = []
-    for path, p in zip(paths, resolved):
-        tok = ckpt.load_tokenizer(p, cfg.options.trust_remote_code)
+    for path, src in zip(paths, sources):
+        tok = ckpt.load_tokenizer(src.tokenizer_path, cfg.options.trust_remote_code)
         if suite.chat_template and not getattr(tok, "chat_template", None):
             raise RegressError(f"checkpoint {path} has no chat template, which suite {suite.name!r} needs")
         loaded.append(tok)
-    for tok, p in zip(loaded[1:], resolved[1:]):
-        warning = ckpt.compare_tokenizers(loaded[0], tok, resolved[0], p)
+    for tok, src in zip(loaded[1:], sources[1:]):
+        warning = ckpt.compare_tokenizers(loaded[0], tok, sources[0].tokenizer_path, src.tokenizer_path)
         if warning:
             log.warning("regress: warning: %s", warning)
     check_writable(Path(cfg.store_dir), "record store")
     if out is not None:
         check_writable(out, "output folder")
-    return [ckpt.read(p, tok) for p, tok in zip(resolved, loaded)]
+    return [adapters.read(src, tok) for src, tok in zip(sources, loaded)]
 
 
 def build_policy(suite: Suite, policy_file: str | None) -> Policy:
@@ -116,24 +118,31 @@ def run_comparison(req: CompareRequest) -> tuple[Comparison, Path]:
     policy = build_policy(suite, req.policy_file)
     out = Path(req.out) if req.out else default_out(req.base, req.model, suite.name)
     base_ck, cand_ck = preflight((req.base, req.model), suite, req.config, out)  # all bad input, before any write
-    base = evaluate(base_ck, suite, req.config)
-    nf = noise_floor(base_ck, suite, req.config, base) if req.noise_floor else None
+    with engines.shared((base_ck, cand_ck)):  # an adapter of the base runs in the base's engine
+        base = evaluate(base_ck, suite, req.config)
+        nf = noise_floor(base_ck, suite, req.config, base) if req.noise_floor else None
+        cand = evaluate(cand_ck, suite, req.config, reference=base.records)
     if nf is not None:
         policy = override(policy, noise_floor=nf.rate)
-    cand = evaluate(cand_ck, suite, req.config, reference=base.records)
+    adapters.check_effect(base, cand, req.allow_no_effect)
     cmp = comparison_of(base, cand, suite, req.config.backend, policy, nf)
     return cmp, write_report(cmp, out)
 
 
 def run_trend(
-    base: str, checkpoints: Sequence[str], cfg: RunConfig, out: Path, policy_file: str | None
+    base: str,
+    checkpoints: Sequence[str],
+    cfg: RunConfig,
+    out: Path,
+    policy_file: str | None,
+    allow_no_effect: bool = False,
 ) -> list[TrendPoint]:
     """``regress trend``: each checkpoint against the base (evaluated once; every
     checkpoint checked before any is run), ordered by step, written as trend.html/json."""
     suite = suite_for(cfg)
     policy = build_policy(suite, policy_file)
     base_ck, *cands = preflight([base, *checkpoints], suite, cfg, out)
-    comparisons = list(against_base(base_ck, cands, suite, cfg, policy))
+    comparisons = list(against_base(base_ck, cands, suite, cfg, policy, allow_no_effect))
     points, by_step = points_of(list(checkpoints), comparisons)
     write_trend(base, points, out, "step" if by_step else "position given")
     return points
@@ -190,6 +199,7 @@ def comparison_of(
     notes: tuple[str, ...] = (nf.note(),) if nf is not None else ()
     # a registered task read from a local copy that is not the original (HellaSwag: approximate; TriviaQA: subset)
     notes += tuple(dict.fromkeys(f"{t.group or t.name}: local data: {t.fidelity}" for t in suite.tasks if t.fidelity))
+    notes += adapters.notes(base.checkpoint, cand.checkpoint, backend)
     return Comparison(
         base=base.checkpoint, candidate=cand.checkpoint, suite=suite.name, suite_hash=suite.content_hash,
         backend=backend, items=items, tasks=tasks, overall=overall, verdict=verdict, policy=policy,
@@ -199,13 +209,21 @@ def comparison_of(
 
 
 def against_base(
-    base_ck: LoadedCheckpoint, cands: Sequence[LoadedCheckpoint], suite: Suite, cfg: RunConfig, policy: Policy
+    base_ck: LoadedCheckpoint,
+    cands: Sequence[LoadedCheckpoint],
+    suite: Suite,
+    cfg: RunConfig,
+    policy: Policy,
+    allow_no_effect: bool = False,
 ) -> Iterator[Comparison]:
-    """The base evaluated once, then each candidate evaluated and compared with it, in turn."""
-    base = evaluate(base_ck, suite, cfg)
-    for ck in cands:
-        cand = evaluate(ck, suite, cfg, reference=base.records)
-        yield comparison_of(base, cand, suite, cfg.backend, policy)
+    """The base evaluated once, then each candidate evaluated and compared with it, in turn
+    (adapters of the base in the base's engine; a candidate that changed nothing refused)."""
+    with engines.shared([base_ck, *cands]):
+        base = evaluate(base_ck, suite, cfg)
+        for ck in cands:
+            cand = evaluate(ck, suite, cfg, reference=base.records)
+            adapters.check_effect(base, cand, allow_no_effect)
+            yield comparison_of(base, cand, suite, cfg.backend, policy)
 
 
 def config_check(base: RunResult, cand: RunResult) -> list[str]:

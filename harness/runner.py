@@ -16,8 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from harness import probes
-from harness.backends import load_backend
+from harness import engines, probes
 from harness.config import RunConfig
 from harness.errors import RegressError, SuiteError
 from harness.lm_adapter import RegressLM, Request
@@ -60,7 +59,7 @@ def evaluate(
 
     with RunStore.open(store_folder(cfg.store_dir, meta), meta) as store:
         lm = RegressLM(
-            lambda: load_backend(cfg.backend, ck, cfg.options), store, chat, ck.path,
+            lambda: engines.load(cfg.backend, ck, cfg.options), store, chat, ck.path,
             chunk_size=cfg.options.chunk_size, label=Path(ck.path).name,
         )  # fmt: skip
         lm.reverse = bool(cfg.noise_variant)

@@ -88,17 +88,40 @@ class Suite:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint as the report names it: its path and content fingerprint."""
+    """A checkpoint as the report names it: its path and content fingerprint; for a PEFT
+    adapter the folder of the model it is applied to (``adapter_of``); for a hub id the id,
+    the revision asked for and the commit the cache resolved it to."""
 
     path: str
     fingerprint: str
+    adapter_of: str | None = None
+    hub_id: str | None = None
+    revision: str | None = None
+    commit: str | None = None
 
     def to_dict(self) -> JsonObject:
-        return asdict(self)
+        """Path and fingerprint; the adapter and hub fields only where set."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Checkpoint:
-        return cls(str(d["path"]), str(d["fingerprint"]))
+        opt = {k: str(d[k]) for k in ("adapter_of", "hub_id", "revision", "commit") if d.get(k) is not None}
+        return cls(str(d["path"]), str(d["fingerprint"]), **opt)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A PEFT LoRA adapter folder (``adapter_config.json`` + weights, no ``config.json``)
+    and the full checkpoint folder it is applied to (``base``); ``name`` is how engines
+    and servers call it (the folder's name)."""
+
+    path: str
+    base: str
+    name: str
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]
+    weights: str  # the weight file's name in ``path``
 
 
 @dataclass(frozen=True)
@@ -137,10 +160,17 @@ class LoadedCheckpoint:
     files: Mapping[str, str]
     tokenizer: Any
     eot: EotSetup
+    adapter: Adapter | None = None  # a PEFT adapter: ``path`` is its folder, ``adapter.base`` the model's
+    named: Checkpoint | None = None  # how the report names it, where that is more than path and fingerprint
 
     @property
     def checkpoint(self) -> Checkpoint:
-        return Checkpoint(self.path, self.fingerprint)
+        return self.named or Checkpoint(self.path, self.fingerprint)
+
+    @property
+    def model_path(self) -> str:
+        """The full checkpoint folder an engine loads (the adapter's base for an adapter)."""
+        return self.adapter.base if self.adapter is not None else self.path
 
     @property
     def eot_texts(self) -> tuple[str, ...]:

@@ -78,8 +78,9 @@ def _run_flags(parser: argparse.ArgumentParser, cmd: str) -> set[str]:
 def test_every_flag_of_today_is_generated(cmd):
     flags = _run_flags(build_parser(), cmd) - _run_flags(build_parser(), "gate")  # less the command's own
     logs = {"--base-samples", "--model-samples", "--tokenizer", "--allow-prompt-change"}  # lm-eval output folders
-    own = {"compare": {"--base", "--model", "--out", "--noise-floor", *logs}, "run": {"--model"},
-           "trend": {"--base", "--out", "--tokenizer"},
+    no_effect = "--allow-no-effect"
+    own = {"compare": {"--base", "--model", "--out", "--noise-floor", no_effect, *logs}, "run": {"--model"},
+           "trend": {"--base", "--out", "--tokenizer", no_effect},
            "demo": {"--out", "--compare", "--out-reports", "--real"},
            "watch": {"--base", "--out", "--until-step", "--sentinel", "--stop-on-fail", "--poll"}}  # fmt: skip
     assert flags - own[cmd] == {flag for flag, *_ in TODAY}

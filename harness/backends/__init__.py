@@ -66,15 +66,17 @@ def engine_module(name: str) -> EngineModule:
         raise _not_installed(name, e) from e
 
 
-def load_backend(name: str, ckpt: LoadedCheckpoint, options: BackendOptions) -> Backend:
+def load_backend(name: str, ckpt: LoadedCheckpoint, options: BackendOptions, lora_rank: int = 0) -> Backend:
     """Start backend ``name`` on a checkpoint loaded once per run (its tokenizer and
-    end-of-turn ids are the backend's)."""
+    end-of-turn ids are the backend's); ``lora_rank``: vllm, LoRA adapters up to that rank
+    served by the engine besides the checkpoint's own (``harness.engines``)."""
     module = engine_module(name)
     try:
         module.import_engine()
     except ImportError as e:
         raise _not_installed(name, e) from e
-    return cast(Backend, getattr(module, BACKENDS[name][1])(ckpt, options))
+    cls = getattr(module, BACKENDS[name][1])
+    return cast(Backend, cls(ckpt, options, lora_rank=lora_rank) if lora_rank else cls(ckpt, options))
 
 
 def output_settings(name: str, options: BackendOptions) -> StoreSettings:

@@ -12,6 +12,7 @@ settings of the store key (``output_settings``) and the noise floor's second run
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from collections import defaultdict
@@ -139,14 +140,16 @@ class HFBackend(CheckpointBackend):
         torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
         try:
             self.model = AutoModelForCausalLM.from_pretrained(
-                ckpt.path,
+                ckpt.model_path,
                 dtype=torch_dtype,
                 local_files_only=True,
                 trust_remote_code=options.trust_remote_code,
             ).to(self.device)  # type: ignore[arg-type]  # transformers' decorator typing
         except (OSError, ValueError, RuntimeError) as e:
-            raise BackendError(f"cannot load model weights from {ckpt.path}: {str(e).splitlines()[0]}") from e
+            raise BackendError(f"cannot load model weights from {ckpt.model_path}: {str(e).splitlines()[0]}") from e
         self.model.eval()
+        self.active: str | None = None  # the PEFT adapter answering (None: the model alone)
+        self.use(ckpt)
         self.max_len = context_length(self.model.config)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot[0]
         self.batch_size, self.chunk_size = resolve_batching(options)
@@ -156,9 +159,38 @@ class HFBackend(CheckpointBackend):
     def close(self) -> None:
         del self.model
 
+    def use(self, ck: LoadedCheckpoint) -> None:
+        """Answer as ``ck`` from now on: its PEFT adapter over the loaded model (each adapter
+        loaded once, never merged), or the model alone; one model serves a base and every
+        adapter of it (``harness.engines``)."""
+        self.checkpoint, self.tokenizer, self.eot = ck.path, ck.tokenizer, ck.eot.stop_ids
+        self.active = None if ck.adapter is None else f"a{ck.fingerprint}"
+        if self.active is None:
+            return
+        from peft import PeftModel
+
+        try:
+            if not isinstance(self.model, PeftModel):
+                self.model = PeftModel.from_pretrained(self.model, ck.path, adapter_name=self.active).eval()
+            elif self.active not in self.model.peft_config:
+                self.model.load_adapter(ck.path, adapter_name=self.active)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            raise BackendError(f"peft cannot load adapter {ck.path}: {str(e).splitlines()[0]}") from e
+        self.model.set_adapter(self.active)
+
+    def _answering(self) -> Any:
+        """The context a call runs in: a PEFT model with its adapters off for the model alone."""
+        if self.active is None and hasattr(self.model, "disable_adapter"):
+            return self.model.disable_adapter()
+        return contextlib.nullcontext()
+
     # -- generation -------------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenRequest], on_done: Done | None = None) -> list[Generation]:
+        with self._answering():
+            return self._generate(requests, on_done)
+
+    def _generate(self, requests: Sequence[GenRequest], on_done: Done | None) -> list[Generation]:
         self.calls += 1
         out: list[Generation | None] = [None] * len(requests)
         groups: dict[tuple[tuple[str, ...], int], list[int]] = defaultdict(list)
@@ -222,6 +254,10 @@ class HFBackend(CheckpointBackend):
     # -- log-likelihood ---------------------------------------------------------------
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
+        with self._answering():
+            return self._loglikelihood(requests)
+
+    def _loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
         self.calls += 1
         whole = [split_pair(self.encode, r.context, r.continuation, self.bos_id()) for r in requests]
         pairs = fit_pairs(whole, self.max_len + 1, self.max_len)

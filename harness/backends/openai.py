@@ -20,6 +20,10 @@ chat template (the adapter does that) and sent as token ids, tokenized exactly a
   (``chunk_size`` is kept moderate for that), so the same command resumes; an outage is
   never recorded as an empty answer.
 
+A PEFT adapter is asked for by the name the server gives it (``vllm serve BASE
+--lora-modules NAME=DIR``): ``--api-model NAME``, else the adapter folder's name when the
+server lists it.
+
 The store key holds the model name asked for (``output_settings``): the server's own
 settings and hardware are out of regress's sight.
 """
@@ -96,6 +100,7 @@ class OpenAIBackend(CheckpointBackend):
             trust_env=False,  # servers are named explicitly; never route them through a proxy
         )
         self._models: dict[str, str] = {}
+        self.adapter_name = ckpt.adapter.name if ckpt.adapter else None
         self._lock = threading.Lock()
         self.answered = [0] * len(self.urls)  # requests answered, per base URL
         self.retries = 0
@@ -133,6 +138,8 @@ class OpenAIBackend(CheckpointBackend):
             ids = [str(m["id"]) for m in data.get("data", []) if isinstance(m, dict) and m.get("id")]
             if self.checkpoint in ids:
                 name = self.checkpoint
+            elif self.adapter_name in ids:  # `vllm serve BASE --lora-modules NAME=DIR`: the adapter's name
+                name = str(self.adapter_name)
             elif len(ids) == 1:
                 name = ids[0]
             else:

@@ -120,7 +120,21 @@ def import_engine() -> Any:
 # -- the backend ------------------------------------------------------------------------
 
 
-def engine_args(checkpoint: str, options: VLLMOptions) -> dict[str, Any]:
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM takes
+
+
+def lora_args(rank: int) -> dict[str, Any]:
+    """The engine's LoRA settings for adapters up to ``rank`` (0: none): one adapter per
+    call, swapped between calls, so that one engine serves a base and every adapter of it."""
+    if rank <= 0:
+        return {}
+    fit = next((r for r in LORA_RANKS if r >= rank), None)
+    if fit is None:
+        raise BackendError(f"vLLM serves LoRA adapters up to rank {LORA_RANKS[-1]}; this one has rank {rank}")
+    return {"enable_lora": True, "max_lora_rank": fit, "max_loras": 1}
+
+
+def engine_args(checkpoint: str, options: VLLMOptions, lora_rank: int = 0) -> dict[str, Any]:
     """``vllm.LLM`` keyword arguments: regress's defaults plus the pass-through options."""
     cpu = set_environment()
     args: dict[str, Any] = {
@@ -139,7 +153,7 @@ def engine_args(checkpoint: str, options: VLLMOptions) -> dict[str, Any]:
         args["max_model_len"] = options.max_model_len
     if options.gpu_memory_utilization is not None:
         args["gpu_memory_utilization"] = options.gpu_memory_utilization
-    return args
+    return {**args, **lora_args(lora_rank)}
 
 
 def _why(e: BaseException, log: str = "", limit: int = 400) -> str:
@@ -170,7 +184,7 @@ def finish_of(finish_reason: str | None, stop_reason: int | str | None) -> str:
 
 
 class VLLMBackend(CheckpointBackend):
-    def __init__(self, ckpt: LoadedCheckpoint, options: VLLMOptions) -> None:
+    def __init__(self, ckpt: LoadedCheckpoint, options: VLLMOptions, lora_rank: int = 0) -> None:
         import torch
 
         vllm = import_engine()
@@ -188,7 +202,8 @@ class VLLMBackend(CheckpointBackend):
         # temporary file; a failed start's cause is read back from it
         with quiet.engine_output() as log:
             try:
-                self.llm = vllm.LLM(**engine_args(ckpt.path, options))
+                rank = max(lora_rank, ckpt.adapter.rank if ckpt.adapter else 0)
+                self.llm = vllm.LLM(**engine_args(ckpt.model_path, options, rank))
                 self.max_model_len = model_len(self.llm)
             except BaseException as e:
                 with contextlib.suppress(Exception):  # the error that stopped the start is the one to tell
@@ -201,6 +216,21 @@ class VLLMBackend(CheckpointBackend):
         self.chunk_size = options.chunk_size or 4096
         self.fixed_chunks = False  # greedy tokens do not depend on which requests share a call
         self.calls = 0
+        self._lora_ids: dict[str, int] = {}
+        self.lora: Any = None  # the LoRARequest every request is sent with (None: the model alone)
+        self.use(ckpt)
+
+    def use(self, ck: LoadedCheckpoint) -> None:
+        """Answer as ``ck`` from now on: each request sent with its adapter's ``LoRARequest``
+        (vLLM's CPU build serves them too), or without one for the model alone."""
+        self.checkpoint, self.tokenizer, self.eot = ck.path, ck.tokenizer, ck.eot.stop_ids
+        if ck.adapter is None:
+            self.lora = None
+            return
+        from vllm.lora.request import LoRARequest
+
+        lora_id = self._lora_ids.setdefault(ck.fingerprint, len(self._lora_ids) + 1)
+        self.lora = LoRARequest(ck.adapter.name, lora_id, ck.adapter.path)
 
     def _encode_all(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False).input_ids if texts else []
@@ -239,7 +269,9 @@ class VLLMBackend(CheckpointBackend):
         from vllm.inputs import TokensPrompt
 
         try:
-            return self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+            return self.llm.generate(
+                [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False, lora_request=self.lora
+            )
         except ValueError as e:
             raise BackendError(f"vLLM rejected a request: {str(e).splitlines()[0]}") from e
 
