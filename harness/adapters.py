@@ -83,7 +83,7 @@ def _locate_adapter(arg: str, path: Path, base: Source | None, ref: hub.HubRef |
     else:
         named = cfg.get("base_model_name_or_path")
         if not isinstance(named, str) or not named:
-            raise CheckpointError(f"adapter {arg} names no base model (base_model_name_or_path): give --base")
+            raise CheckpointError(f"adapter {arg} names no base model (base_model_name_or_path): name one with --base")
         base_src = locate(named)
         if base_src.adapter is not None:
             raise CheckpointError(f"adapter {arg}: its base {named} is an adapter itself (stacked adapters)")
@@ -223,32 +223,48 @@ def read(src: Source, tokenizer: Any) -> LoadedCheckpoint:
     from harness.probes import eot_setup
 
     a = src.adapter
-    base_files = ckpt.fingerprint_files(a.base)
-    own = [src.path / CONFIG, src.path / a.weights]
-    own += [src.path / n for n in ckpt.META_FILES if n != "config.json" and (src.path / n).is_file()]
-    digests = ckpt.hash_files(own)
-    files = {f"base/{k}": v for k, v in base_files.items()}
-    files.update({f"adapter/{f.name}": digests[f] for f in own})
+    files = adapter_files(src.path, a.weights, a.base)
     if src.base_hub is not None:
-        files["base/@commit"] = src.base_hub.commit
+        files["@base_commit"] = src.base_hub.commit
     loaded = LoadedCheckpoint(
         str(src.path), ckpt.fingerprint_of(files), files, tokenizer, eot_setup(Path(a.base), tokenizer), a
     )
     return _named(loaded, src)
 
 
+def adapter_files(path: Path, weights: str, base: str) -> dict[str, str]:
+    """What an adapter's fingerprint is made of: its base's files ("base/...") and its own
+    ("adapter/..."); "@base" names the base folder (a note, not content: the same adapter
+    over the same content elsewhere is the same run)."""
+    own = [path / CONFIG, path / weights]
+    own += [path / n for n in ckpt.META_FILES if n != "config.json" and (path / n).is_file()]
+    digests = ckpt.hash_files(own)
+    files = {f"base/{k}": v for k, v in ckpt.fingerprint_files(base).items()}
+    files.update({f"adapter/{f.name}": digests[f] for f in own})
+    files["@base"] = str(base)
+    return files
+
+
+def current_files(path: Path, stored: Mapping[str, str]) -> dict[str, str]:
+    """A stored run's checkpoint fingerprinted today (``regress baselines``): an adapter over
+    the base folder its run recorded, any other folder as a checkpoint."""
+    if is_adapter(path) and stored.get("@base"):
+        weights = next((n for n in WEIGHTS if (path / n).is_file()), WEIGHTS[0])
+        return adapter_files(path, weights, stored["@base"])
+    return ckpt.fingerprint_files(path)
+
+
 def _named(loaded: LoadedCheckpoint, src: Source) -> LoadedCheckpoint:
+    """The report's name of it: the adapter's base, the hub id, revision and commit. The
+    commit is a note in ``files`` ("@commit"); the fingerprint is the content's, so a hub
+    snapshot and the same files in a folder share their stored records."""
     ref = src.hub_ref
-    files = dict(loaded.files)
-    fp = loaded.fingerprint
-    if ref is not None:
-        files["@commit"] = ref.commit
-        fp = ckpt.fingerprint_of(files)
+    files = {**loaded.files, **({"@commit": ref.commit} if ref else {})}
     named = Checkpoint(
-        loaded.path, fp, loaded.adapter.base if loaded.adapter else None,
+        loaded.path, loaded.fingerprint, loaded.adapter.base if loaded.adapter else None,
         ref.repo_id if ref else None, ref.revision if ref else None, ref.commit if ref else None,
     )  # fmt: skip
-    return replace(loaded, fingerprint=fp, files=files, named=named)
+    return replace(loaded, files=files, named=named)
 
 
 # -- merge: one folder per (base, adapter), for engines that cannot serve a LoRA --------

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import adapters
 from harness import checkpoint as ckpt
 from harness.detectors import is_nonterminated
 from harness.errors import RegressError, StoreError
@@ -117,7 +118,7 @@ def staleness(run: RunInfo) -> str | None:
     if not path or not Path(path).is_dir():
         return f"checkpoint {path} is gone"
     try:
-        files = ckpt.fingerprint_files(path)
+        files = adapters.current_files(Path(path), run.meta.get("files") or {})
     except (RegressError, OSError) as e:
         return f"checkpoint unreadable: {e}"
     if ckpt.fingerprint_of(files) != run.meta.get("fingerprint"):

@@ -28,6 +28,7 @@ import struct
 import threading
 import time
 import zipfile
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -320,8 +321,11 @@ def fingerprint_files(path: str | Path) -> dict[str, str]:
     return out
 
 
-def fingerprint_of(files: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+def fingerprint_of(files: Mapping[str, str]) -> str:
+    """The fingerprint of a ``fingerprint_files`` map; names starting with "@" are notes
+    (a hub commit, an adapter's base folder), not content, and are left out."""
+    content = {k: v for k, v in files.items() if not k.startswith("@")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def fingerprint(path: str | Path) -> str:

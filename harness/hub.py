@@ -61,7 +61,8 @@ def _snapshot(repo_id: str, rev: str) -> Path:
     from huggingface_hub.errors import HFValidationError
 
     try:
-        return Path(snapshot_download(repo_id, revision=rev, local_files_only=not online()))
+        cache = os.environ.get("HF_HUB_CACHE") or None  # read per call: huggingface_hub reads it once, at import
+        return Path(snapshot_download(repo_id, revision=rev, cache_dir=cache, local_files_only=not online()))
     except HFValidationError as e:
         raise CheckpointError(f"checkpoint not found: {repo_id}@{rev} is neither a folder nor a hub id ({e})") from e
     except Exception as e:  # noqa: BLE001 - hub and cache errors come in many classes; all mean "not here"

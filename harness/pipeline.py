@@ -103,10 +103,11 @@ def default_out(base: str, model: str, suite: str) -> Path:
 # -- the commands ---------------------------------------------------------------------
 
 
-def run_one(path: str, cfg: RunConfig) -> RunResult:
-    """``regress run``: one checkpoint's records on the suite (stored, or computed and stored)."""
+def run_one(path: str, cfg: RunConfig, base: str | None = None) -> RunResult:
+    """``regress run``: one checkpoint's records on the suite (stored, or computed and stored);
+    ``base``: the model a PEFT adapter is applied to (else the one its config names)."""
     suite = suite_for(cfg)
-    (loaded,) = preflight([path], suite, cfg)
+    loaded = preflight([base, path] if base else [path], suite, cfg)[-1]
     return evaluate(loaded, suite, cfg)
 
 

@@ -79,7 +79,7 @@ def test_every_flag_of_today_is_generated(cmd):
     flags = _run_flags(build_parser(), cmd) - _run_flags(build_parser(), "gate")  # less the command's own
     logs = {"--base-samples", "--model-samples", "--tokenizer", "--allow-prompt-change"}  # lm-eval output folders
     no_effect = "--allow-no-effect"
-    own = {"compare": {"--base", "--model", "--out", "--noise-floor", no_effect, *logs}, "run": {"--model"},
+    own = {"compare": {"--base", "--model", "--out", "--noise-floor", no_effect, *logs}, "run": {"--model", "--base"},
            "trend": {"--base", "--out", "--tokenizer", no_effect},
            "demo": {"--out", "--compare", "--out-reports", "--real"},
            "watch": {"--base", "--out", "--until-step", "--sentinel", "--stop-on-fail", "--poll"}}  # fmt: skip
