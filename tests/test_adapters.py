@@ -191,3 +191,27 @@ def test_a_hub_id_resolves_through_the_cache(demo, loras, session_store, tmp_pat
     assert s["base"]["commit"] == commit
     assert any(f"commit {commit}" in w for w in s["warnings"])
     assert "acme/demo-base" in (out / "report.md").read_text() or "acme/demo-base" in json.dumps(s)
+
+
+# -- the real demo: a LoRA of SmolLM2-135M-Instruct ----------------------------------------
+
+REAL_BASE = REPO / ".cache" / "demo" / "real" / "base"
+
+
+@pytest.mark.skipif(not (REAL_BASE / "config.json").is_file(), reason="the real demo's SmolLM2 is not built")
+def test_real_lora_fails_like_its_merged_copy(session_store, tmp_path):
+    from harness.demo.lora import build_real_lora
+
+    lora = build_real_lora(REAL_BASE, REPO / ".cache" / "demo-lora-real")
+    summaries, items = [], []
+    for name in ("lora-all-tokens", "lora-all-tokens-merged"):
+        out = tmp_path / name
+        argv = ["compare", "--base", str(REAL_BASE), "--model", str(lora[name]), "--suite", "real", "--limit", "4",
+                "--store", str(session_store), "--out", str(out)]  # fmt: skip
+        assert main(argv) == 1
+        summaries.append(json.loads((out / "summary.json").read_text()))
+        items.append(pd.read_parquet(out / "items.parquet").set_index(["task", "item_id"]))
+    assert summaries[0]["verdict"] == summaries[1]["verdict"] == "FAIL"
+    assert _failed_tasks(summaries[0]) == _failed_tasks(summaries[1])
+    same = (items[0]["output_cand"] == items[1].loc[items[0].index, "output_cand"]).mean()
+    assert same >= 0.99, same

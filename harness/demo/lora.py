@@ -121,3 +121,36 @@ def _other_base(dest: Path) -> None:
     cfg = LlamaConfig(vocab_size=80, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
     _peft(LlamaForCausalLM(cfg), TARGETS).save_pretrained(str(dest))
+
+
+# -- a LoRA of the real demo's SmolLM2 -------------------------------------------------------
+
+REAL_LORA: dict[str, Any] = {"steps": 40, "batch_size": 8, "lr": 3e-3, "seed": 3, "warmup": 4}
+
+
+def build_real_lora(base: Path, out: Path) -> dict[str, Path]:
+    """The real demo's careless recipe (the new skill, loss on every token) as a rank-8
+    LoRA of SmolLM2 (``out/lora-all-tokens``) and its merged copy (``-merged``), once per key."""
+    key = build_key(base)
+    paths = {n: out / n for n in ("lora-all-tokens", "lora-all-tokens-merged")}
+    stamp = out / "BUILD.json"
+    if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key and all(p.is_dir() for p in paths.values()):
+        return paths
+    from transformers import AutoTokenizer
+
+    from harness.demo import real
+
+    work = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    tok: Any = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+    model = _peft(_load(base), TARGETS)
+    r = REAL_LORA
+    rows = [real.encode(tok, row, "all") for row in real.sft_examples(r["steps"] * r["batch_size"])]
+    real.train(model, real._batches(rows, r["batch_size"], r["seed"]), r["steps"], r["lr"], r["warmup"])
+    model.save_pretrained(str(work / "lora-all-tokens"))
+    _merge(base, work / "lora-all-tokens", work / "lora-all-tokens-merged")
+    (work / "BUILD.json").write_text(json.dumps({"key": key}))
+    shutil.rmtree(out, ignore_errors=True)
+    work.rename(out)
+    return paths
