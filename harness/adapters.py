@@ -188,7 +188,7 @@ def _check_named_base(arg: str, cfg: Mapping[str, Any], model_dir: Path) -> None
     if not isinstance(named, str) or not named:
         return
     try:
-        src = hub.resolve(named)
+        src = hub.resolve(named, fetch=False)  # a config check never downloads a model
     except CheckpointError:
         return  # not at hand: the shapes decide
     folder = src.path if src is not None else Path(named).expanduser()

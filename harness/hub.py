@@ -42,9 +42,10 @@ def online() -> bool:
     return os.environ.get("REGRESS_ONLINE") == "1"
 
 
-def resolve(ref: str) -> HubRef | None:
+def resolve(ref: str, fetch: bool = True) -> HubRef | None:
     """The cached snapshot of hub id ``ref`` (None where ``ref`` is a local path or does not
-    read as an id); ``CheckpointError`` where it is an id that is not cached."""
+    read as an id); ``CheckpointError`` where it is an id that is not cached (and, with
+    ``REGRESS_ONLINE=1`` and ``fetch``, cannot be fetched)."""
     if Path(ref).expanduser().exists():
         return None
     parsed = parse(ref)
@@ -52,22 +53,22 @@ def resolve(ref: str) -> HubRef | None:
         return None
     repo_id, revision = parsed
     rev = revision or "main"
-    path = _snapshot(repo_id, rev)
+    path = _snapshot(repo_id, rev, fetch and online())
     return HubRef(repo_id, rev, path.name, path)
 
 
-def _snapshot(repo_id: str, rev: str) -> Path:
+def _snapshot(repo_id: str, rev: str, fetch: bool) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
 
     try:
         cache = os.environ.get("HF_HUB_CACHE") or None  # read per call: huggingface_hub reads it once, at import
-        return Path(snapshot_download(repo_id, revision=rev, cache_dir=cache, local_files_only=not online()))
+        return Path(snapshot_download(repo_id, revision=rev, cache_dir=cache, local_files_only=not fetch))
     except HFValidationError as e:
         raise CheckpointError(f"checkpoint not found: {repo_id}@{rev} is neither a folder nor a hub id ({e})") from e
     except Exception as e:  # noqa: BLE001 - hub and cache errors come in many classes; all mean "not here"
         said = f"checkpoint not found: no folder {repo_id}, and hub model {repo_id}@{rev}"
-        if online():
+        if fetch:
             raise CheckpointError(f"{said} cannot be fetched ({type(e).__name__}): check the id and revision") from e
         raise CheckpointError(
             f"{said} is not in the Hugging Face cache (HF_HUB_CACHE): download it first "
