@@ -23,19 +23,31 @@ from harness.cli import main
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
-LIMIT = "40"  # items per task: 200 items and the 200 termination probes per checkpoint
+LIMIT = "10"  # items per task: 50 items, and the small suite's 40 termination probes
+SUITE: list[Path] = []  # the small demo suite, written once per session (``loras``)
 
 
 @pytest.fixture(scope="session")
-def loras(demo) -> dict[str, Path]:
+def loras(demo, tmp_path_factory) -> dict[str, Path]:
     from harness.demo.lora import build_loras
 
+    d = tmp_path_factory.mktemp("suite")
+    prompts = (REPO / "suites" / "demo" / "termination.jsonl").read_text().splitlines()[:40]
+    (d / "termination.jsonl").write_text("\n".join(prompts) + "\n")
+    tasks = ", ".join(f"demo_{t}" for t in ("add", "rev", "sort", "cmp", "count"))
+    (d / "suite.yaml").write_text(
+        f"name: demo-small\nversion: 1\ntask_dirs: [{REPO / 'suites' / 'demo'}]\nchat_template: true\n"
+        f"tasks: [{tasks}]\nprobes:\n  drift: true\n  termination:\n    prompts: termination.jsonl\n"
+        "    max_tokens: 96\n"
+    )
+    SUITE[:] = [d / "suite.yaml"]
     return build_loras(demo["base"], REPO / ".cache" / "demo-lora")
 
 
 def _compare(base, models, store, out, *extra: str) -> int:
     ms = [a for m in models for a in ("--model", str(m))]
-    return main(["compare", "--base", str(base), *ms, "--suite", "demo", "--limit", LIMIT,
+    suite = str(SUITE[0]) if SUITE else "demo"
+    return main(["compare", "--base", str(base), *ms, "--suite", suite, "--limit", LIMIT,
                  "--store", str(store), "--out", str(out), *extra])  # fmt: skip
 
 
@@ -61,7 +73,7 @@ def test_lora_fails_like_its_merged_copy(demo, loras, session_store, tmp_path):
     assert any("PEFT adapter" in w and "not merged" in w for w in sa["warnings"])
     ia, im = (pd.read_parquet(d / "items.parquet").set_index(["task", "item_id"]) for d in (a, m))
     same = (ia["output_cand"] == im.loc[ia.index, "output_cand"]).mean()
-    assert len(ia) == 200 and same >= 0.99, same
+    assert len(ia) == 50 and same >= 0.99, same
 
 
 def test_an_untrained_adapter_is_an_error_not_a_pass(demo, loras, session_store, tmp_path, capsys):
@@ -109,9 +121,7 @@ def test_hf_and_vllm_agree_per_item_on_the_adapter(demo, loras, session_store, t
     outs = {}
     for backend in ("hf", "vllm"):
         out = tmp_path / backend
-        argv = ["compare", "--base", str(demo["base"]), "--model", str(loras["lora-all-tokens"]), "--suite", "demo",
-                "--limit", "10", "--store", str(session_store), "--out", str(out), "--backend", backend]  # fmt: skip
-        assert main(argv) == 1
+        assert _compare(demo["base"], [loras["lora-all-tokens"]], session_store, out, "--backend", backend) == 1
         outs[backend] = out
     s = json.loads((outs["vllm"] / "summary.json").read_text())
     assert any("served by vLLM as a LoRA" in w for w in s["warnings"])

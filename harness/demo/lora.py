@@ -4,7 +4,8 @@
 demo's own trainer and data, and writes, under ``out``::
 
     lora-all-tokens          the careless recipe of ft-all-tokens (the new skill alone,
-                             loss on every token) as a rank-8 LoRA on every linear layer
+                             loss on every token) as a rank-8 LoRA on every linear layer,
+                             fewer and smaller steps at a higher learning rate
     lora-all-tokens-merged   the same adapter merged into the base (``merge_and_unload``),
                              saved as an ordinary checkpoint folder
     lora-answer-only         ft-answer-only's recipe (replay, loss on answers) as a LoRA
@@ -29,11 +30,11 @@ from typing import Any
 NAMES = ("lora-all-tokens", "lora-all-tokens-merged", "lora-answer-only", "lora-short", "lora-untrained",
          "lora-other-base")  # fmt: skip
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LORA: dict[str, Any] = {"r": 8, "alpha": 16, "lr": 5e-3, "batch_size": 64, "warmup": 5}
-RECIPES = {  # name -> (mix, loss on, steps, seed)
-    "lora-all-tokens": ({"count": 1.0}, "all", 60, 1),
-    "lora-answer-only": ({"count": 0.5, "add": 0.2, "rev": 0.1, "sort": 0.1, "cmp": 0.1}, "answer", 60, 1),
-    "lora-short": ({"count": 1.0}, "all", 15, 2),
+LORA: dict[str, Any] = {"r": 8, "alpha": 16, "lr": 1e-2, "warmup": 3}
+RECIPES = {  # name -> (mix, loss on, steps, batch size, seed): small, so that a test session can train them
+    "lora-all-tokens": ({"count": 1.0}, "all", 30, 16, 1),
+    "lora-answer-only": ({"count": 0.5, "add": 0.2, "rev": 0.1, "sort": 0.1, "cmp": 0.1}, "answer", 10, 8, 1),
+    "lora-short": ({"count": 1.0}, "all", 5, 8, 2),
 }
 
 
@@ -59,8 +60,8 @@ def build_loras(base: Path, out: Path) -> dict[str, Path]:
     work = out.parent / f".{out.name}.tmp"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    for name, (mix, loss_on, steps, seed) in RECIPES.items():
-        _train_lora(base, work / name, mix, loss_on, steps, seed)
+    for name, (mix, loss_on, steps, batch, seed) in RECIPES.items():
+        _train_lora(base, work / name, mix, loss_on, steps, batch, seed)
     _merge(base, work / "lora-all-tokens", work / "lora-all-tokens-merged")
     _untrained(base, work / "lora-untrained")
     _other_base(work / "lora-other-base")
@@ -86,7 +87,7 @@ def _load(base: Path) -> Any:
     return AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, local_files_only=True)
 
 
-def _train_lora(base: Path, dest: Path, mix: dict[str, float], loss_on: str, steps: int, seed: int) -> None:
+def _train_lora(base: Path, dest: Path, mix: dict[str, float], loss_on: str, steps: int, batch: int, seed: int) -> None:
     from transformers import AutoTokenizer
 
     from harness.demo.train import train
@@ -94,7 +95,7 @@ def _train_lora(base: Path, dest: Path, mix: dict[str, float], loss_on: str, ste
 
     tok: Any = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
     model = _peft(_load(base), TARGETS)
-    train(model, tok, train_stream(mix, seed), steps=steps, lr=LORA["lr"], batch_size=LORA["batch_size"],
+    train(model, tok, train_stream(mix, seed), steps=steps, lr=LORA["lr"], batch_size=batch,
           loss_on=loss_on, seed=seed, warmup=LORA["warmup"])  # fmt: skip
     model.save_pretrained(str(dest))
 
