@@ -83,7 +83,9 @@ def test_an_untrained_adapter_is_an_error_not_a_pass(demo, loras, session_store,
     assert "not applied" in line and "--allow-no-effect" in line
     assert not out.exists()
     assert _compare(demo["base"], [loras["lora-untrained"]], session_store, out, "--allow-no-effect") == 0
-    assert json.loads((out / "summary.json").read_text())["verdict"] == "PASS"
+    s = json.loads((out / "summary.json").read_text())
+    assert s["verdict"] in ("PASS", "WARN")  # WARN: inconclusive on 10 items a task
+    assert all(t["identical_outputs"] == t["n"] for t in s["tasks"])
 
 
 def _requests_by_run(caplog) -> dict[str, int]:
