@@ -55,11 +55,22 @@ class RunConfig:
         help="data root for registered tasks: <namespace>__<name>/<config>/<split>.jsonl "
         f"(else ${defaults.DATA_ENV}, else the suite's data:)",
     )
+    no_drafts: bool = option(
+        False, help="generate every answer of a candidate in full, never from the base's stored answers as drafts"
+    )
+    verify_drafts: bool = option(
+        False, help="draft from the base's answers and generate everything as well: count the drafts that differ"
+    )
     # >0: a noise-floor rerun (its own store key; requests in reverse order, other batch size)
     noise_variant: int = option(0, at_least=0, cli=False)
 
     def __post_init__(self) -> None:
         check(self)
+
+    @property
+    def draft_mode(self) -> str:
+        """How a candidate uses the base's stored answers (``harness.drafts``): on, verify, off."""
+        return "verify" if self.verify_drafts else "off" if self.no_drafts else "on"
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> RunConfig:

@@ -29,10 +29,11 @@ from lm_eval.api.model import LM
 
 from harness import defaults
 from harness.backends.base import Backend
+from harness.drafts import disagreements, draft
 from harness.errors import BackendError
 from harness.progress import Progress
-from harness.store import Answer, RunStore
-from harness.types import Generation, GenRequest, Loglik, LoglikRequest, Messages, RequestId
+from harness.store import Answer, RunStore, atomic_write
+from harness.types import DraftCounts, Generation, GenRequest, Loglik, LoglikRequest, Messages, RequestId
 
 if TYPE_CHECKING:
     from lm_eval.api.instance import Instance
@@ -117,6 +118,10 @@ class RegressLM(LM):
         self.backend_calls = 0  # calls made to the backend (0 when the store answered all)
         self.backend_requests = 0  # requests the backend answered (the rest came from the store)
         self.stored_requests = 0
+        # drafting (harness.drafts): the base's stored generations by key, "on" / "verify" / "off"
+        self.drafts: Mapping[str, Generation] = {}
+        self.draft_mode = "off"
+        self.draft_counts = DraftCounts()
 
     @property
     def backend(self) -> Backend:
@@ -197,6 +202,13 @@ class RegressLM(LM):
         size = cap if backend.fixed_chunks else min(cap, FIRST_CHUNK)
         progress = Progress(f"{self.label}: {'generating' if kind == 'gen' else 'scoring'}", len(items))
         done_at: set[int] = set()
+        made: dict[str, Generation] = {}
+        if kind == "gen" and self.drafts and self.draft_mode != "off":
+            if hasattr(backend, "verify"):
+                items, made = self._draft(items, backend, memo, progress)
+            else:  # a server without prompt log-probs: every answer generated
+                log.info("%s: this backend cannot verify drafts; generating every answer", self.label)
+                self.draft_mode = "off"
 
         def keep(chunk: list[tuple[str, Any]], positions: list[int], answers: Sequence[Any]) -> None:
             self.store.append(kind, [(chunk[i][0], a) for i, a in zip(positions, answers)])
@@ -226,7 +238,36 @@ class RegressLM(LM):
             if not backend.fixed_chunks:
                 per_request = max(time.monotonic() - t0, 1e-6) / len(chunk)
                 size = max(1, min(cap, 8 * size, int(CHUNK_SECONDS / per_request)))
+        if made:  # --verify-drafts: what drafting would have stored against what generation did
+            self.draft_counts += disagreements(made, {k: _as(Generation, memo[k]) for k in made if k in memo})
+            progress.label = f"{self.label}: generating ({self.draft_counts.line()})"
         progress.close()
+        self._note_batching(backend)
+
+    def _draft(
+        self, items: list[tuple[str, Any]], backend: Any, memo: dict[str, Any], progress: Progress
+    ) -> tuple[list[tuple[str, Any]], dict[str, Generation]]:
+        """Answer what the base's drafts allow (stored as made); the items left to generate,
+        and (``--verify-drafts``) the answers drafting made, to check against them."""
+
+        def keep(pairs: list[tuple[str, Generation]]) -> None:
+            self.store.append("gen", pairs)
+            memo.update(pairs)
+            progress.update(len(pairs))  # requests; tokens count only what is generated
+
+        verify = self.draft_mode == "verify"
+        left, counts, made = draft(backend, items, self.drafts, keep, verify_only=verify)
+        self.draft_counts += counts
+        progress.label = f"{self.label}: generating ({self.draft_counts.line()})"
+        return left, made if verify else {}
+
+    def _note_batching(self, backend: Any) -> None:
+        """What sized the backend's batches (hf), next to the run's records: batching.json."""
+        used = getattr(backend, "batching", None)
+        if callable(used):
+            info = used()
+            log.info("%s: batches %s", self.label, info)
+            atomic_write(self.store.path / "batching.json", json.dumps(info, sort_keys=True).encode())
 
 
 def _as(cls: type[T], value: object) -> T:

@@ -122,7 +122,7 @@ def run_comparison(req: CompareRequest) -> tuple[Comparison, Path]:
     with engines.shared((base_ck, cand_ck)):  # an adapter of the base runs in the base's engine
         base = evaluate(base_ck, suite, req.config)
         nf = noise_floor(base_ck, suite, req.config, base) if req.noise_floor else None
-        cand = evaluate(cand_ck, suite, req.config, reference=base.records)
+        cand = evaluate(cand_ck, suite, req.config, reference=base.records, drafts_from=base.store_path)
     if nf is not None:
         policy = override(policy, noise_floor=nf.rate)
     adapters.check_effect(base, cand, req.allow_no_effect)
@@ -205,7 +205,7 @@ def comparison_of(
         base=base.checkpoint, candidate=cand.checkpoint, suite=suite.name, suite_hash=suite.content_hash,
         backend=backend, items=items, tasks=tasks, overall=overall, verdict=verdict, policy=policy,
         warnings=(*warnings, *findings, *notes), config_check=findings, termination=term, noise_floor=nf,
-        detector=detectors.table_scores(), groups=groups,
+        detector=detectors.table_scores(), groups=groups, drafting=cand.drafting,
     )  # fmt: skip
 
 
@@ -222,7 +222,7 @@ def against_base(
     with engines.shared([base_ck, *cands]):
         base = evaluate(base_ck, suite, cfg)
         for ck in cands:
-            cand = evaluate(ck, suite, cfg, reference=base.records)
+            cand = evaluate(ck, suite, cfg, reference=base.records, drafts_from=base.store_path)
             adapters.check_effect(base, cand, allow_no_effect)
             yield comparison_of(base, cand, suite, cfg.backend, policy)
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from harness import engines, probes
 from harness.config import RunConfig
+from harness.drafts import load_base
 from harness.errors import RegressError, SuiteError
 from harness.lm_adapter import RegressLM, Request
 from harness.store import RunStore, store_folder, store_meta
@@ -43,13 +44,18 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(
-    ck: LoadedCheckpoint, suite: Suite, cfg: RunConfig, reference: Sequence[Record] | None = None
+    ck: LoadedCheckpoint,
+    suite: Suite,
+    cfg: RunConfig,
+    reference: Sequence[Record] | None = None,
+    drafts_from: str | None = None,
 ) -> RunResult:
     """Records of checkpoint ``ck`` on ``suite`` (stored, or computed and stored), plus its probes.
 
     ``reference`` is the base's records when ``ck`` is a candidate: the drift probes
     score the base's answers under this checkpoint. Without it they score its own.
-    The engine starts only when a request is not in the store.
+    The engine starts only when a request is not in the store. ``drafts_from``: the base
+    run's store folder, whose answers are this candidate's drafts (``harness.drafts``).
     """
     meta = store_meta(ck.path, ck.fingerprint, suite, cfg, ck.files)
     tokenizer = ck.tokenizer
@@ -63,6 +69,8 @@ def evaluate(
             chunk_size=cfg.options.chunk_size, label=Path(ck.path).name,
         )  # fmt: skip
         lm.reverse = bool(cfg.noise_variant)
+        if drafts_from and cfg.draft_mode != "off" and Path(drafts_from).resolve() != store.path.resolve():
+            lm.drafts, lm.draft_mode = load_base(drafts_from), cfg.draft_mode
         try:
             reused = store.complete
             if reused:
@@ -82,7 +90,7 @@ def evaluate(
         )  # fmt: skip
         return RunResult(
             ck.checkpoint, tuple(records), str(store.path), reused, lm.backend_calls, drift, term, ck.eot,
-            backend_requests=lm.backend_requests,
+            backend_requests=lm.backend_requests, drafting=lm.draft_counts if lm.draft_mode != "off" else None,
         )  # fmt: skip
 
 

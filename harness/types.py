@@ -338,6 +338,7 @@ class RunResult:
     termination: tuple[Generation, ...] = ()
     eot: EotSetup | None = None
     backend_requests: int = 0  # requests the backend answered this time (0: all from the store)
+    drafting: DraftCounts | None = None  # a candidate drafted from the base's stored answers
 
 
 @dataclass(frozen=True)
@@ -671,8 +672,33 @@ class Comparison:
     # Where each side came from ("base", "candidate" -> RunSource); set where a side is an
     # lm-eval output folder (``harness.lm_eval_logs``), empty when both were run here.
     sources: Mapping[str, RunSource] = field(default_factory=dict)
+    drafting: DraftCounts | None = None  # how the candidate's generations were made (harness.drafts)
 
     @property
     def units(self) -> tuple[TaskRow, ...]:
         """The gated rows in suite order (``gated_units``)."""
         return gated_units(self.tasks, self.groups)
+
+
+@dataclass(frozen=True)
+class DraftCounts:
+    """How a candidate's generations were made with drafting (``harness.drafts``), and the
+    generation steps it saved."""
+
+    drafted: int = 0
+    resumed: int = 0
+    generated: int = 0
+    tokens_saved: int = 0
+    disagreed: int = 0  # --verify-drafts: drafted or resumed answers full generation contradicts
+    verified: int = 0  # --verify-drafts: drafted or resumed answers checked against full generation
+
+    def __add__(self, o: DraftCounts) -> DraftCounts:
+        return DraftCounts(*(a + b for a, b in zip(self.astuple(), o.astuple())))
+
+    def astuple(self) -> tuple[int, int, int, int, int, int]:
+        return (self.drafted, self.resumed, self.generated, self.tokens_saved, self.disagreed, self.verified)
+
+    def line(self) -> str:
+        s = f"{self.drafted} drafted, {self.resumed} resumed, {self.generated} generated"
+        s += f", {self.tokens_saved:,} tokens saved"
+        return s + (f"; {self.disagreed} of {self.verified} differ from full generation" if self.verified else "")

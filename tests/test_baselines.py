@@ -210,10 +210,11 @@ def test_each_backend_resolves_its_store_settings_and_noise_floor_rerun(monkeypa
     from harness.errors import BackendError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("harness.backends.hf.memory_class", lambda device: 16 << 30)  # a 16-31 GiB machine
     default = BackendOptions()
     settings = {name: json.dumps(output_settings(name, default)) for name in ("hf", "vllm", "openai")}
     assert settings == {
-        "hf": '{"accelerator": "cpu", "dtype": "float32", "batch_size": 64, "chunk_size": 256}',
+        "hf": '{"accelerator": "cpu", "dtype": "float32", "batch_memory_mib": 1024, "chunk_size": 256}',
         "vllm": '{"accelerator": "cpu", "dtype": "float32", "max_model_len": null, "tensor_parallel_size": 1, '
         '"enforce_eager": true}',
         "openai": '{"api_model": null}',
@@ -221,7 +222,9 @@ def test_each_backend_resolves_its_store_settings_and_noise_floor_rerun(monkeypa
     assert output_settings("hf", BackendOptions(batch_size=100)) == {
         "accelerator": "cpu", "dtype": "float32", "batch_size": 100, "chunk_size": 400,
     }  # fmt: skip
-    assert rerun_options("hf", default) == (BackendOptions(batch_size=17), (64, 17))
+    # batches sized by memory: the second run has a third of the budget (sizes: not a batch size)
+    assert rerun_options("hf", default) == (BackendOptions(batch_memory_mib=341), None)
+    assert rerun_options("hf", BackendOptions(batch_size=64)) == (BackendOptions(batch_size=17), (64, 17))
     small = BackendOptions(batch_size=2, chunk_size=100)
     assert rerun_options("hf", small) == (BackendOptions(batch_size=1, chunk_size=100), (2, 1))
     for name in ("vllm", "openai"):
@@ -256,11 +259,12 @@ def test_settings_that_move_answers_are_in_the_key(monkeypatch):
     assert len({hf, vllm, server}) == 3
     # hf: batch size, chunk size (which prompts are padded together) and dtype move answers;
     # vLLM's settings and defaults spelled out do not
-    moved = [key(batch_size=8), key(chunk_size=8), key(dtype="bfloat16")]
+    moved = [key(batch_size=8), key(chunk_size=8), key(dtype="bfloat16"), key(batch_size=64), key(batch_memory_mib=64)]
     assert len({hf, *moved}) == len(moved) + 1
-    same_hf = [key(batch_size=64), key(chunk_size=256), key(dtype="float32"), key(dtype="auto"), key(device="cpu"),
-               key(device="cpu:0"), key(tensor_parallel_size=2), key(enforce_eager=False), key(max_model_len=512),
-               key(concurrency=4)]  # fmt: skip
+    budget = meta()["settings"]["batch_memory_mib"]
+    same_hf = [key(batch_memory_mib=budget), key(chunk_size=256), key(dtype="float32"), key(dtype="auto"),
+               key(device="cpu"), key(device="cpu:0"), key(tensor_parallel_size=2), key(enforce_eager=False),
+               key(max_model_len=512), key(concurrency=4)]  # fmt: skip
     assert set(same_hf) == {hf}
     # vllm: dtype, max length, tensor parallelism and eager mode (eager is its CPU default)
     moved = [key("vllm", dtype="bfloat16"), key("vllm", max_model_len=512), key("vllm", tensor_parallel_size=2),
@@ -278,6 +282,7 @@ def test_settings_that_move_answers_are_in_the_key(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     cards = {0: "NVIDIA H100 80GB HBM3", 1: "NVIDIA A100-SXM4-80GB", 2: "NVIDIA H100 80GB HBM3"}
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: cards[i])
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: types.SimpleNamespace(total_memory=80 << 30))
     h100 = key()
     assert len({hf, h100, key(device="cuda:1")}) == 3  # CPU, one card, another card
     assert key(device="cuda:2") == key(device="cuda") == h100  # the same card under another index

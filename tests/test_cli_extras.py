@@ -20,7 +20,7 @@ def test_noise_floor_is_zero_on_a_bitwise_repeatable_engine(demo, session_store,
     s = json.loads((out / "summary.json").read_text())
     nf = s["noise_floor"]
     assert nf["n"] == 300 and nf["changed"] == 0 and nf["bitwise_repeatable"] is True
-    assert nf["batch_sizes"][0] != nf["batch_sizes"][1]
+    assert nf["batch_sizes"] is None  # hf batches by memory: the rerun has a third of the budget
     assert "noise floor: 0 of 300" in (out / "report.md").read_text()
     assert "bitwise repeatable" in (out / "report.html").read_text()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -30,16 +31,22 @@ from harness.backends.base import (
     fit_prompts,
     split_pair,
 )
+from harness.drafts import Check
 from harness.errors import BackendError
 from harness.options import option
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
 
-BATCH_SIZE = 64  # the batch size when none is given
+CPU_SHARE = 16  # on CPU a batch may take 1/16 of the machine's memory class (1 GiB of 16-31 GiB)
+GPU_SHARE = 0.5  # on a GPU, half of what the weights leave of the card's memory class
+MIN_BUDGET = 64 << 20  # bytes: never plan batches smaller than this
 
 
 @dataclass(frozen=True)
 class HFOptions(CommonOptions):
-    batch_size: int | None = option(None, at_least=1, help="prompts per batch (hf)")
+    batch_size: int | None = option(None, at_least=1, help="prompts per batch (hf; default: sized by memory)")
+    batch_memory_mib: int | None = option(
+        None, at_least=1, help="memory per batch in MiB (hf; default: by the machine's memory)"
+    )
     device: str | None = option(None, help="torch device: cpu, cuda, cuda:1 (hf)")
 
 
@@ -85,11 +92,36 @@ def resolve_dtype(options: HFOptions, device: str) -> str:
     return options.dtype
 
 
-def resolve_batching(options: HFOptions) -> tuple[int, int]:
-    """(batch size, chunk size): each chunk is sorted by length and batched within, so
-    both decide which prompts are padded together."""
-    batch = options.batch_size or BATCH_SIZE
-    return batch, options.chunk_size or max(batch * 4, 256)
+def memory_class(device: str) -> int:
+    """The device's total memory rounded down to a power of two (bytes): what sizes batches.
+
+    Total, not free memory: it is the same from run to run on one machine, so batches (which
+    prompts are padded together, part of the store key) are too; a batch that does not fit
+    after all is halved when it fails (``HFBackend._run``)."""
+    kind, _, index = device.partition(":")
+    if kind == "cuda" and cuda_available():
+        import torch
+
+        total = torch.cuda.get_device_properties(int(index) if index.isdigit() else 0).total_memory
+    else:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return 1 << max(int(total).bit_length() - 1, 0)
+
+
+def resolve_batching(options: HFOptions) -> tuple[int | None, int, int]:
+    """(batch size or None, chunk size, batch memory budget in bytes). With ``--batch-size`` a
+    batch is that many prompts; else batches are filled up to the memory budget by their real
+    padded length (``BatchCost``). Each chunk is sorted by length and batched within, so all
+    three decide which prompts are padded together."""
+    device = resolve_device(options)
+    if options.batch_memory_mib:
+        budget = options.batch_memory_mib << 20
+    elif device.partition(":")[0] == "cuda":
+        budget = int(memory_class(device) * GPU_SHARE)  # the weights are taken off at start
+    else:
+        budget = memory_class(device) // CPU_SHARE
+    chunk = options.chunk_size or max(4 * (options.batch_size or 0), 256)
+    return options.batch_size, chunk, max(budget, MIN_BUDGET)
 
 
 def accelerator(options: HFOptions) -> str:
@@ -108,14 +140,18 @@ def accelerator(options: HFOptions) -> str:
 
 def output_settings(options: HFOptions) -> StoreSettings:
     accel = accelerator(options)
-    batch, chunk = resolve_batching(options)
+    batch, chunk, budget = resolve_batching(options)
     dtype = resolve_dtype(options, resolve_device(options))
-    return {"accelerator": accel, "dtype": dtype, "batch_size": batch, "chunk_size": chunk}
+    size: StoreSettings = {"batch_size": batch} if batch else {"batch_memory_mib": budget >> 20}
+    return {"accelerator": accel, "dtype": dtype, **size, "chunk_size": chunk}
 
 
-def rerun_options(options: Opts) -> tuple[Opts, tuple[int, int]]:
-    """The noise floor's second run: another batch size, so other prompts share a batch."""
-    batch = resolve_batching(options)[0]
+def rerun_options(options: Opts) -> tuple[Opts, tuple[int, int] | None]:
+    """The noise floor's second run: other batches (another batch size, or a third of the
+    memory budget), so other prompts share a batch."""
+    batch, _, budget = resolve_batching(options)
+    if batch is None:
+        return replace(options, batch_memory_mib=max(1, (budget >> 20) // 3)), None
     second = max(1, batch // 4 + 1)
     return replace(options, batch_size=second), (batch, second)
 
@@ -124,6 +160,60 @@ def import_engine() -> object:
     import transformers
 
     return transformers
+
+
+# -- batches sized by memory ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchCost:
+    """What one row of a batch costs in memory, from the model's config (an estimate).
+
+    Per token of its padded length (prompt + new tokens): the KV cache of every layer and one
+    layer's activations; per row: one layer's attention scores over its length and the
+    logits (all positions when scoring, the last one when generating), in float32."""
+
+    per_token: int
+    heads: int
+    vocab: int
+
+    @classmethod
+    def of(cls, config: Any, dtype_bytes: int) -> BatchCost:
+        hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 1024)
+        layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0) or 24)
+        heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 16)
+        kv_heads = int(getattr(config, "num_key_value_heads", 0) or heads)
+        inner = int(getattr(config, "intermediate_size", 0) or 4 * hidden)
+        head_dim = int(getattr(config, "head_dim", 0) or hidden // heads)
+        kv = 2 * layers * kv_heads * head_dim * dtype_bytes
+        return cls(kv + dtype_bytes * (4 * hidden + 3 * inner), heads, int(getattr(config, "vocab_size", 0) or 0))
+
+    def generate(self, prompt: int, new: int) -> int:
+        length = prompt + new
+        return length * self.per_token + 4 * (self.heads * prompt * length + 3 * self.vocab)
+
+    def score(self, length: int) -> int:
+        return length * (self.per_token + 4 * self.heads * length + 12 * self.vocab)
+
+
+def plan_batches(costs: Sequence[int], budget: int) -> list[tuple[int, int]]:
+    """(start, end) of consecutive batches over rows sorted longest first, where ``costs[i]`` is
+    what row ``i`` costs padded to the batch's first (longest) row: each batch takes rows while
+    its rows times its first row's cost fit ``budget`` (at least one row)."""
+    out, s = [], 0
+    while s < len(costs):
+        n = max(1, budget // max(costs[s], 1))
+        out.append((s, min(len(costs), s + n)))
+        s += n
+    return out
+
+
+def out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e))
+    )
 
 
 # -- the backend ------------------------------------------------------------------------
@@ -152,9 +242,42 @@ class HFBackend(CheckpointBackend):
         self.use(ckpt)
         self.max_len = context_length(self.model.config)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot[0]
-        self.batch_size, self.chunk_size = resolve_batching(options)
+        self.batch_size, self.chunk_size, self.budget = resolve_batching(options)
+        if self.batch_size is None and self.device.partition(":")[0] == "cuda" and not options.batch_memory_mib:
+            weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+            self.budget = max(MIN_BUDGET, int((2 * self.budget - weights) * GPU_SHARE))
+        self.cost = BatchCost.of(self.model.config, next(self.model.parameters()).element_size())
+        self._criteria: dict[tuple[str, ...], Any] = {}
+        self.halved = 0  # batches that ran out of memory and were run in halves
         self.fixed_chunks = True  # a chunk is sorted by length and batched within: keyed
         self.calls = 0  # backend calls, counted for the baseline-reuse tests
+
+    def batching(self) -> dict[str, int | None]:
+        """What sized this backend's batches, for the run's meta and progress."""
+        return {"batch_size": self.batch_size, "batch_memory_mib": self.budget >> 20, "halved": self.halved}
+
+    def _batches(self, rows: list[int], cost: Callable[[int], int]) -> list[list[int]]:
+        """``rows`` (sorted longest first) cut into batches: ``--batch-size`` rows each, else
+        by the memory budget and each batch's padded length."""
+        if self.batch_size:
+            return [rows[s : s + self.batch_size] for s in range(0, len(rows), self.batch_size)]
+        return [rows[a:b] for a, b in plan_batches([cost(i) for i in rows], self.budget)]
+
+    def _run(self, fn: Callable[[list[int]], list[Any]], batch: list[int]) -> list[Any]:
+        """``fn(batch)``, and where it runs out of memory, each half of it in turn (halving
+        again as needed); what finished before is kept by the caller."""
+        try:
+            return fn(batch)
+        except Exception as e:
+            if not out_of_memory(e) or len(batch) == 1:
+                raise
+        self.halved += 1
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(batch) // 2
+        return self._run(fn, batch[:half]) + self._run(fn, batch[half:])
 
     def close(self) -> None:
         del self.model
@@ -187,29 +310,60 @@ class HFBackend(CheckpointBackend):
     # -- generation -------------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenRequest], on_done: Done | None = None) -> list[Generation]:
-        with self._answering():
-            return self._generate(requests, on_done)
-
-    def _generate(self, requests: Sequence[GenRequest], on_done: Done | None) -> list[Generation]:
         self.calls += 1
+        with self._answering():
+            return self._generate(requests, [()] * len(requests), on_done)
+
+    def resume(
+        self, requests: Sequence[GenRequest], prefixes: Sequence[tuple[int, ...]], on_done: Done | None = None
+    ) -> list[Generation]:
+        """Each request's greedy answer given that it starts with its prefix (drafting): the
+        prefix is fed after the prompt and generation goes on within the rest of the same
+        budget, under the same stop rules; the answer is prefix + what follows, as one."""
+        self.calls += 1
+        with self._answering():
+            return self._generate(requests, prefixes, on_done)
+
+    def _prompts(self, requests: Sequence[GenRequest]) -> list[list[int]]:
+        return fit_prompts([self.encode(r.prompt) for r in requests], [r.max_tokens for r in requests], self.max_len)
+
+    def _generate(
+        self, requests: Sequence[GenRequest], prefixes: Sequence[tuple[int, ...]], on_done: Done | None
+    ) -> list[Generation]:
         out: list[Generation | None] = [None] * len(requests)
         groups: dict[tuple[tuple[str, ...], int], list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
             groups[(r.stop, r.max_tokens)].append(i)
-        encoded = fit_prompts([self.encode(r.prompt) for r in requests], [r.max_tokens for r in requests], self.max_len)
+        fed = [p + list(x) for p, x in zip(self._prompts(requests), prefixes)]
         for (stop, max_tokens), idx in groups.items():
-            idx.sort(key=lambda i: -len(encoded[i]))
-            for s in range(0, len(idx), self.batch_size):
-                batch = idx[s : s + self.batch_size]
-                gens = self._generate_batch([encoded[i] for i in batch], stop, max_tokens)
+            idx.sort(key=lambda i: -len(fed[i]))
+            cost = functools.partial(self._gen_cost, fed, max_tokens)
+            run = functools.partial(self._generate_rows, fed, prefixes, stop, max_tokens)
+            for batch in self._batches(idx, cost):
+                gens = self._run(run, batch)
                 for i, g in zip(batch, gens):
                     out[i] = g
                 if on_done is not None:
                     on_done(batch, gens)
         return [g for g in out if g is not None]
 
+    def _gen_cost(self, fed: list[list[int]], max_tokens: int, i: int) -> int:
+        return self.cost.generate(len(fed[i]), max_tokens)
+
+    def _generate_rows(
+        self,
+        fed: list[list[int]],
+        prefixes: Sequence[tuple[int, ...]],
+        stop: tuple[str, ...],
+        max_tokens: int,
+        rows: list[int],
+    ) -> list[Generation]:
+        return self._generate_batch([fed[i] for i in rows], stop, max_tokens, [prefixes[i] for i in rows])
+
     @_inference
-    def _generate_batch(self, prompts: list[list[int]], stop: tuple[str, ...], max_tokens: int) -> list[Generation]:
+    def _generate_batch(
+        self, prompts: list[list[int]], stop: tuple[str, ...], max_tokens: int, prefixes: list[tuple[int, ...]]
+    ) -> list[Generation]:
         import torch
 
         width = max(len(p) for p in prompts)
@@ -221,8 +375,9 @@ class HFBackend(CheckpointBackend):
         kwargs: dict[str, Any] = {}
         if stop:
             kwargs = {"stop_strings": list(stop), "tokenizer": self.tokenizer}
-        # an answer ends where the model's context does (as vLLM's do) when the budget reaches past it
-        budgets = [min(max_tokens, self.max_len - len(p)) for p in prompts]
+        # an answer ends where the model's context does (as vLLM's do) when the budget reaches past it;
+        # a resumed answer's prefix (fed with its prompt) has spent part of its budget
+        budgets = [min(max_tokens - len(x), self.max_len - len(p)) for p, x in zip(prompts, prefixes)]
         gen = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=att.to(self.device),
@@ -232,7 +387,68 @@ class HFBackend(CheckpointBackend):
             pad_token_id=self.pad_id,
             **kwargs,
         )[:, width:].tolist()
-        return [self._finish(row[:budget], stop) for row, budget in zip(gen, budgets)]
+        return [self._finish(list(x) + row[:budget], stop) for row, budget, x in zip(gen, budgets, prefixes)]
+
+    # -- drafting (harness.drafts) ------------------------------------------------------
+
+    can_resume = True
+
+    def verify(self, requests: Sequence[GenRequest], drafts: Sequence[Generation]) -> list[Check]:
+        """The candidate's teacher-forced pass over each prompt + draft answer, batched by memory."""
+        with self._answering():
+            return self._verify(requests, drafts)
+
+    def _verify(self, requests: Sequence[GenRequest], drafts: Sequence[Generation]) -> list[Check]:
+        self.calls += 1
+        prompts = self._prompts(requests)
+        seqs = [p + list(d.token_ids) for p, d in zip(prompts, drafts)]
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        found: dict[int, tuple[tuple[int, ...], tuple[float, ...]]] = {}
+        run = functools.partial(self._verify_rows, prompts, seqs)
+        for batch in self._batches(order, lambda i: self.cost.score(len(seqs[i]))):
+            found.update(zip(batch, self._run(run, batch)))
+        out = []
+        for i, (r, p, d) in enumerate(zip(requests, prompts, drafts)):
+            argmax, margin = found[i]
+            end = argmax[-1] in self.eot
+            name = self.tokenizer.decode([argmax[-1]], skip_special_tokens=False) if end else None
+            fires = d.finish == "stop" and bool(r.stop) and self._stop_fires(seqs[i], r.stop)
+            out.append(Check(argmax, margin, min(r.max_tokens, self.max_len - len(p)), name, fires))
+        return out
+
+    def _verify_rows(
+        self, prompts: list[list[int]], seqs: list[list[int]], rows: list[int]
+    ) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+        return self._verify_batch([(len(prompts[i]), seqs[i]) for i in rows])
+
+    @_inference
+    def _verify_batch(self, rows: list[tuple[int, list[int]]]) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+        """Right-padded (positions as in generation), the greedy token and top-2 margin at each
+        answer position and the one after it."""
+        import torch
+
+        width = max(len(s) for _, s in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        att = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (_, s) in enumerate(rows):
+            ids[i, : len(s)] = torch.tensor(s)
+            att[i, : len(s)] = 1
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits
+        out = []
+        for i, (n_prompt, s) in enumerate(rows):
+            top = logits[i, n_prompt - 1 : len(s)].float().topk(2, dim=-1)
+            values, indices = top.values.cpu(), top.indices.cpu()
+            out.append((tuple(indices[:, 0].tolist()), tuple((values[:, 0] - values[:, 1]).tolist())))
+        return out
+
+    def _stop_fires(self, seq: list[int], stop: tuple[str, ...]) -> bool:
+        """Whether generate's stop-string rule ends a generation whose ids are ``seq`` now."""
+        import torch
+        from transformers import StopStringCriteria
+
+        if stop not in self._criteria:
+            self._criteria[stop] = StopStringCriteria(self.tokenizer, list(stop))
+        return bool(self._criteria[stop](torch.tensor([seq]), None)[0])
 
     def _finish(self, row: list[int], stop: tuple[str, ...]) -> Generation:
         eot = set(self.eot)
@@ -263,9 +479,8 @@ class HFBackend(CheckpointBackend):
         pairs = fit_pairs(whole, self.max_len + 1, self.max_len)
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         out: list[Loglik | None] = [None] * len(pairs)
-        for s in range(0, len(order), self.batch_size):
-            batch = order[s : s + self.batch_size]
-            for i, r in zip(batch, self._loglik_batch([pairs[i] for i in batch])):
+        for batch in self._batches(order, lambda i: self.cost.score(len(pairs[i][0]) + len(pairs[i][1]))):
+            for i, r in zip(batch, self._run(lambda b: self._loglik_batch([pairs[i] for i in b]), batch)):
                 out[i] = r
         return [r for r in out if r is not None]
 

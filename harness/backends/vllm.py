@@ -35,6 +35,7 @@ from harness.backends.base import (
     fit_prompts,
     split_pair,
 )
+from harness.drafts import Check
 from harness.errors import BackendError
 from harness.options import option
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
@@ -335,6 +336,47 @@ class VLLMBackend(CheckpointBackend):
             )
         return Generation(text, n_tokens, "length", None, tuple(toks))
 
+    # -- drafting (harness.drafts) ------------------------------------------------------
+
+    # vLLM finds stop strings in the text it generated, not in a prompt: a prefix fed as
+    # prompt would hide a stop string that spans it, so a draft is taken whole or not at all
+    can_resume = False
+
+    def verify(self, requests: Sequence[GenRequest], drafts: Sequence[Generation]) -> list[Check]:
+        """The candidate's greedy token and top-2 margin after each prompt + draft prefix, from
+        ``prompt_logprobs`` (answer positions) and one generated token's ``logprobs`` (after it)."""
+        self.calls += 1
+        prompts = fit_prompts(
+            self._encode_all([r.prompt for r in requests]), [r.max_tokens for r in requests], self.max_model_len
+        )
+        seqs = [p + list(d.token_ids) for p, d in zip(prompts, drafts)]
+        fits = [i for i, s in enumerate(seqs) if len(s) < self.max_model_len]  # room for the token after
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=2, logprobs=2, detokenize=False)
+        outs = dict(zip(fits, self._run([seqs[i] for i in fits], params) if fits else []))
+        checks = []
+        for i, (r, p, d) in enumerate(zip(requests, prompts, drafts)):
+            budget = min(r.max_tokens, self.max_model_len - len(p))
+            if i not in outs:  # a draft that fills the context: generated
+                checks.append(
+                    Check((-1,) * (len(d.token_ids) + 1), (0.0,) * (len(d.token_ids) + 1), budget, None, False)
+                )
+                continue
+            o = outs[i]
+            tops = [top2(o.prompt_logprobs[pos]) for pos in range(len(p), len(seqs[i]))]
+            tops.append(top2(o.outputs[0].logprobs[0]))
+            argmax = tuple(t for t, _ in tops)
+            end = argmax[-1] in self.eot
+            name = self.tokenizer.decode([argmax[-1]], skip_special_tokens=False) if end else None
+            checks.append(Check(argmax, tuple(m for _, m in tops), budget, name, d.finish == "stop"))
+        return checks
+
+    def resume(
+        self, requests: Sequence[GenRequest], prefixes: Sequence[tuple[int, ...]], on_done: Done | None = None
+    ) -> list[Generation]:
+        raise BackendError("the vllm backend does not resume drafts (can_resume is False)")
+
     # -- log-likelihood ---------------------------------------------------------------
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
@@ -382,6 +424,14 @@ def covering(seqs: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[int
         s, nxt = order[i], order[i + 1] if i + 1 < len(order) else None
         cover[s] = cover[nxt] if nxt is not None and nxt[: len(s)] == s else s
     return cover
+
+
+def top2(logprobs: Any) -> tuple[int, float]:
+    """(the greedy token, its log-prob margin over the second) from one position's logprobs
+    (token id -> vLLM ``Logprob`` with ``rank``; 1 is the greedy token)."""
+    ranked = sorted(logprobs.items(), key=lambda kv: kv[1].rank)
+    (tok, first), second = ranked[0], ranked[1][1] if len(ranked) > 1 else None
+    return int(tok), float(first.logprob) - (float(second.logprob) if second is not None else float("-inf"))
 
 
 def model_len(llm: Any) -> int:

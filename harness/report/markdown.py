@@ -153,6 +153,8 @@ def render_markdown(cmp: Comparison) -> str:
         f"backend {_code(cmp.backend, 20)}",
         "",
     ]
+    if cmp.drafting is not None:  # how the candidate's answers were made (harness.drafts)
+        lines += [f"drafting from the base's answers: {cmp.drafting.line()}", ""]
     for w in cmp.warnings[:3]:
         lines.append(_line(f"> ⚠️ {_code(w, 300)}"))
     if cmp.warnings:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from harness.registry import Policy
 from harness.types import (
     Checkpoint,
     Comparison,
+    DraftCounts,
     JsonObject,
     NoiseFloor,
     ProbeRow,
@@ -84,6 +85,7 @@ def build_summary(cmp: Comparison) -> JsonObject:
             **({"probes": {"termination": cmp.termination.to_dict()}} if cmp.termination else {}),
             "config_check": list(cmp.config_check),
             **({"noise_floor": cmp.noise_floor.to_dict()} if cmp.noise_floor else {}),
+            **({"drafting": asdict(cmp.drafting)} if cmp.drafting else {}),
             **({"detector": dict(cmp.detector)} if cmp.detector is not None else {}),
             **({"sources": {k: v.to_dict() for k, v in cmp.sources.items()}} if cmp.sources else {}),
         }
@@ -126,6 +128,7 @@ def _comparison(d: Mapping[str, Any], items: pd.DataFrame, policy: Policy) -> Co
         detector=d.get("detector"),
         groups=tuple(TaskRow.from_dict(g) for g in d.get("groups") or ()),
         sources={k: RunSource.from_dict(v) for k, v in (d.get("sources") or {}).items()},
+        drafting=DraftCounts(**d["drafting"]) if d.get("drafting") else None,
     )
 
 

@@ -1,0 +1,92 @@
+"""The drafting margin threshold, measured (issue 22 item 2; not a test).
+
+    python bench/draft_threshold.py [--backends hf,vllm] [--limit 100] [--thresholds 0,0.5]
+
+On the demo checkpoints (demo suite without its termination probe, ``--limit`` items per
+task), per backend: the base once, then each fine-tune (and ``copy``, the base under another
+fingerprint) with ``--verify-drafts`` at each margin threshold (``harness.drafts.THRESHOLD``
+set in-process): every answer is generated in full as well, and the drafted or resumed
+answers that differ from full generation are counted. Threshold 0 shows what exactness
+rests on without the guard; the chosen threshold what the guard costs (items generated in
+full because of a near tie). Appends the table to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from throughput import ENV, machine  # noqa: E402
+
+FINE_TUNES = ("copy", "ft-identical", "ft-answer-only", "ft-all-tokens", "ft-no-eos", "ft-key-tokens")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backends", default="hf,vllm")
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--thresholds", default="0,0.5")
+    ap.add_argument("--candidates", default=",".join(FINE_TUNES))
+    ap.add_argument("--no-append", action="store_true")
+    a = ap.parse_args()
+    for k, v in ENV.items():
+        os.environ.setdefault(k, v)
+    import harness.drafts as drafts
+    from harness import checkpoint
+    from harness.config import RunConfig
+    from harness.demo.build import build_demo
+    from harness.runner import evaluate
+    from harness.suites import load_suite
+    from tests.test_backend_vllm import items_suite
+
+    demo = build_demo(REPO / ".cache" / "demo")
+    rows: list[list[str]] = []
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="regress-bench-threshold-") as d:
+        tmp = Path(d)
+        suite = items_suite(tmp)
+        copy = tmp / "copy"
+        shutil.copytree(demo["base"], copy)
+        (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")
+        paths = {**demo, "copy": copy}
+
+        def run(path: Path, store: str, backend: str, base: object = None, **kw: object) -> object:
+            cfg = RunConfig(suite=suite, backend=backend, store_dir=str(tmp / store), limit=a.limit, **kw)  # type: ignore[arg-type]
+            ref = (base.records, base.store_path) if base is not None else (None, None)  # type: ignore[attr-defined]
+            return evaluate(checkpoint.load(path), load_suite(suite), cfg, ref[0], ref[1])
+
+        for backend in a.backends.split(","):
+            base = run(demo["base"], f"base-{backend}", backend)
+            for name in a.candidates.split(","):
+                for th in (float(x) for x in a.thresholds.split(",")):
+                    drafts.THRESHOLD = th
+                    res = run(paths[name], f"{backend}-{name}-{th}", backend, base, verify_drafts=True)
+                    c = res.drafting  # type: ignore[attr-defined]
+                    rows.append([backend, name, f"{th:g}", str(c.drafted), str(c.resumed), str(c.generated),
+                                 f"{c.disagreed} of {c.verified}"])  # fmt: skip
+                    print(rows[-1], flush=True)
+    header = ["backend", "candidate", "threshold", "drafted", "resumed", "generated", "differ from full generation"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    block = (f"\n## {stamp}: drafting margin threshold, {machine()}\n\nbench/draft_threshold.py --limit {a.limit} "
+             f"(demo suite without its termination probe; --verify-drafts at each threshold), "
+             f"{time.perf_counter() - t_all:.0f} s in all.\n\n")  # fmt: skip
+    block += "\n".join(lines) + "\n"
+    print(block)
+    if not a.no_append:
+        with (REPO / "bench" / "RESULTS.md").open("a") as f:
+            f.write(block)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

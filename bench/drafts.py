@@ -1,0 +1,116 @@
+"""Drafting from the base's stored answers (issue 22 items 1-3; not a test).
+
+    python bench/drafts.py [--backends hf,vllm] [--limit 100] [--candidates copy,ft-answer-only,ft-all-tokens]
+
+On the demo checkpoints, per backend: the base is run once into a store; then, for each
+candidate, ``regress compare`` (a whole process: candidate run, drift probes, comparison,
+report) with the base stored, drafting off (``--no-drafts``) and on, alternating, each on
+a fresh copy of the base's store. ``copy`` is the base under another fingerprint (its
+answers are all the base's). The demo suite without its termination probe, ``--limit``
+items per task. Reports both times, the speed-up, and the drafted / resumed / generated
+counts from summary.json; checks that the two runs' items.parquet are equal. Targets:
+>= 3x where >= 90% of items are identical; ft-all-tokens (most items diverge early)
+costs at most 10% more. Appends to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from throughput import ENV, machine  # noqa: E402
+
+
+def write_suite(folder: Path) -> str:
+    import yaml
+
+    raw = yaml.safe_load((REPO / "suites" / "demo.yaml").read_text())
+    raw["probes"].pop("termination", None)
+    raw.update(name="bench-drafts", task_dirs=[str(REPO / "suites" / d) for d in raw["task_dirs"]])
+    path = folder / "bench-drafts.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def regress(args: list[str]) -> float:
+    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO)}
+    t = time.perf_counter()
+    p = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "regress"), *args], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    took = time.perf_counter() - t
+    if p.returncode not in (0, 1):  # 1: a FAIL verdict
+        raise SystemExit(f"regress {args[:1]} failed ({p.returncode}): {p.stderr[-3000:]}")
+    return took
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backends", default="hf,vllm")
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--candidates", default="copy,ft-answer-only,ft-all-tokens")
+    ap.add_argument("--no-append", action="store_true")
+    a = ap.parse_args()
+    import pandas as pd
+
+    from harness.demo.build import build_demo
+
+    demo = build_demo(REPO / ".cache" / "demo")
+    rows: list[list[str]] = []
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="regress-bench-drafts-") as d:
+        tmp = Path(d)
+        suite = write_suite(tmp)
+        copy = tmp / "copy"
+        shutil.copytree(demo["base"], copy)
+        (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")  # another fingerprint
+        paths = {**demo, "copy": copy}
+        for backend in a.backends.split(","):
+            common = ["--suite", suite, "--limit", str(a.limit), "--backend", backend]
+            base_store = tmp / f"base-{backend}"
+            regress(["run", "--model", str(demo["base"]), *common, "--store", str(base_store)])
+            for name in a.candidates.split(","):
+                took, summaries, items = {}, {}, {}
+                for mode in ("off", "on"):
+                    store, out = tmp / f"s-{backend}-{name}-{mode}", tmp / f"r-{backend}-{name}-{mode}"
+                    shutil.copytree(base_store, store)
+                    flags = ["--no-drafts"] if mode == "off" else []
+                    took[mode] = regress(["compare", "--base", str(demo["base"]), "--model", str(paths[name]), *common,
+                                          "--store", str(store), "--out", str(out), *flags])  # fmt: skip
+                    summaries[mode] = json.loads((out / "summary.json").read_text())
+                    items[mode] = pd.read_parquet(out / "items.parquet")
+                same = items["off"].equals(items["on"]) and summaries["off"]["verdict"] == summaries["on"]["verdict"]
+                c = summaries["on"].get("drafting", {})
+                n = c.get("drafted", 0) + c.get("resumed", 0) + c.get("generated", 0)
+                counts = (f"{c.get('drafted', 0)}/{c.get('resumed', 0)}/{c.get('generated', 0)} of {n}, "
+                          f"{c.get('tokens_saved', 0):,} tokens saved")  # fmt: skip
+                rows.append([backend, name, f"{took['off']:.1f} s", f"{took['on']:.1f} s",
+                             f"{took['off'] / took['on']:.2f}x", counts, "yes" if same else "NO"])  # fmt: skip
+                print(rows[-1], flush=True)
+    header = ["backend", "candidate", "drafting off", "drafting on", "speed-up", "drafted/resumed/generated", "same"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    block = (f"\n## {stamp}: drafting from the stored base, {machine()}\n\nbench/drafts.py --limit {a.limit}: "
+             f"`regress compare` with the base stored, whole process, demo suite without its termination probe; "
+             f"{time.perf_counter() - t_all:.0f} s in all. 'same': items.parquet and verdict equal.\n\n")  # fmt: skip
+    block += "\n".join(lines) + "\n"
+    print(block)
+    if not a.no_append:
+        with (REPO / "bench" / "RESULTS.md").open("a") as f:
+            f.write(block)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

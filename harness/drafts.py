@@ -1,0 +1,228 @@
+"""Drafting: the base's stored answers as the candidate's drafts, verified in one pass.
+
+A comparison spends most of its time generating the candidate's answers token by token,
+yet a fine-tune fit to ship reproduces most of the base's answers exactly. For each
+generation request of the candidate whose base answer is stored (same request, same
+``gen_key``: the same prompt, stops and budget, from the base run's store), the backend
+runs one teacher-forced pass of prompt + base answer (``Backend.verify``: the candidate's
+greedy token and its top-2 margin at every answer position and the one after it), and:
+
+* **drafted**: the candidate's greedy token is the base's at every position and the answer
+  ends the same way (the same end-of-turn token next; the stop string the same tokens
+  complete; the same length cap): the candidate's answer is the base's record;
+* **resumed** (``hf``): they agree on a prefix, then differ (or the base's answer ended
+  where the candidate's runs on): generation resumes after the agreeing prefix, within
+  the same budget and stop rules (``Backend.resume``);
+* **generated**: nothing agrees, or the margin between the top two tokens is below
+  ``THRESHOLD`` at a position the decision rests on (a near tie that batching or kernel
+  order can flip), or the backend cannot resume: generated in full, as without drafting.
+
+Records and the store key are what full generation gives, so runs with and without
+drafting share the store. ``--verify-drafts`` generates everything as well and counts the
+items whose drafted or resumed answer differs from the full generation's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from harness.types import DraftCounts, Generation, GenRequest
+
+# The least log-prob margin between the candidate's top two tokens at a position a draft's
+# decision rests on (see docs/DESIGN.md, "Drafting", for the measurements behind it).
+THRESHOLD = 0.5
+log = logging.getLogger(__name__)
+Keep = Callable[[list[tuple[str, Generation]]], None]  # stores answers as they are made
+
+
+@dataclass(frozen=True)
+class Check:
+    """A backend's teacher-forced pass over prompt + draft under the candidate.
+
+    ``argmax[j]``/``margin[j]``: its greedy token and top-1 minus top-2 log-prob at answer
+    position ``j`` (``len(draft) + 1`` positions: the last is the token after the draft);
+    ``budget``: the tokens the request may generate on this backend; ``end``: the name of
+    the end-of-turn token ``argmax[-1]`` is (None: not one); ``stop_fires``: the request's
+    stop rule ends generation right after the draft's tokens (a stop string they complete).
+    """
+
+    argmax: tuple[int, ...]
+    margin: tuple[float, ...]
+    budget: int
+    end: str | None
+    stop_fires: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do with one request: ``drafted`` (the base's answer is the candidate's),
+    ``resume`` (generate after ``prefix``, the agreeing tokens) or ``generate``."""
+
+    kind: str
+    prefix: tuple[int, ...] = ()
+
+
+class Drafting(Protocol):
+    """What a backend offers to draft: ``verify`` always; ``resume`` where it can continue a
+    generation after given tokens exactly as full generation would (``can_resume``)."""
+
+    can_resume: bool
+
+    def verify(self, requests: Sequence[GenRequest], drafts: Sequence[Generation]) -> list[Check]: ...
+
+    def resume(
+        self,
+        requests: Sequence[GenRequest],
+        prefixes: Sequence[tuple[int, ...]],
+        on_done: Callable[[list[int], list[Generation]], None] | None = None,
+    ) -> list[Generation]: ...
+
+
+def agreeing(draft: Sequence[int], argmax: Sequence[int]) -> int:
+    """How many leading draft tokens are the candidate's greedy tokens."""
+    n = 0
+    while n < len(draft) and argmax[n] == draft[n]:
+        n += 1
+    return n
+
+
+def ends_alike(draft: Generation, check: Check) -> bool | None:
+    """Whether the candidate's greedy path, having made every draft token, ends where and as
+    the draft did: True, False (it runs on: resume after the whole draft), None (it cannot
+    be known from the draft: generate)."""
+    n = len(draft.token_ids)
+    if draft.finish == "length":
+        return True if n == check.budget and draft.n_tokens == n else None
+    if draft.finish == "eos":
+        if draft.n_tokens != n + 1 or n + 1 > check.budget:
+            return None
+        return check.end is not None and check.end == draft.stop_reason
+    # a stop string: the tokens complete it (so generation stops there, as the base's did),
+    # or the candidate's next token ends the turn (text and token count come out the same)
+    if draft.n_tokens != n:
+        return None
+    return check.stop_fires or check.end is not None or (None if n >= check.budget else False)
+
+
+def decide(draft: Generation, check: Check, threshold: float | None = None) -> Plan:
+    """The plan for one request, from the base's answer and the candidate's pass over it
+    (``threshold``: ``THRESHOLD`` unless given)."""
+    threshold = THRESHOLD if threshold is None else threshold
+    toks = draft.token_ids
+    k = agreeing(toks, check.argmax)
+    if k == len(toks):
+        alike = ends_alike(draft, check)
+        if alike is None:
+            return Plan("generate")
+        # the token after the draft decides, unless the cap or a stop string the draft completes does
+        rests_on = k if draft.finish == "length" or (alike and check.stop_fires) else k + 1
+        if min(check.margin[:rests_on], default=float("inf")) < threshold:
+            return Plan("generate")
+        return Plan("drafted") if alike else Plan("resume", toks)
+    if min(check.margin[: k + 1]) < threshold or k == 0:
+        return Plan("generate")
+    return Plan("resume", toks[:k])
+
+
+def plan_all(
+    drafts: Sequence[Generation], checks: Sequence[Check], can_resume: bool, threshold: float | None = None
+) -> list[Plan]:
+    plans = [decide(d, c, threshold) for d, c in zip(drafts, checks)]
+    return [p if p.kind != "resume" or can_resume else Plan("generate") for p in plans]
+
+
+def saved(plan: Plan, draft: Generation) -> int:
+    """Generation steps a plan saves over full generation."""
+    if plan.kind == "drafted":
+        return draft.n_tokens
+    return len(plan.prefix)
+
+
+def base_generations(answers: Mapping[str, Mapping[str, object]]) -> dict[str, Generation]:
+    """The base run's stored generations by request key (rows that do not read as one are
+    left out: they are generated)."""
+    out = {}
+    for k, d in answers.items():
+        try:
+            out[k] = Generation(
+                text=str(d["text"]),
+                n_tokens=int(d["n_tokens"]),  # type: ignore[call-overload]
+                finish=str(d["finish"]),
+                stop_reason=None if d.get("stop_reason") is None else str(d["stop_reason"]),
+                token_ids=tuple(int(t) for t in d.get("token_ids") or ()),  # type: ignore[attr-defined]
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def load_base(folder: str | Path) -> dict[str, Generation]:
+    """The generations stored in a base run's folder (``answers.jsonl``), by request key; an
+    unreadable file or line drafts nothing (those requests are generated)."""
+    rows: dict[str, Mapping[str, object]] = {}
+    try:
+        lines = (Path(folder) / "answers.jsonl").read_bytes().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        try:
+            row = json.loads(line)
+            if row["t"] == "gen":
+                rows[str(row["k"])] = row["v"]
+        except (ValueError, KeyError, TypeError):
+            continue
+    return base_generations(rows)
+
+
+def draft(
+    backend: Drafting,
+    items: Sequence[tuple[str, GenRequest]],
+    base: Mapping[str, Generation],
+    keep: Keep,
+    verify_only: bool = False,
+    threshold: float | None = None,
+) -> tuple[list[tuple[str, GenRequest]], DraftCounts, dict[str, Generation]]:
+    """Draft what the base's answers allow: (items left to generate, counts, the drafted and
+    resumed answers). Those answers are ``keep``-ed (stored) as they are made, except with
+    ``verify_only``, where every item is left to generate and the answers are returned to be
+    checked against the full generation (``disagreements``)."""
+    mine = [(k, r) for k, r in items if k in base]
+    if not mine:
+        return list(items), DraftCounts(generated=len(items)), {}
+    drafts = [base[k] for k, _ in mine]
+    plans = plan_all(drafts, backend.verify([r for _, r in mine], drafts), backend.can_resume, threshold)
+    made = {k: d for (k, _), d, p in zip(mine, drafts, plans) if p.kind == "drafted"}
+    if not verify_only:
+        keep(list(made.items()))
+    todo = [(k, r, p.prefix) for (k, r), p in zip(mine, plans) if p.kind == "resume"]
+    if todo:
+
+        def done(rows: list[int], gens: list[Generation]) -> None:
+            pairs = [(todo[i][0], g) for i, g in zip(rows, gens)]
+            made.update(pairs)
+            if not verify_only:
+                keep(pairs)
+
+        backend.resume([r for _, r, _ in todo], [x for _, _, x in todo], done)
+    planned = {k for k, _ in mine if k in made}
+    left = list(items) if verify_only else [(k, r) for k, r in items if k not in planned]
+    counts = DraftCounts(
+        drafted=sum(p.kind == "drafted" for p in plans),
+        resumed=len(todo),
+        generated=len(items) - len(planned),
+        tokens_saved=sum(saved(p, d) for p, d in zip(plans, drafts)),
+    )
+    return left, counts, made
+
+
+def disagreements(made: Mapping[str, Generation], full: Mapping[str, Generation]) -> DraftCounts:
+    """``--verify-drafts``: how many drafted or resumed answers differ from full generation's."""
+    differ = [k for k, g in made.items() if full.get(k) != g]
+    for k in differ[:5]:
+        log.warning("drafting: %s drafted as %r, generated as %r", k, made[k], full.get(k))
+    return DraftCounts(disagreed=len(differ), verified=len(made))

