@@ -22,9 +22,10 @@ from harness.backends.hf import plan_batches
 from harness.config import BackendOptions, RunConfig
 from harness.drafts import THRESHOLD, Check, decide, plan_all
 from harness.pipeline import comparison_of
+from harness.registry import Policy
 from harness.runner import evaluate
 from harness.suites import load_suite
-from harness.types import Generation, Policy, RunResult
+from harness.types import Generation, RunResult
 from tests.test_backend_vllm import items_suite
 
 EOT = "<|im_end|>"
