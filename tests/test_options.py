@@ -38,6 +38,9 @@ TODAY = [
     ("--concurrency", ["3"], "options.concurrency", 3),
     ("--chunk-size", ["100"], "options.chunk_size", 100),
     ("--trust-remote-code", [], "options.trust_remote_code", True),
+    ("--batch-memory-mib", ["512"], "options.batch_memory_mib", 512),  # issue 22: hf batches by memory
+    ("--no-drafts", [], "no_drafts", True),  # issue 22: drafting from the base's answers
+    ("--verify-drafts", [], "verify_drafts", True),
 ]
 MORE_VALID = [  # edges and the other spellings of each flag
     ("--dtype", ["auto"], "options.dtype", "auto"),
