@@ -74,6 +74,10 @@ def verdict_lines(cmp: Comparison, out: Path) -> list[str]:
     v = cmp.verdict
     lines = [f"{v.level}: {cmp.candidate.path} vs {cmp.base.path} ({cmp.suite})"]
     lines += [f"  {r}" for r in v.reasons]
+    from harness import causes  # pandas: loaded only once there is a comparison to explain
+
+    why, remedies = causes.explain(cmp.items, causes.failing_units(v.results, v.level))
+    lines += [f"  [why] {x}" for x in why] + [f"    {c}: {r}" for c, r in remedies.items()]
     for finding in cmp.config_check:
         what, sep, fix = finding.partition(" Fix: ")
         lines.append(f"  [config] {what}")

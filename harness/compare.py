@@ -29,7 +29,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from harness import detectors, registry, stats
+from harness import causes, detectors, registry, stats
 from harness.errors import RegressError
 from harness.text import utf8
 from harness.types import (
@@ -226,6 +226,7 @@ def _task_row(name: str, g: pd.DataFrame) -> TaskRow:
     gen = g[g["kind"] == "generate_until"]
     n_gen = len(gen)
     len_b, len_c = float(gen["ntok_base"].sum()), float(gen["ntok_cand"].sum())
+    lost = _cause_counts(g)
     drift: dict[str, float | int | None] = {}
     for col in ("stop_drift", "answer_drift"):
         if col in g:
@@ -242,8 +243,17 @@ def _task_row(name: str, g: pd.DataFrame) -> TaskRow:
         n_generated=n_gen,
         rates=tuple(_rate(d, g) for d in registry.detectors()),
         length_ratio=(len_c / len_b) if len_b else (1.0 if not len_c else float("inf")),
+        knowledge_lost=lost[0],
+        format_lost=lost[1],
         **drift,  # type: ignore[arg-type]
     )
+
+
+def _cause_counts(g: pd.DataFrame) -> tuple[int, int]:
+    """Knowledge-lost and form-or-stop-lost items (``harness.causes``; 0 before causes are found)."""
+    if "cause" not in g:
+        return 0, 0
+    return int((g["cause"] == causes.LOST).sum()), int(g["cause"].isin(causes.FORMAT_LOSS).sum())
 
 
 def _rate(d: registry.Detector, g: pd.DataFrame) -> DetectorRate:

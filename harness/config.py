@@ -61,6 +61,12 @@ class RunConfig:
     verify_drafts: bool = option(
         False, help="draft from the base's answers and generate everything as well: count the drafts that differ"
     )
+    knowledge_probe: str = option(
+        "lost",
+        choices=("lost", "all", "off"),
+        help="score the gold answer under both checkpoints for the lost items (default), every item the "
+        "base answered, or none (harness/knowledge.py)",
+    )
     # >0: a noise-floor rerun (its own store key; requests in reverse order, other batch size)
     noise_variant: int = option(0, at_least=0, cli=False)
 

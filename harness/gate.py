@@ -50,7 +50,17 @@ subtask_collapse   (per subtask of a group) accuracy drop >               0.10  
                    max_subtask_drop, beyond the noise floor, and
                    significant on its own (one-sided exact McNemar,
                    Holm across the group's subtasks, < alpha)
+knowledge_loss     the 95% Wilson lower bound of the share of items lost  off      FAIL
+                   with their knowledge (cause ``knowledge lost``,
+                   harness/causes.py) > max_knowledge_loss_rate
+format_loss        the same for the items lost to their form or stop      off      WARN
+                   (empty, cut short, runaway, unparsed, format,
+                   knowledge kept) > max_format_loss_rate
 =================  =====================================================  =======  =====
+
+The two cause rules let a team gate on why it forgot: ``max_knowledge_loss_rate: 0.01``
+with ``severity: {acc_drop: WARN, negative_flips: WARN}`` FAILs on knowledge loss and only
+WARNs on an accuracy drop that realignment would bring back.
 
 Groups (lm-eval's ``mmlu``, ``bbh_zeroshot``): the gated units are the standalone tasks and
 the groups. A group is judged as a whole by every rule above (bar ``subtask_collapse``) on
@@ -399,6 +409,33 @@ def _subtask_collapse(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | No
         f"{pts(-th.max_subtask_drop)[1:]}"
     )
     return Outcome(fired, drop, th.max_subtask_drop, msg, p)
+
+
+def _cause_rate(label: str, k: int, t: TaskRow, limit: float) -> Outcome:
+    lo, _ = stats.wilson_interval(k, t.n)
+    rate = k / t.n if t.n else 0.0
+    msg = f"{k} of {t.n} items lost to {label} ({pct(rate)}, 95% CI lower bound {pct(lo)}); limit {pct(limit)}"
+    return Outcome(lo > limit, rate, limit, msg)
+
+
+# Why it forgot (harness/causes.py): off by default; a team FAILs on knowledge loss and WARNs on
+# the losses that realignment brings back (format, stop).
+@rule("knowledge_loss", "FAIL", rank=80, thresholds=(Threshold(
+    "max_knowledge_loss_rate", None, Spec(help="largest share of items lost with their knowledge (95% lower bound)",
+                                          at_least=0, at_most=1), optional=True),))  # fmt: skip
+def _knowledge_loss(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
+    if th.max_knowledge_loss_rate is None or not isinstance(t, TaskRow):
+        return None
+    return _cause_rate("knowledge loss", t.knowledge_lost, t, th.max_knowledge_loss_rate)
+
+
+@rule("format_loss", "WARN", rank=81, thresholds=(Threshold(
+    "max_format_loss_rate", None, Spec(help="largest share of items lost to their form or stop (95% lower bound)",
+                                       at_least=0, at_most=1), optional=True),))  # fmt: skip
+def _format_loss(t: GatedRow, ev: Evidence, th: Thresholds) -> Outcome | None:
+    if th.max_format_loss_rate is None or not isinstance(t, TaskRow):
+        return None
+    return _cause_rate("format or stop loss", t.format_lost, t, th.max_format_loss_rate)
 
 
 def _outcomes(scoped: Sequence[Rule], t: GatedRow, ev: Evidence, th: Thresholds, policy: Policy) -> list[RuleOutcome]:

@@ -18,27 +18,31 @@ every later stage is handed.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness import adapters, defaults, detectors, engines, probes
+from harness import adapters, defaults, detectors, engines, knowledge, probes
 from harness import checkpoint as ckpt
 from harness.backends import BACKENDS, rerun_options
+from harness.causes import add_causes
 from harness.compare import add_drift, add_flags, pair, probe_row, tables
 from harness.config import RunConfig
 from harness.errors import BackendError, RegressError
 from harness.gate import judge, load_policy_file, override, parse_policy
 from harness.registry import Policy
-from harness.runner import evaluate
+from harness.runner import evaluate, score_stored
 from harness.store import check_writable
 from harness.suites import load_suite, suite_for
 from harness.trend import TrendPoint, points_of, write_trend
 from harness.types import Comparison, LoadedCheckpoint, NoiseFloor, RunResult, Suite
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from harness.report.summary import StoredReport
 
 log = logging.getLogger(__name__)
@@ -126,7 +130,9 @@ def run_comparison(req: CompareRequest) -> tuple[Comparison, Path]:
     if nf is not None:
         policy = override(policy, noise_floor=nf.rate)
     adapters.check_effect(base, cand, req.allow_no_effect)
-    cmp = comparison_of(base, cand, suite, req.config.backend, policy, nf)
+    probe = knowledge_probe(base_ck, cand_ck, suite, req.config)
+    with engines.shared((base_ck, cand_ck)):  # the probe scores through the same engines
+        cmp = comparison_of(base, cand, suite, req.config.backend, policy, nf, probe)
     return cmp, write_report(cmp, out)
 
 
@@ -176,6 +182,7 @@ def rejudge(report_dir: str, policy_file: str | None) -> tuple[Comparison, Path]
     old = stored.comparison
     policy = _stored_policy(stored, policy_file)
     items = add_flags(old.items)  # a detector registered since the report was written
+    items = add_causes(items)  # from the stored outputs and probe columns (a report made before causes, too)
     tasks, groups, overall = tables(items)  # groups from the items' group column
     probes = (old.termination,) if old.termination else ()
     verdict = judge(tasks, policy, probes, groups, old.base.fingerprint == old.candidate.fingerprint)
@@ -186,12 +193,35 @@ def rejudge(report_dir: str, policy_file: str | None) -> tuple[Comparison, Path]
 # -- stages ---------------------------------------------------------------------------
 
 
+def knowledge_probe(
+    base: LoadedCheckpoint, cand: LoadedCheckpoint, suite: Suite, cfg: RunConfig
+) -> Callable[[pd.DataFrame], pd.DataFrame] | None:
+    """The knowledge probe over an item table, each side scored through its run's store
+    (None: ``--knowledge-probe off``)."""
+    if cfg.knowledge_probe == "off":
+        return None
+
+    def run(items: pd.DataFrame) -> pd.DataFrame:
+        score_base = functools.partial(score_stored, base, suite, cfg)
+        score_cand = functools.partial(score_stored, cand, suite, cfg)
+        return knowledge.probe(items, score_base, score_cand, cfg.knowledge_probe == "all")
+
+    return run
+
+
 def comparison_of(
-    base: RunResult, cand: RunResult, suite: Suite, backend: str, policy: Policy, nf: NoiseFloor | None = None
+    base: RunResult,
+    cand: RunResult,
+    suite: Suite,
+    backend: str,
+    policy: Policy,
+    nf: NoiseFloor | None = None,
+    probe: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> Comparison:
-    """Pair the two runs item by item, measure, run the detectors and judge."""
+    """Pair the two runs item by item, measure, run the detectors, find each loss's cause and judge."""
     items, warnings = pair(base.records, cand.records, suite)
     items = add_drift(items, base.drift, cand.drift)
+    items = add_causes(probe(items) if probe is not None else items)
     tasks, groups, overall = tables(items)
     term = probe_row(base.termination, cand.termination)
     same_files = base.checkpoint.fingerprint == cand.checkpoint.fingerprint

@@ -27,6 +27,7 @@ from harness.types import (
     Generation,
     GenRequest,
     LoadedCheckpoint,
+    Loglik,
     LoglikRequest,
     Messages,
     Record,
@@ -92,6 +93,21 @@ def evaluate(
             ck.checkpoint, tuple(records), str(store.path), reused, lm.backend_calls, drift, term, ck.eot,
             backend_requests=lm.backend_requests, drafting=lm.draft_counts if lm.draft_mode != "off" else None,
         )  # fmt: skip
+
+
+def score_stored(ck: LoadedCheckpoint, suite: Suite, cfg: RunConfig, reqs: Sequence[LoglikRequest]) -> list[Loglik]:
+    """Log-likelihoods of ``reqs`` under checkpoint ``ck``, through its run's store (the
+    knowledge probe, after both runs): the engine starts only for what the store lacks."""
+    meta = store_meta(ck.path, ck.fingerprint, suite, cfg, ck.files)
+    with RunStore.open(store_folder(cfg.store_dir, meta), meta) as store:
+        lm = RegressLM(
+            lambda: engines.load(cfg.backend, ck, cfg.options), store, lambda m, g: "", ck.path,
+            chunk_size=cfg.options.chunk_size, label=Path(ck.path).name,
+        )  # fmt: skip
+        try:
+            return lm.score(reqs)
+        finally:
+            lm.close()
 
 
 def run_probes(

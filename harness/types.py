@@ -445,6 +445,10 @@ class TaskRow:
     # The metric that gates ("exact_match,flexible-extract"); set only where a suite's items
     # carry several metrics or name a gate metric, so there is a choice to name.
     metric: str | None = None
+    # Negative flips by kind of cause (harness.causes): ``knowledge lost``, and the losses of
+    # form or stop (empty, cut short, runaway, unparsed, format, knowledge kept, not produced).
+    knowledge_lost: int = 0
+    format_lost: int = 0
 
     def rate(self, name: str) -> DetectorRate | None:
         return next((r for r in self.rates if r.name == name), None)

@@ -16,7 +16,7 @@ import random
 import numpy as np
 import pandas as pd
 
-from harness import compare, gate
+from harness import causes, compare, gate
 from harness.types import Checkpoint, Comparison, Record
 
 MAX_TOKENS = 128
@@ -161,6 +161,7 @@ def fake_comparison(n_items: int = 500, seed: int = 0, hostile: bool = True, dri
         loops = items["loop_cand"].to_numpy()
         items["stop_drift"] = np.where(loops, rng.normal(-4.0, 1.5, len(items)), rng.normal(-0.2, 0.4, len(items)))
         items["answer_drift"] = rng.normal(-0.1, 0.2, len(items))
+    items = causes.add_causes(items)  # as pipeline.comparison_of does (no knowledge probe here)
     tasks, overall = compare.task_table(items)  # the drift means come from the item columns
     policy = gate.Policy()
     return Comparison(

@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from _report_fakes import HOSTILE_ID, HOSTILE_OUTPUTS, PWN, fake_comparison
 
@@ -54,8 +55,8 @@ def test_folder_and_self_contained(report: tuple[Path, str]) -> None:
     assert not re.search(r"<(link|iframe|object|embed)\b", html, re.I)
     assert not re.search(r"""\b(src|href)\s*=\s*["']?(https?:|//)""", html, re.I)
     srcs = re.findall(r'<img [^>]*src="([^"]*)"', html)
-    assert len(srcs) == 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
-    for pid in ("plot-accuracy", "plot-flips", "plot-lengths", "plot-degeneration", "plot-stop-drift"):
+    assert len(srcs) == 6 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    for pid in ("plot-accuracy", "plot-flips", "plot-causes", "plot-lengths", "plot-degeneration", "plot-stop-drift"):
         assert f'id="{pid}"' in html
 
 
@@ -68,6 +69,24 @@ def test_verdict_banner_and_task_table(report: tuple[Path, str]) -> None:
         assert f">{task}<" in table
     assert "stop drift" in table and "answer drift" in table  # optional columns, present here
     assert "[0." in table  # Wilson intervals
+
+
+def test_causes_in_the_explorer_and_summary(report: tuple[Path, str]) -> None:
+    """Every negative flip carries its cause (harness/causes.py) to the explorer, whose
+    cause filter lists them; summary.json counts them per task and overall."""
+    out, html = report
+    data = page_data(html)
+    neg = [it for it in data["items"] if it["k"] == "neg"]
+    assert neg and all(it["cs"] for it in neg)
+    assert all(it["cs"] == "" for it in data["items"] if it["k"] != "neg")
+    assert 'id="f-cause"' in html
+    summary = json.loads((out / "summary.json").read_text())
+    overall = summary["causes"]["overall"]
+    assert sum(overall.values()) == summary["overall"]["negative_flips"]
+    assert sum(sum(n.values()) for n in summary["causes"]["tasks"].values()) == sum(overall.values())
+    assert set(summary["causes"]["remedies"]) == set(overall)
+    items = pd.read_parquet(out / "items.parquet")
+    assert ((items["cause"] != "") == (items["flip"] == "neg")).all()
 
 
 def test_drift_columns_and_plot_are_optional(tmp_path: Path) -> None:

@@ -12,11 +12,12 @@
   var KIND = { neg: "negative flip", pos: "positive flip", chg: "changed" };
   function $(id) { return document.getElementById(id); }
   var ui = {
-    task: $("f-task"), kind: $("f-kind"), flags: document.querySelectorAll("input.f-flag"), q: $("f-q"),
+    task: $("f-task"), kind: $("f-kind"), cause: $("f-cause"), flags: document.querySelectorAll("input.f-flag"),
+    q: $("f-q"),
     list: $("flip-list"),
     count: $("f-count"), prev: $("f-prev"), next: $("f-next"), page: $("f-page")
   };
-  var st = { task: -1, group: null, kind: "", flags: [], q: "", page: 0 };
+  var st = { task: -1, group: null, kind: "", cause: "", flags: [], q: "", page: 0 };
   var shown = ITEMS;
 
   function el(tag, cls, text) {
@@ -42,6 +43,17 @@
     o.value = String(i);
     ui.task.appendChild(o);
   });
+  var perCause = {}, causes = []; // why each negative flip was lost (harness/causes.py), in first-seen order
+  ITEMS.forEach(function (it) {
+    if (!it.cs) return;
+    if (!perCause[it.cs]) { perCause[it.cs] = 0; causes.push(it.cs); }
+    perCause[it.cs] += 1;
+  });
+  causes.forEach(function (name) {
+    var o = el("option", null, name + " (" + fmt(perCause[name]) + ")");
+    o.value = name;
+    ui.cause.appendChild(o);
+  });
   Array.prototype.forEach.call(ui.kind.options, function (o) {
     if (o.value) o.textContent += " (" + fmt(perKind[o.value] || 0) + ")";
   });
@@ -62,6 +74,7 @@
     if (st.task >= 0 && it.t !== st.task) return false;
     if (st.group && !st.group[it.t]) return false;
     if (st.kind && it.k !== st.kind) return false;
+    if (st.cause && it.cs !== st.cause) return false;
     for (var i = 0; i < st.flags.length; i++) if (it.dc.indexOf(st.flags[i]) < 0) return false;
     if (st.q && haystack(it).indexOf(st.q) < 0) return false;
     return true;
@@ -150,6 +163,7 @@
     h.appendChild(el("span", "badge " + it.k, KIND[it.k]));
     h.appendChild(el("span", "task", TASKS[it.t]));
     h.appendChild(el("span", "iid", "item " + it.id));
+    if (it.cs) h.appendChild(el("span", "badge cause", "cause: " + it.cs));
     it.dc.forEach(function (name) { // flagged on the candidate, not on the base
       if (FLAGS[name].badge && it.db.indexOf(name) < 0) h.appendChild(el("span", "badge loop", FLAGS[name].badge));
     });
@@ -206,6 +220,7 @@
     }
     st.task = g ? -1 : parseInt(ui.task.value, 10);
     st.kind = ui.kind.value;
+    st.cause = ui.cause.value;
     st.flags = [];
     Array.prototype.forEach.call(ui.flags, function (f) { if (f.checked) st.flags.push(f.getAttribute("data-flag")); });
     st.q = ui.q.value.trim().toLowerCase();
@@ -217,6 +232,7 @@
   var timer = null;
   ui.task.addEventListener("change", apply);
   ui.kind.addEventListener("change", apply);
+  ui.cause.addEventListener("change", apply);
   Array.prototype.forEach.call(ui.flags, function (f) { f.addEventListener("change", apply); });
   ui.q.addEventListener("input", function () {
     clearTimeout(timer);

@@ -286,6 +286,7 @@ def _item(row: Mapping[str, Any], task_idx: int, kind: str, caps: tuple[int, int
         "db": [d.name for d in registry.detectors() if _true(row.get(f"{d.name}_base"))],
         "dc": [d.name for d in registry.detectors() if _true(row.get(f"{d.name}_cand"))],
         "lp": _loop_info(row, c),
+        "cs": clean(_raw(row.get("cause"))),  # why a negative flip was lost (harness.causes); "" otherwise
         "dv": -1 if same else div,
         "b": output_segments(b, div, co),
         "c": output_segments(c, div, co),
@@ -319,7 +320,7 @@ def _estimate(lengths: dict[str, np.ndarray], caps: tuple[int, int, int]) -> flo
 
 def _row_columns() -> tuple[str, ...]:
     """The item columns the explorer reads: the item's own and every registered detector's."""
-    return (*BASE_COLUMNS, *(c for d in registry.detectors() for c in d.columns))
+    return (*BASE_COLUMNS, *(c for d in registry.detectors() for c in d.columns), "cause")
 
 
 def _listing(tasks: list[str], task_idx: Mapping[str, int], groups: Sequence[tuple[str, Sequence[str]]]) -> JsonObject:
@@ -414,6 +415,7 @@ def render_html(cmp: Comparison) -> str:
     plot_list = [
         ("plot-accuracy", "Accuracy per task", plots.accuracy_plot(units)),
         ("plot-flips", "Flips per task", plots.flips_plot(units)),
+        ("plot-causes", "Lost items by cause", plots.causes_plot(items, units)),
         ("plot-lengths", "Output length", plots.lengths_plot(items)),
         ("plot-degeneration", degeneration_title(), plots.degeneration_plot(units, registry.detectors())),
         ("plot-stop-drift", "Stop-token drift", plots.stop_drift_plot(items)),

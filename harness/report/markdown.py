@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness import registry
+from harness import causes, registry
 from harness.text import pct
 from harness.types import Comparison, TaskRow
 
@@ -131,15 +131,25 @@ def _top_flips(cmp: Comparison, levels: dict[str, str]) -> list[str]:
         "",
         f"**Top negative flips** ({neg.size} right→wrong in all; every item in report.html)",
         "",
-        "| task | item | target | base | candidate | finish |",
-        "|---|---|---|---|---|---|",
+        "| task | item | target | base | candidate | finish | cause |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in top.itertuples():
         lines.append(
             f"| {_code(r.task, 30)} | {_code(r.item_id, 30)} | {_code(r.target, 30)} | {_code(r.output_base)} | "
-            f"{_code(r.output_cand)} | {_code(r.finish_base or '-', 8)}→{_code(r.finish_cand or '-', 8)} |"
+            f"{_code(r.output_cand)} | {_code(r.finish_base or '-', 8)}→{_code(r.finish_cand or '-', 8)} | "
+            f"{getattr(r, 'cause', '') or '-'} |"
         )
     return lines
+
+
+def _why(cmp: Comparison) -> list[str]:
+    """Why it forgot: lost items by cause for each failing unit, each cause's remedy."""
+    why, remedies = causes.explain(cmp.items, causes.failing_units(cmp.verdict.results, cmp.verdict.level)[:MAX_TASKS])
+    if not why:
+        return []
+    head = ["", "**Why it forgot** (lost items by cause; harness/causes.py)", ""]
+    return [*head, *(_line(f"- {_code(x, 300)}") for x in why), "", *(f"- *{c}*: {r}" for c, r in remedies.items())]
 
 
 def render_markdown(cmp: Comparison) -> str:
@@ -168,6 +178,7 @@ def render_markdown(cmp: Comparison) -> str:
             lines.append(f"- … and {len(fired) - MAX_REASONS} more (summary.json, junit.xml)")
         lines.append("")
     lines += _task_table(cmp, levels)
+    lines += _why(cmp)
     lines += _top_flips(cmp, levels)
     text = "\n".join(lines) + "\n"
     if len(text.encode("utf-8")) > MAX_BYTES:  # cannot happen with the caps above; a hard stop

@@ -30,6 +30,9 @@ from harness.types import TaskRow  # noqa: E402
 
 BASE_COLOR, CAND_COLOR = "#4C72B0", "#DD8452"
 NEG_COLOR, POS_COLOR = "#C44E52", "#55A868"
+# harness.causes.CAUSES in order: stop losses (reds), format losses (ambers), knowledge kept (green),
+# knowledge lost (dark), unprobed wrong answers (grey)
+CAUSE_COLORS = ("#8C1C13", "#C44E52", "#E07A5F", "#F2CC8F", "#E9A03B", "#55A868", "#3D405B", "#B0B0B0")
 _DPI = 96
 _MAX_LABEL = 28
 
@@ -128,6 +131,36 @@ def flips_plot(rows: Sequence[TaskRow]) -> str:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{abs(v):g}"))
     ax.grid(axis="x", alpha=0.3)
     ax.set_title("Flipped items per task")
+    _legend(fig, ax)
+    return to_data_uri(fig)
+
+
+def causes_plot(items: pd.DataFrame, rows: Sequence[TaskRow]) -> str | None:
+    """Lost items (negative flips) per task, stacked by cause (``harness.causes``); None
+    where nothing was lost."""
+    from harness import causes
+
+    found = causes.unit_counts(items, [t.name for t in rows])
+    if not found:
+        return None
+    names = list(found)
+    fig, axes = _per_task_axes(len(names))
+    ax = axes[0][0]
+    y = np.arange(len(names))
+    left = np.zeros(len(names))
+    for cause, color in zip(causes.CAUSES, CAUSE_COLORS):
+        n = np.array([found[t].get(cause, 0) for t in names], dtype=float)
+        if n.any():
+            ax.barh(y, n, 0.6, left=left, color=color, label=cause)
+            left += n
+    for yi, total in zip(y, left):
+        ax.text(total, yi, f" {int(total)}", va="center", ha="left", fontsize=8)
+    ax.set_xlim(0, max(float(left.max()), 1.0) * 1.15)
+    ax.set_yticks(y, [_label(t) for t in names])
+    ax.invert_yaxis()
+    ax.set_xlabel("lost items (right → wrong)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("Lost items by cause")
     _legend(fig, ax)
     return to_data_uri(fig)
 

@@ -10,7 +10,8 @@ fields keep it. Numbers that are not finite (an infinite length ratio) become nu
 ``policy`` is the effective gate policy in its YAML form, so ``regress gate REPORT_DIR``
 re-judges under the same policy and the verdict can be reproduced. ``groups`` (only for a
 suite with groups) holds one row per group over its subtasks' pooled items, naming its
-``subtasks``; ``tasks`` stays one row per task.
+``subtasks``; ``tasks`` stays one row per task. ``causes`` counts the lost items by cause
+(``harness.causes``), derived from the items, so it is not read back.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness import __version__
+from harness import __version__, causes
 from harness.compare import tables
 from harness.errors import RegressError
 from harness.gate import parse_policy, policy_to_dict
@@ -88,8 +89,27 @@ def build_summary(cmp: Comparison) -> JsonObject:
             **({"drafting": asdict(cmp.drafting)} if cmp.drafting else {}),
             **({"detector": dict(cmp.detector)} if cmp.detector is not None else {}),
             **({"sources": {k: v.to_dict() for k, v in cmp.sources.items()}} if cmp.sources else {}),
+            "causes": causes_summary(cmp),
         }
     )
+    return out
+
+
+def causes_summary(cmp: Comparison) -> JsonObject:
+    """Lost items (negative flips) by cause, per task, per group and overall, with each
+    found cause's remedy and the knowledge probe's margin and reach (``harness.causes``)."""
+    items = cmp.items if "cause" in cmp.items else causes.add_causes(cmp.items)
+    overall = causes.counts(items.loc[items["cause"] != "", "cause"])
+    probed = int(items["gold_ll_cand"].notna().sum()) if "gold_ll_cand" in items else 0
+    out: JsonObject = {
+        "overall": overall,
+        "tasks": causes.unit_counts(items, [t.name for t in cmp.tasks]),
+        "remedies": {c: causes.REMEDY[c] for c in overall},
+        "knowledge_margin": causes.KNOWLEDGE_MARGIN,
+        "probed_items": probed,
+    }
+    if cmp.groups:
+        out["groups"] = causes.unit_counts(items, [g.name for g in cmp.groups])
     return out
 
 
