@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from harness import causes, knowledge
-from harness.compare import add_premature
+from harness.compare import add_flags
 from harness.types import Loglik
 
 TABLE = json.loads((Path(__file__).parent / "data" / "cause_cases.json").read_text())
@@ -25,7 +25,7 @@ def _frame(cases: list[dict]) -> pd.DataFrame:
             df[col] = df[col].astype(float)
     df["correct_base"] = df["flip"] != "pos"
     df["correct_cand"] = df["flip"] == "pos"
-    return add_premature(df)
+    return add_flags(df)
 
 
 @pytest.mark.parametrize("case", TABLE["cases"], ids=[c["name"] for c in TABLE["cases"]])
@@ -118,8 +118,8 @@ def test_probe_columns():
     assert out["gold_ll_base"].tolist()[:2] == [-0.1, -0.1] and math.isnan(out["gold_ll_base"][2])
     assert out["gold_ll_cand"].tolist()[3] == -0.3
     assert out["gold_top_cand"].tolist() == [False, False, False, False]
-    out = out.assign(finish_cand="eos", finish_base="eos", ntok_base=2, ntok_cand=2, loop_cand=False)
-    assert causes.classify(add_premature(out)).tolist() == [
+    out = out.assign(finish_cand="eos", finish_base="eos", ntok_base=2, ntok_cand=2, loop_base=False, loop_cand=False)
+    assert causes.classify(add_flags(out)).tolist() == [
         "knowledge lost",
         "unparsed",
         "",
