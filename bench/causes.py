@@ -44,16 +44,29 @@ PLANTED_CAUSE = {
 }
 
 
-def checkpoints(out: Path) -> dict[str, Path]:
-    paths = dict(build_demo(out))
-    paths["ft-early-eot"] = build_early_eot(out)
-    for name in PLANTED:
-        paths[name] = build_planted(out, name)
-    return paths
+class Checkpoints(dict[str, Path]):
+    """The demo checkpoints under ``out``, each built (or reused) only when a section asks for it."""
+
+    def __init__(self, out: Path) -> None:
+        super().__init__()
+        self.out = out
+
+    def __missing__(self, name: str) -> Path:
+        if name == "ft-early-eot":
+            path = build_early_eot(self.out)
+        elif name in PLANTED:
+            path = build_planted(self.out, name)
+        else:
+            path = build_demo(self.out)[name]
+        self[name] = path
+        return path
+
+
+SUITE = ["demo"]  # --suite
 
 
 def items_of(base: Path, cand: Path, store: Path, report: Path, limit: int, probe: str) -> pd.DataFrame:
-    cfg = RunConfig(suite="demo", store_dir=str(store), limit=limit, knowledge_probe=probe)
+    cfg = RunConfig(suite=SUITE[0], store_dir=str(store), limit=limit, knowledge_probe=probe)
     pipeline.run_comparison(pipeline.CompareRequest(str(base), str(cand), cfg, str(report)))
     return pd.read_parquet(report / "items.parquet")
 
@@ -115,11 +128,14 @@ def timing(paths: dict[str, Path], tmp: Path, limit: int, ft: str, runs: list[st
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=500)
+    ap.add_argument("--suite", default="demo")
+    ap.add_argument("--demo", default=str(REPO / ".cache" / "demo"), help="the demo checkpoints' folder")
     ap.add_argument("--sections", default="margin,causes,time")
     ap.add_argument("--time-ft", default="ft-overwrite")
     ap.add_argument("--time-runs", default="off,lost,off,lost", help="compares timed, in order")
     a = ap.parse_args()
-    paths = checkpoints(REPO / ".cache" / "demo")
+    SUITE[0] = a.suite
+    paths = Checkpoints(Path(a.demo))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         store = tmp / "store"
