@@ -80,9 +80,8 @@ def test_planted_cause_explains_the_losses(reports, name):
 
 
 def test_format_loss_keeps_the_knowledge(reports):
-    """ft-format's lost answers hold the gold answer (format), and the knowledge probe, run
-    on every item, ranks the gold answer above the candidate's own wrong answers no worse
-    than on knowledge loss: the format items are not knowledge lost."""
+    """ft-format's format losses hold the gold answer in their output, and at least 80% of
+    its lost items are not called knowledge lost."""
     _, lost = _lost(reports("ft-format"))
     fmt = lost[lost["cause"] == causes.FORMAT]
     assert len(fmt) and all(causes.contains_gold(o, t) for o, t in zip(fmt["output_cand"], fmt["target"]))
