@@ -41,6 +41,7 @@ TODAY = [
     ("--batch-memory-mib", ["512"], "options.batch_memory_mib", 512),  # issue 22: hf batches by memory
     ("--no-drafts", [], "no_drafts", True),  # issue 22: drafting from the base's answers
     ("--verify-drafts", [], "verify_drafts", True),
+    ("--knowledge-probe", ["all"], "knowledge_probe", "all"),  # issue 21: the knowledge probe
 ]
 MORE_VALID = [  # edges and the other spellings of each flag
     ("--dtype", ["auto"], "options.dtype", "auto"),
