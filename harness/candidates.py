@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness import adapters, engines
 from harness.gate import override
-from harness.pipeline import CompareRequest, build_policy, comparison_of, noise_floor, preflight
+from harness.pipeline import CompareRequest, build_policy, comparison_of, knowledge_probe, noise_floor, preflight
 from harness.report import write_report
 from harness.report.index import row_of, write_index
 from harness.runner import evaluate
@@ -50,12 +50,17 @@ def run_many(req: CompareRequest, models: Sequence[str]) -> tuple[list[tuple[Com
     with engines.shared([base_ck, *cand_cks]):
         base = evaluate(base_ck, suite, req.config)
         nf = noise_floor(base_ck, suite, req.config, base) if req.noise_floor else None
-        runs = [evaluate(ck, suite, req.config, reference=base.records) for ck in cand_cks]
-    for run in runs:
-        adapters.check_effect(base, run, req.allow_no_effect)
-    if nf is not None:
-        policy = override(policy, noise_floor=nf.rate)
-    cmps = [comparison_of(base, run, suite, req.config.backend, policy, nf) for run in runs]
+        runs = [evaluate(ck, suite, req.config, reference=base.records, drafts_from=base.store_path) for ck in cand_cks]
+        for run in runs:
+            adapters.check_effect(base, run, req.allow_no_effect)
+        if nf is not None:
+            policy = override(policy, noise_floor=nf.rate)
+        cmps = [
+            comparison_of(
+                base, run, suite, req.config.backend, policy, nf, knowledge_probe(base_ck, ck, suite, req.config)
+            )
+            for run, ck in zip(runs, cand_cks)
+        ]
     names = labels(models)
     for name, cmp in zip(names, cmps):
         write_report(cmp, out / name)  # each folder whole or not at all; the index last

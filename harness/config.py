@@ -65,7 +65,7 @@ class RunConfig:
         "lost",
         choices=("lost", "all", "off"),
         help="score the gold answer under both checkpoints for the lost items (default), every item the "
-        "base answered, or none (harness/knowledge.py)",
+        "base got right, or none (harness/knowledge.py)",
     )
     # >0: a noise-floor rerun (its own store key; requests in reverse order, other batch size)
     noise_variant: int = option(0, at_least=0, cli=False)

@@ -7,7 +7,7 @@ format, as log-likelihood requests through each run's store (like the drift prob
   last occurrence of what the task's filter extracted from it; of the target where the
   filter rewrote it; else the whole output is the answer). The gold continuation is the
   base's answer span as it wrote it (the base was right, so it is the gold answer in the
-  base's format; for an item the base got wrong, ``--probe-all``, the target string).
+  base's format).
   The candidate also scores its own extracted answer in the same slot: the gold answer is
   "first" when it beats it.
 * multiple-choice items: lm-eval's own context and the gold choice (answers the store
@@ -16,8 +16,8 @@ format, as log-likelihood requests through each run's store (like the drift prob
 ``harness.causes.knowledge_kept`` reads the result: kept where the candidate ranks the gold
 answer first, or its gold log-likelihood is within ``causes.KNOWLEDGE_MARGIN`` nats of the
 base's. By default the probe runs on negative flips only (the items whose cause it
-decides, and the format and stop losses beside them); ``--probe-all`` runs it on every item
-the base answered (what calibrated the margin).
+decides, and the format and stop losses beside them); ``--knowledge-probe all`` runs it on every
+item the base got right (what calibrated the margin).
 
 Columns added to the item table: ``gold_ll_base``, ``gold_ll_cand`` (nats; NaN where not
 probed) and ``gold_top_cand`` (bool).

@@ -48,7 +48,10 @@ ON_LOGS = (
     "accuracy, flips and McNemar on every metric of every filter; non-termination (response tokens "
     "against the task's max_gen_toks); tail repetition (from the response's tokens); premature endings"
 )
-NEED_LIVE = "stop-token and base-answer drift, the termination probe, the end-of-turn configuration lint"
+NEED_LIVE = (
+    "stop-token and base-answer drift, the termination probe, the end-of-turn configuration lint, "
+    "the knowledge probe (lost items stay 'wrong answer')"
+)
 
 
 class LogError(RegressError):

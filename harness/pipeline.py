@@ -127,11 +127,10 @@ def run_comparison(req: CompareRequest) -> tuple[Comparison, Path]:
         base = evaluate(base_ck, suite, req.config)
         nf = noise_floor(base_ck, suite, req.config, base) if req.noise_floor else None
         cand = evaluate(cand_ck, suite, req.config, reference=base.records, drafts_from=base.store_path)
-    if nf is not None:
-        policy = override(policy, noise_floor=nf.rate)
-    adapters.check_effect(base, cand, req.allow_no_effect)
-    probe = knowledge_probe(base_ck, cand_ck, suite, req.config)
-    with engines.shared((base_ck, cand_ck)):  # the probe scores through the same engines
+        adapters.check_effect(base, cand, req.allow_no_effect)
+        if nf is not None:
+            policy = override(policy, noise_floor=nf.rate)
+        probe = knowledge_probe(base_ck, cand_ck, suite, req.config)  # scored through the same engines
         cmp = comparison_of(base, cand, suite, req.config.backend, policy, nf, probe)
     return cmp, write_report(cmp, out)
 
@@ -254,7 +253,7 @@ def against_base(
         for ck in cands:
             cand = evaluate(ck, suite, cfg, reference=base.records, drafts_from=base.store_path)
             adapters.check_effect(base, cand, allow_no_effect)
-            yield comparison_of(base, cand, suite, cfg.backend, policy)
+            yield comparison_of(base, cand, suite, cfg.backend, policy, probe=knowledge_probe(base_ck, ck, suite, cfg))
 
 
 def config_check(base: RunResult, cand: RunResult) -> list[str]:

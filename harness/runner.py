@@ -70,10 +70,15 @@ def evaluate(
             chunk_size=cfg.options.chunk_size, label=Path(ck.path).name,
         )  # fmt: skip
         lm.reverse = bool(cfg.noise_variant)
-        if drafts_from and cfg.draft_mode != "off" and Path(drafts_from).resolve() != store.path.resolve():
-            lm.drafts, lm.draft_mode = load_base(drafts_from), cfg.draft_mode
+        reused = store.complete
+        if (
+            drafts_from
+            and cfg.draft_mode != "off"
+            and not reused
+            and Path(drafts_from).resolve() != store.path.resolve()
+        ):
+            lm.drafts, lm.draft_mode = load_base(drafts_from), cfg.draft_mode  # a stored run drafts nothing
         try:
-            reused = store.complete
             if reused:
                 records = store.load_records()
             else:

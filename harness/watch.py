@@ -327,7 +327,8 @@ def start(req: WatchRequest, emit: Callable[[str], None]) -> Watch:
     def gate(path: Path) -> TrendPoint:
         _, ck = pipeline.preflight([req.base, str(path)], suite, req.config)  # the tokenizers' agreement too
         cand = pipeline.evaluate(ck, suite, req.config, reference=base_run.records, drafts_from=base_run.store_path)
-        cmp = pipeline.comparison_of(base_run, cand, suite, req.config.backend, policy)
+        probe = pipeline.knowledge_probe(base_ck, ck, suite, req.config)
+        cmp = pipeline.comparison_of(base_run, cand, suite, req.config.backend, policy, probe=probe)
         write_report(cmp, out / path.name)
         return TrendPoint(str(path), step_of(path), cmp.verdict.level, cmp.units, cmp.overall)
 

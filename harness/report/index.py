@@ -91,7 +91,7 @@ def index_html(base: str, suite: str, rows: Sequence[IndexRow]) -> str:
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>regress: candidates vs "
         f"{e(Path(base).name)}</title><style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;"
-        "text-align:left}}tr.fail td:nth-child(3){color:#b00;font-weight:bold}tr.warn td:nth-child(3)"
+        "text-align:left}tr.fail td:nth-child(3){color:#b00;font-weight:bold}tr.warn td:nth-child(3)"
         "{color:#a60}tr.pass td:nth-child(3){color:#070}</style></head><body>"
         f"<h1>{len(rows)} candidates vs {e(base)} ({e(suite)}): worst {level}</h1>"
         "<p>Ranked: verdict, then negative flip rate, accuracy change, change in non-termination.</p>"
