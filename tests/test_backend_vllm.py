@@ -179,8 +179,8 @@ def test_compare_without_vllm_names_the_extra(demo, tmp_path):
 
 def test_settings_resolved_without_importing_vllm_or_hf():
     """The store key's settings and the noise floor's options come from ``harness.backends.vllm``
-    without importing vllm (whose environment must be set before it is imported) or the
-    hf backend; the environment is set once an engine is imported."""
+    without importing vllm (whose environment must be set before it is imported) or
+    transformers; the environment is set once an engine is imported."""
     code = """if True:
         import os, sys
         import torch
@@ -191,7 +191,8 @@ def test_settings_resolved_without_importing_vllm_or_hf():
         from harness.config import BackendOptions
         settings = output_settings("vllm", BackendOptions())
         options, sizes = rerun_options("vllm", BackendOptions(batch_size=8))
-        assert "vllm" not in sys.modules and "harness.backends.hf" not in sys.modules, sorted(sys.modules)
+        # every backend module declares its options (read here), none imports its engine
+        assert "vllm" not in sys.modules and "transformers" not in sys.modules, sorted(sys.modules)
         assert settings == {"accelerator": "cpu", "dtype": "float32", "max_model_len": None,
                             "tensor_parallel_size": 1, "enforce_eager": True}, settings
         assert options == BackendOptions(batch_size=8) and sizes is None

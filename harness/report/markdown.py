@@ -27,10 +27,11 @@ from harness import causes, registry
 from harness.text import pct
 from harness.types import Comparison, TaskRow
 
-MAX_REASONS = 10
+MAX_REASONS = 8
 MAX_TASKS = 15
 MAX_SUBTASKS = 5  # flagged subtasks listed under their group's row
 MAX_FLIPS = 8
+MAX_WHY = 3  # failing units whose lost items are broken down by cause (report.html has them all)
 MAX_CELL = 60
 MAX_LINE = 400
 MAX_BYTES = 60_000
@@ -145,11 +146,14 @@ def _top_flips(cmp: Comparison, levels: dict[str, str]) -> list[str]:
 
 def _why(cmp: Comparison) -> list[str]:
     """Why it forgot: lost items by cause for each failing unit, each cause's remedy."""
-    why, remedies = causes.explain(cmp.items, causes.failing_units(cmp.verdict.results, cmp.verdict.level)[:MAX_TASKS])
+    units = causes.failing_units(cmp.verdict.results, cmp.verdict.level)
+    why, remedies = causes.explain(cmp.items, units[:MAX_WHY])
     if not why:
         return []
     head = ["", "**Why it forgot** (lost items by cause; harness/causes.py)", ""]
-    return [*head, *(_line(f"- {_code(x, 300)}") for x in why), "", *(f"- *{c}*: {r}" for c, r in remedies.items())]
+    more = [f"- … and {len(units) - MAX_WHY} more (report.html, summary.json)"] if len(units) > MAX_WHY else []
+    lines = [*(_line(f"- {_code(x, 300)}") for x in why), *more]
+    return [*head, *lines, *(f"- *{c}*: {r}" for c, r in remedies.items())]
 
 
 def render_markdown(cmp: Comparison) -> str:
