@@ -81,7 +81,7 @@ def test_loads_without_errors_with_plots_and_explorer(page: Page, report: Path, 
     assert page.errors == []
     assert pg.inner_text("#verdict").startswith("FAIL")
     plots = pg.eval_on_selector_all("#plots img", "els => els.map(e => [e.id, e.complete && e.naturalWidth])")
-    assert len(plots) == 5 and all(w > 100 for _, w in plots), plots
+    assert len(plots) == 6 and all(w > 100 for _, w in plots), plots
     n = len(_data(report)["items"])
     assert page.matches() == n and 0 < len(page.cards("data-task")) <= 40
     assert pg.inner_text("#f-count").endswith(f"of {n} items")

@@ -27,11 +27,14 @@ REGRESS_LINES = re.compile(
     r"|  \[(FAIL|WARN)\] \S+ \w+: .+"
     r"|  \[config\] .+"
     r"|    fix: .+"
+    r"|  \[why\] \S+: \d+ lost: .+"  # issue 21: lost items by cause, then each cause's remedy
+    r"|    [a-z][a-z ,]*: .+"
     r"|  \[warning\] .+"
     r"|  \.\.\. and \d+ more warnings \(summary\.json\)"
     r"|  report: .+report\.html"
     r"|regress: .+"
     r"|[^:\n]+: \w+:? [\d,]+/[\d,]+ requests.*"  # harness.progress: "base: generating: 400/400 requests, ..."
+    r"|[^:\n]+: generating \(\d+ drafted, [^)]*\): [\d,]+/[\d,]+ requests.*"  # drafting from the base (issue 22)
     r"|building the demo .+|waiting for another build of the demo .+"
 )
 
