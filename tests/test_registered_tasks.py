@@ -366,9 +366,9 @@ def test_fidelity_notes_reach_the_report(base_ckpt, session_store, tmp_path):
     """HellaSwag's local copy is approximate: the report's warnings say so (records from the run above)."""
     from harness.config import RunConfig
     from harness.pipeline import comparison_of, run_one
+    from harness.registry import Policy
     from harness.report import write_report
     from harness.suites import suite_for
-    from harness.registry import Policy
 
     cfg = RunConfig(suite="demo", tasks=RUN_TASKS, data=str(DATA), limit=LIMIT, store_dir=str(session_store))
     run = run_one(str(base_ckpt), cfg)
