@@ -14,7 +14,6 @@ full because of a near tie). Appends the table to bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import shutil
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from throughput import ENV, machine  # noqa: E402
+from throughput import ENV, machine, record  # noqa: E402
 
 FINE_TUNES = ("copy", "ft-identical", "ft-answer-only", "ft-all-tokens", "ft-no-eos", "ft-key-tokens")
 
@@ -75,16 +74,9 @@ def main() -> int:
                                  f"{c.disagreed} of {c.verified}"])  # fmt: skip
                     print(rows[-1], flush=True)
     header = ["backend", "candidate", "threshold", "drafted", "resumed", "generated", "differ from full generation"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    block = (f"\n## {stamp}: drafting margin threshold, {machine()}\n\nbench/draft_threshold.py --limit {a.limit} "
-             f"(demo suite without its termination probe; --verify-drafts at each threshold), "
-             f"{time.perf_counter() - t_all:.0f} s in all.\n\n")  # fmt: skip
-    block += "\n".join(lines) + "\n"
-    print(block)
-    if not a.no_append:
-        with (REPO / "bench" / "RESULTS.md").open("a") as f:
-            f.write(block)
+    intro = (f"bench/draft_threshold.py --limit {a.limit} (demo suite without its termination probe; "
+             f"--verify-drafts at each threshold), {time.perf_counter() - t_all:.0f} s in all.")  # fmt: skip
+    record(f"drafting margin threshold, {machine()}", intro, header, rows, not a.no_append)
     return 0
 
 

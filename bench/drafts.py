@@ -16,7 +16,6 @@ costs at most 10% more. Appends to bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from throughput import ENV, machine  # noqa: E402
+from throughput import ENV, machine, record  # noqa: E402
 
 
 def write_suite(folder: Path) -> str:
@@ -99,16 +98,10 @@ def main() -> int:
                              f"{took['off'] / took['on']:.2f}x", counts, "yes" if same else "NO"])  # fmt: skip
                 print(rows[-1], flush=True)
     header = ["backend", "candidate", "drafting off", "drafting on", "speed-up", "drafted/resumed/generated", "same"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    block = (f"\n## {stamp}: drafting from the stored base, {machine()}\n\nbench/drafts.py --limit {a.limit}: "
-             f"`regress compare` with the base stored, whole process, demo suite without its termination probe; "
-             f"{time.perf_counter() - t_all:.0f} s in all. 'same': items.parquet and verdict equal.\n\n")  # fmt: skip
-    block += "\n".join(lines) + "\n"
-    print(block)
-    if not a.no_append:
-        with (REPO / "bench" / "RESULTS.md").open("a") as f:
-            f.write(block)
+    intro = (f"bench/drafts.py --limit {a.limit}: `regress compare` with the base stored, whole process, demo "
+             f"suite without its termination probe; {time.perf_counter() - t_all:.0f} s in all. 'same': "
+             "items.parquet and verdict equal.")  # fmt: skip
+    record(f"drafting from the stored base, {machine()}", intro, header, rows, not a.no_append)
     return 0
 
 

@@ -18,7 +18,6 @@ regress <= 0.9x lm-eval's wall time at no more peak memory). Appends to bench/RE
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import re
 import statistics
@@ -30,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from throughput import ENV, machine  # noqa: E402
+from throughput import ENV, machine, record  # noqa: E402
 
 DATA = REPO.parent / "shared" / "benchmarks"
 BASE = REPO / ".cache" / "demo" / "real" / "base"
@@ -117,14 +116,8 @@ def main() -> int:
          f"{med['regress']['rss'] / med['lm_eval']['rss']:.2f})"],
     ]  # fmt: skip
     header = ["measure", "wall", "peak RSS", "system time", "ratio"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    block = f"\n## {stamp}: hf batches by memory, SmolLM2-135M-Instruct, {machine()}\n\nbench/hf_memory.py\n\n"
-    block += "\n".join(lines) + "\n"
-    print(block)
-    if not a.no_append:
-        with (REPO / "bench" / "RESULTS.md").open("a") as f:
-            f.write(block)
+    record(f"hf batches by memory, SmolLM2-135M-Instruct, {machine()}", "bench/hf_memory.py", header, rows,
+           not a.no_append)  # fmt: skip
     return 0
 
 

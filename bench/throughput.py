@@ -64,6 +64,18 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}{omp}; load avg {load} at start"
 
 
+def record(title: str, intro: str, header: list[str], rows: list[list[str]], append: bool) -> None:
+    """Print one dated RESULTS.md section (a markdown table under ``## <date>: title``) and,
+    unless ``append`` is False, add it to bench/RESULTS.md."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    block = f"\n## {stamp}: {title}\n\n{intro}\n\n" + "\n".join(lines) + "\n"
+    print(block)
+    if append:
+        with (REPO / "bench" / "RESULTS.md").open("a") as f:
+            f.write(block)
+
+
 def timed(fn: Any) -> tuple[float, Any]:
     t = time.perf_counter()
     out = fn()
@@ -321,16 +333,8 @@ def main() -> int:
             section_compare(demo, tmp, rows)
         if "report" in sections:
             section_report(tmp, a.pairs, rows)
-    header = ["measure", "time", "ratio", "tokens/s"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    block = f"\n## {stamp}: {where}\n\nbench/throughput.py, {time.perf_counter() - t0:.0f} s in all.\n\n"
-    block += "\n".join(lines) + "\n"
-    print(block)
-    if not a.no_append:
-        with (REPO / "bench" / "RESULTS.md").open("a") as f:
-            f.write(block)
+    intro = f"bench/throughput.py, {time.perf_counter() - t0:.0f} s in all."
+    record(where, intro, ["measure", "time", "ratio", "tokens/s"], rows, not a.no_append)
     return 0
 
 
