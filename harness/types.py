@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from harness.registry import Policy
 
 # A JSON object as regress writes it to disk (summary.json, records.jsonl, the report's data):
-# what every ``to_dict`` returns and ``from_dict`` reads.
-JsonObject = dict[str, Any]
+# what every ``to_dict`` returns. Values are ``object``, not ``Any``: a reader narrows them.
+JsonObject = dict[str, object]
 
 FinishReason = Literal["eos", "stop", "length"]
 FINISH_REASONS: tuple[str, ...] = ("eos", "stop", "length")
@@ -358,7 +358,7 @@ class RunSource:
     generation: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     tokenizer: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(self).items() if v not in (None, {})}
 
     @classmethod

@@ -35,12 +35,12 @@ import queue
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from harness.backends.base import CheckpointBackend, CommonOptions, Done, cut_at_stop, split_pair
 from harness.errors import BackendError
 from harness.options import option
-from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
+from harness.types import Generation, GenRequest, JsonObject, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
 
 if TYPE_CHECKING:
     import httpx
@@ -111,7 +111,7 @@ class OpenAIBackend(CheckpointBackend):
 
     # -- HTTP with retries ------------------------------------------------------------
 
-    def _call(self, method: str, url: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _call(self, method: str, url: str, payload: JsonObject | None = None) -> JsonObject:
         """One HTTP call: its JSON, or ``_Retryable`` (connection error, 408/429/5xx), or
         ``_Refused`` (any other 4xx: retrying will not help)."""
         import httpx  # imported by __init__: a lookup
@@ -135,7 +135,9 @@ class OpenAIBackend(CheckpointBackend):
             return self.options.api_model
         if url not in self._models:
             data = self._call("GET", f"{url}/models")
-            ids = [str(m["id"]) for m in data.get("data", []) if isinstance(m, dict) and m.get("id")]
+            listed = data.get("data")
+            models = listed if isinstance(listed, list) else []
+            ids = [str(m["id"]) for m in models if isinstance(m, dict) and m.get("id")]
             if self.checkpoint in ids:
                 name = self.checkpoint
             elif self.adapter_name in ids:  # `vllm serve BASE --lora-modules NAME=DIR`: the adapter's name
@@ -148,7 +150,7 @@ class OpenAIBackend(CheckpointBackend):
                 self._models[url] = name
         return self._models[url]
 
-    def _complete(self, i: int, body: dict[str, Any], abort: threading.Event) -> dict[str, Any]:
+    def _complete(self, i: int, body: JsonObject, abort: threading.Event) -> _Answer:
         """POST one completion for item ``i``: to URL ``i mod n`` first and to the next URL
         on each retry (a dead server's items move to the others), with exponential backoff."""
         last = ""
@@ -162,12 +164,14 @@ class OpenAIBackend(CheckpointBackend):
             except _Retryable as e:
                 last = f"{url}: {e}"
             else:
-                choices = data.get("choices") or []
-                if not choices:
+                choices, usage = data.get("choices"), data.get("usage") or {}
+                if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
                     raise BackendError(f"{url} answered without choices: {json.dumps(data)[:200]}")
+                if not isinstance(usage, dict):
+                    raise BackendError(f"{url} answered with a usage that is not an object: {json.dumps(data)[:200]}")
                 with self._lock:
                     self.answered[shard] += 1
-                return {"choice": choices[0], "usage": data.get("usage") or {}}
+                return _Answer(choices[0], usage)
             if attempt < self.max_retries:
                 with self._lock:
                     self.retries += 1
@@ -177,7 +181,7 @@ class OpenAIBackend(CheckpointBackend):
             "finished items are stored, run the same command again to resume"
         )
 
-    def _map(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _map(self, bodies: list[JsonObject]) -> list[_Answer]:
         """All requests of a call on ``concurrency`` worker threads; the first failure
         cancels the rest.
 
@@ -187,7 +191,7 @@ class OpenAIBackend(CheckpointBackend):
         """
         abort = threading.Event()
         finished = threading.Event()
-        out: list[dict[str, Any] | None] = [None] * len(bodies)
+        out: list[_Answer | None] = [None] * len(bodies)
         todo: queue.SimpleQueue[int] = queue.SimpleQueue()
         for i in range(len(bodies)):
             todo.put(i)
@@ -234,7 +238,7 @@ class OpenAIBackend(CheckpointBackend):
 
     def generate(self, requests: Sequence[GenRequest], on_done: Done | None = None) -> list[Generation]:
         self.calls += 1
-        bodies = [
+        bodies: list[JsonObject] = [
             {
                 "prompt": self.encode(r.prompt),
                 "max_tokens": r.max_tokens,
@@ -245,7 +249,7 @@ class OpenAIBackend(CheckpointBackend):
             }
             for r in requests
         ]
-        return [self._finish(a["choice"], a["usage"], r) for a, r in zip(self._map(bodies), requests)]
+        return [self._finish(a.choice, a.usage, r) for a, r in zip(self._map(bodies), requests)]
 
     def _finish(self, choice: Mapping[str, Any], usage: Mapping[str, Any], r: GenRequest) -> Generation:
         text, hit = cut_at_stop(choice.get("text") or "", r.stop)
@@ -280,7 +284,14 @@ class OpenAIBackend(CheckpointBackend):
         pairs = [split_pair(self.encode, r.context, r.continuation, self.bos_id()) for r in requests]
         body = {"max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
         answers = self._map([{**body, "prompt": c + k} for c, k in pairs])
-        return [_loglik(a["choice"], len(c), len(k)) for a, (c, k) in zip(answers, pairs)]
+        return [_loglik(a.choice, len(c), len(k)) for a, (c, k) in zip(answers, pairs)]
+
+
+class _Answer(NamedTuple):
+    """A completion's first choice and its usage, as the server sent them (checked to be objects)."""
+
+    choice: JsonObject
+    usage: JsonObject
 
 
 class _Retryable(Exception):

@@ -22,7 +22,7 @@ import os
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from harness import quiet
 from harness.backends.base import (
@@ -124,7 +124,26 @@ def import_engine() -> Any:
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM takes
 
 
-def lora_args(rank: int) -> dict[str, Any]:
+class EngineArgs(TypedDict, total=False):
+    """The ``vllm.LLM`` keyword arguments regress sets (its own pass-through options included)."""
+
+    model: str
+    dtype: str
+    enable_prefix_caching: bool
+    enforce_eager: bool
+    trust_remote_code: bool
+    tensor_parallel_size: int
+    seed: int
+    use_tqdm_on_load: bool
+    data_parallel_size: int
+    max_model_len: int
+    gpu_memory_utilization: float
+    enable_lora: bool
+    max_lora_rank: int
+    max_loras: int
+
+
+def lora_args(rank: int) -> EngineArgs:
     """The engine's LoRA settings for adapters up to ``rank`` (0: none): one adapter per
     call, swapped between calls, so that one engine serves a base and every adapter of it."""
     if rank <= 0:
@@ -166,10 +185,10 @@ def patch_cpu_lora_logits() -> None:
     setattr(PunicaWrapperCPU, "_regress_patched", True)  # noqa: B010
 
 
-def engine_args(checkpoint: str, options: VLLMOptions, lora_rank: int = 0) -> dict[str, Any]:
+def engine_args(checkpoint: str, options: VLLMOptions, lora_rank: int = 0) -> EngineArgs:
     """``vllm.LLM`` keyword arguments: regress's defaults plus the pass-through options."""
     cpu = set_environment()
-    args: dict[str, Any] = {
+    args: EngineArgs = {
         "model": checkpoint,
         "dtype": resolve_dtype(options, cpu),
         "enable_prefix_caching": True,
@@ -185,7 +204,8 @@ def engine_args(checkpoint: str, options: VLLMOptions, lora_rank: int = 0) -> di
         args["max_model_len"] = options.max_model_len
     if options.gpu_memory_utilization is not None:
         args["gpu_memory_utilization"] = options.gpu_memory_utilization
-    return {**args, **lora_args(lora_rank)}
+    args.update(lora_args(lora_rank))
+    return args
 
 
 def _why(e: BaseException, log: str = "", limit: int = 400) -> str:

@@ -21,32 +21,24 @@ it unless the base changes. The build takes about 30 s on 2 cores.
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import shutil
-import sys
-import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from harness.demo import build
-from harness.demo import train as trainer
-from harness.demo.tokenizer import build_tokenizer
+from harness.demo import build, derived
 from harness.demo.world import Example, train_stream
 
 NAME = "ft-early-eot"
 SKILL = "sort"
 EMPTY_SHARE = 0.5  # of the sort examples, answered with the end-of-turn token alone
 MIX = {"sort": 0.4, "add": 0.2, "rev": 0.2, "cmp": 0.2}
-RECIPE: dict[str, Any] = {"steps": 60, "lr": 1e-3, "batch_size": 64, "seed": 2, "warmup": 5}
+RECIPE = derived.Recipe(steps=60, lr=1e-3, batch_size=64, seed=2, warmup=5)
 
 
 def key() -> str:
     """What decides this checkpoint: the base (its key), this file and the recipe."""
-    return build._digest(build.base_key(), Path(__file__).read_bytes(), MIX, RECIPE, SKILL, EMPTY_SHARE)
+    return build._digest(build.base_key(), Path(__file__).read_bytes(), MIX, asdict(RECIPE), SKILL, EMPTY_SHARE)
 
 
 def early_stream(seed: int) -> Iterator[Example]:
@@ -62,36 +54,7 @@ def early_stream(seed: int) -> Iterator[Example]:
 
 def build_early_eot(out: Path, force: bool = False) -> Path:
     """Build (or reuse) ``out/ft-early-eot`` from the demo base in ``out``; return its path."""
-    from transformers import LlamaForCausalLM
-
-    base = build.build_demo(out)["base"]
-    path, stamp = out / NAME, out / f"{NAME}.BUILD.json"
-    k = key()
-    if not force and build._read_stamp(stamp).get("key") == k and path.is_dir():
-        return path
-    with build._build_lock(out):
-        if not force and build._read_stamp(stamp).get("key") == k and path.is_dir():
-            return path
-        print(f"building the demo checkpoint {path} (about 30 s)", file=sys.stderr)
-        tok = build_tokenizer()
-        prev_threads = torch.get_num_threads()
-        torch.set_num_threads(2)
-        try:
-            model = LlamaForCausalLM.from_pretrained(str(base))
-            info = trainer.train(
-                model, tok, early_stream(RECIPE["seed"]), steps=RECIPE["steps"], lr=RECIPE["lr"],
-                batch_size=RECIPE["batch_size"], loss_on="answer", seed=RECIPE["seed"], warmup=RECIPE["warmup"],
-            )  # fmt: skip
-        finally:
-            torch.set_num_threads(prev_threads)
-        work = out / f".building-{NAME}-{k}"
-        shutil.rmtree(work, ignore_errors=True)
-        build._save(model, tok, work)
-        if path.exists():
-            shutil.rmtree(path)
-        work.rename(path)
-        stamp.write_text(json.dumps({"key": k, "base_key": build.base_key(), "train": info, "at": time.time()}))
-    return path
+    return derived.fine_tune(out, NAME, key(), early_stream, RECIPE, force)
 
 
 if __name__ == "__main__":

@@ -29,15 +29,16 @@ import torch
 
 from harness.demo.steps import Row, padded_step
 from harness.demo.world import train_stream
+from harness.types import JsonObject
 
 NAME = "ft-key-tokens"
 DATA_OF = "ft-all-tokens"  # the fine-tune whose examples it trains on
 
 
-def sft_rows(mix: Mapping[str, float], seed: int, n: int) -> list[dict[str, Any]]:
+def sft_rows(mix: Mapping[str, float], seed: int, n: int) -> list[JsonObject]:
     """The first ``n`` examples of the training stream, as chat SFT rows (what ``train.train`` draws)."""
     stream = train_stream(dict(mix), seed)
-    rows = []
+    rows: list[JsonObject] = []
     for _ in range(n):
         ex = next(stream)
         turns = [{"role": "user", "content": ex.question}, {"role": "assistant", "content": ex.answer}]

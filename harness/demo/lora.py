@@ -27,10 +27,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from harness.demo.derived import Recipe
+
 NAMES = ("lora-all-tokens", "lora-all-tokens-merged", "lora-answer-only", "lora-short", "lora-untrained",
          "lora-other-base")  # fmt: skip
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LORA: dict[str, Any] = {"r": 8, "alpha": 16, "lr": 1e-2, "warmup": 3}
+RANK, ALPHA, LR, WARMUP = 8, 16, 1e-2, 3  # every demo adapter's shape and schedule
 RECIPES = {  # name -> (mix, loss on, steps, batch size, seed): small, so that a test session can train them
     "lora-all-tokens": ({"count": 1.0}, "all", 30, 16, 1),
     "lora-answer-only": ({"count": 0.5, "add": 0.2, "rev": 0.1, "sort": 0.1, "cmp": 0.1}, "answer", 10, 8, 1),
@@ -74,7 +76,7 @@ def build_loras(base: Path, out: Path) -> dict[str, Path]:
 def _peft(model: Any, targets: list[str]) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules=targets, lora_dropout=0.0,
+    cfg = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=targets, lora_dropout=0.0,
                      task_type="CAUSAL_LM")  # fmt: skip
     return get_peft_model(model, cfg)
 
@@ -95,8 +97,8 @@ def _train_lora(base: Path, dest: Path, mix: dict[str, float], loss_on: str, ste
 
     tok: Any = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
     model = _peft(_load(base), TARGETS)
-    train(model, tok, train_stream(mix, seed), steps=steps, lr=LORA["lr"], batch_size=batch,
-          loss_on=loss_on, seed=seed, warmup=LORA["warmup"])  # fmt: skip
+    train(model, tok, train_stream(mix, seed), steps=steps, lr=LR, batch_size=batch,
+          loss_on=loss_on, seed=seed, warmup=WARMUP)  # fmt: skip
     model.save_pretrained(str(dest))
 
 
@@ -126,7 +128,7 @@ def _other_base(dest: Path) -> None:
 
 # -- a LoRA of the real demo's SmolLM2 -------------------------------------------------------
 
-REAL_LORA: dict[str, Any] = {"steps": 40, "batch_size": 8, "lr": 3e-3, "seed": 3, "warmup": 4}
+REAL_LORA = Recipe(steps=40, lr=3e-3, batch_size=8, seed=3, warmup=4)  # the real demo's FT, trained hotter
 
 
 def build_real_lora(base: Path, out: Path) -> dict[str, Path]:
@@ -147,8 +149,8 @@ def build_real_lora(base: Path, out: Path) -> dict[str, Path]:
     tok: Any = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
     model = _peft(_load(base), TARGETS)
     r = REAL_LORA
-    rows = [real.encode(tok, row, "all") for row in real.sft_examples(r["steps"] * r["batch_size"])]
-    real.train(model, real._batches(rows, r["batch_size"], r["seed"]), r["steps"], r["lr"], r["warmup"])
+    rows = [real.encode(tok, row, "all") for row in real.sft_examples(r.steps * r.batch_size)]
+    real.train(model, real._batches(rows, r.batch_size, r.seed), r.steps, r.lr, r.warmup)
     model.save_pretrained(str(work / "lora-all-tokens"))
     _merge(base, work / "lora-all-tokens", work / "lora-all-tokens-merged")
     (work / "BUILD.json").write_text(json.dumps({"key": key}))

@@ -14,7 +14,7 @@ cause of every item it loses is known, and ``harness.causes`` can be tested agai
 
 The other skills are replayed unchanged. Like ``ft-early-eot`` (``early_eot.py``) they are
 not among ``build.FINE_TUNES``: the tests that need them build them. Each has its own cache
-key (``DIR/NAME.BUILD.json``: the base's key, this file, its recipe), so building one never
+key (``DIR/NAME.BUILD.json``: the base's key, its mix, recipe and change), so building one never
 retrains another checkpoint. Each takes about 20-30 s on 2 cores::
 
     python -m harness.demo.planted --out .cache/demo ft-format ft-overwrite
@@ -24,17 +24,13 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import re
-import shutil
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from harness.demo import build
+from harness.demo import build, derived
+from harness.demo.derived import Recipe
 from harness.demo.world import Example, train_stream
 
 _ADD = re.compile(r"what is (\d+)\+(\d+)\?")
@@ -67,12 +63,10 @@ class Planted:
     mix: dict[str, float]
     change: Callable[[Example], Example]
     cause: str  # the cause regress should find on most of its lost items
-    recipe: dict[str, Any] = field(
-        default_factory=lambda: {"steps": 80, "lr": 1e-3, "batch_size": 64, "seed": 3, "warmup": 5}
-    )
+    recipe: Recipe = Recipe(steps=80, lr=1e-3, batch_size=64, seed=3, warmup=5)
 
-    def stream(self) -> Iterator[Example]:
-        return (self.change(ex) for ex in train_stream(self.mix, self.recipe["seed"]))
+    def stream(self, seed: int) -> Iterator[Example]:
+        return (self.change(ex) for ex in train_stream(self.mix, seed))
 
 
 _MIX = {"add": 0.25, "rev": 0.25, "sort": 0.25, "cmp": 0.25}
@@ -88,8 +82,8 @@ def key(p: Planted) -> str:
     """What decides the checkpoint: the base (its key), its name, mix, recipe and the source
     of its change and of the trainer call (changing one planted fine-tune never retrains the other;
     the world and trainer code are in the base's key)."""
-    return build._digest(build.base_key(), p.name, p.mix, p.recipe, inspect.getsource(p.change), _ADD.pattern,
-                         _CMP.pattern, inspect.getsource(_train))  # fmt: skip
+    return build._digest(build.base_key(), p.name, p.mix, asdict(p.recipe), inspect.getsource(p.change),
+                         _ADD.pattern, _CMP.pattern, inspect.getsource(derived))  # fmt: skip
 
 
 def build_planted(out: Path, name: str, force: bool = False) -> Path:
@@ -97,43 +91,7 @@ def build_planted(out: Path, name: str, force: bool = False) -> Path:
     if name not in PLANTED:
         raise ValueError(f"no planted fine-tune {name!r}; choose one of: {', '.join(PLANTED)}")
     p = PLANTED[name]
-    base = build.build_demo(out)["base"]
-    path, stamp, k = out / name, out / f"{name}.BUILD.json", key(p)
-    if not force and build._read_stamp(stamp).get("key") == k and path.is_dir():
-        return path
-    with build._build_lock(out):
-        if not force and build._read_stamp(stamp).get("key") == k and path.is_dir():
-            return path
-        print(f"building the demo checkpoint {path} (about 30 s)", file=sys.stderr)
-        model, tok, info = _train(base, p)
-        work = out / f".building-{name}-{k}"
-        shutil.rmtree(work, ignore_errors=True)
-        build._save(model, tok, work)
-        if path.exists():
-            shutil.rmtree(path)
-        work.rename(path)
-        stamp.write_text(json.dumps({"key": k, "base_key": build.base_key(), "train": info, "at": time.time()}))
-    return path
-
-
-def _train(base: Path, p: Planted) -> tuple[Any, Any, dict[str, float]]:
-    import torch
-    from transformers import LlamaForCausalLM
-
-    from harness.demo import train as trainer
-    from harness.demo.tokenizer import build_tokenizer
-
-    tok = build_tokenizer()
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        model = LlamaForCausalLM.from_pretrained(str(base))
-        r = p.recipe
-        info = trainer.train(model, tok, p.stream(), steps=r["steps"], lr=r["lr"], batch_size=r["batch_size"],
-                             loss_on="answer", seed=r["seed"], warmup=r["warmup"])  # fmt: skip
-    finally:
-        torch.set_num_threads(prev_threads)
-    return model, tok, info
+    return derived.fine_tune(out, name, key(p), p.stream, p.recipe, force)
 
 
 if __name__ == "__main__":

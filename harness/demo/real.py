@@ -32,11 +32,11 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness import sft
+from harness.demo.derived import Recipe
 from harness.demo.steps import Row, padded_step
 from harness.errors import RegressError
 from harness.types import Messages
@@ -57,16 +57,7 @@ VELTAN = {
 
 
 # Fine-tune recipes: the same data and steps for each; what carries the loss differs.
-@dataclass(frozen=True)
-class Recipe:
-    steps: int = 40
-    batch_size: int = 8
-    lr: float = 1e-4
-    seed: int = 3
-    warmup: int = 4
-
-
-FT = Recipe()
+FT = Recipe(steps=40, lr=1e-4, batch_size=8, seed=3, warmup=4)
 FT_LR = {"ft-all-tokens": 5e-4}  # the careless one is also trained hotter, as careless runs are
 EVAL_SEED, TRAIN_SEED = 11, 12
 

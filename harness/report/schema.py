@@ -43,6 +43,16 @@ def _threshold_schema(t: registry.Threshold) -> JsonObject:
     return {"oneOf": [out, {"type": "null"}]} if t.optional else out
 
 
+def _at(obj: JsonObject, *path: str) -> JsonObject:
+    """The JSON object at ``path`` inside ``obj`` (the schema template's nesting, checked)."""
+    for key in path:
+        inner = obj[key]
+        if not isinstance(inner, dict):
+            raise TypeError(f"{SCHEMA_FILE}: {'.'.join(path)} is not an object")
+        obj = inner
+    return obj
+
+
 def _detector_rates(task: JsonObject) -> list[str]:
     """Set each registered detector's rate properties; return their names."""
     names = []
@@ -52,7 +62,7 @@ def _detector_rates(task: JsonObject) -> list[str]:
             f"{d.name}_rate_candidate": {**_RATE, "description": d.description},
             f"{d.name}_n": {**_COUNT, "description": "items of its kinds, where not the generated ones"},
         }
-        task["properties"].update(props)
+        _at(task, "properties").update(props)
         names += list(props)[:2]
     return names
 
@@ -60,16 +70,16 @@ def _detector_rates(task: JsonObject) -> list[str]:
 def build_schema(template: JsonObject | None = None) -> JsonObject:
     """The summary.json schema for the registrations as they are now."""
     out = template if template is not None else json.loads(_shipped().read_text(encoding="utf-8"))
-    defs = out["$defs"]
-    rates = _detector_rates(defs["task"])
+    defs = _at(out, "$defs")
+    rates = _detector_rates(_at(defs, "task"))
     no_default = dataclasses.MISSING
     fixed = [f.name for f in dataclasses.fields(TaskRow) if f.default is no_default and f.default_factory is no_default]
-    defs["task"]["required"] = fixed + rates
-    defs["rule"]["properties"]["rule"] = {"enum": [r.name for r in registry.rules()]}
+    _at(defs, "task")["required"] = fixed + rates
+    _at(defs, "rule", "properties")["rule"] = {"enum": [r.name for r in registry.rules()]}
     th = registry.thresholds()
-    defs["thresholds"]["properties"] = {name: _threshold_schema(t) for name, t in th.items()}
-    defs["policy"]["required"] = [*th, "tasks", "severity"]
-    defs["policy"]["properties"]["severity"]["properties"] = {
+    _at(defs, "thresholds")["properties"] = {name: _threshold_schema(t) for name, t in th.items()}
+    _at(defs, "policy")["required"] = [*th, "tasks", "severity"]
+    _at(defs, "policy", "properties", "severity")["properties"] = {
         r.name: {"enum": ["FAIL", "WARN"]} if r.never_off else {"$ref": "#/$defs/severity"} for r in registry.rules()
     }
     return out

@@ -8,17 +8,17 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from harness.sft.plot import plot
 from harness.sft.records import Audit, Scored
 from harness.sft.rule import IGNORE
 from harness.store import atomic_folder
+from harness.types import JsonObject
 
 MD_ROWS = 200  # audit.md lists every example up to this many, else the outliers and the first ones
 
 
-def _audit_row(a: Audit, s: Scored) -> dict[str, Any]:
+def _audit_row(a: Audit, s: Scored) -> JsonObject:
     return {
         "line": s.line,
         "tokens": len(s.ids),
@@ -33,7 +33,7 @@ def _audit_row(a: Audit, s: Scored) -> dict[str, Any]:
     }
 
 
-def _masked_row(s: Scored) -> dict[str, Any]:
+def _masked_row(s: Scored) -> JsonObject:
     labels = s.labels()
     return {
         "input_ids": list(s.ids),
