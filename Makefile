@@ -59,7 +59,7 @@ regress: venv
 
 # ruff and mypy first: a lint or type error fails the tests.
 test: check
-	$(BIN)/python -m pytest -q -rs $(ARGS)
+	$(BIN)/python -m pytest -q -rs --durations=30 $(ARGS)
 
 check: $(STAMP)
 	$(BIN)/ruff check harness tests bench setup.py

@@ -1,6 +1,7 @@
 """Drafting from the base's stored answers (issue 22 items 1-3; not a test).
 
     python bench/drafts.py [--backends hf,vllm] [--limit 100] [--candidates copy,ft-answer-only,ft-all-tokens]
+    python bench/drafts.py --real [--limit 8] [--tasks gsm8k,ifeval,bbh_zeroshot_logical_deduction_three_objects]
 
 On the demo checkpoints, per backend: the base is run once into a store; then, for each
 candidate, ``regress compare`` (a whole process: candidate run, drift probes, comparison,
@@ -11,6 +12,10 @@ items per task. Reports both times, the speed-up, and the drafted / resumed / ge
 counts from summary.json; checks that the two runs' items.parquet are equal. Targets:
 >= 3x where >= 90% of items are identical; ft-all-tokens (most items diverge early)
 costs at most 10% more. Appends to bench/RESULTS.md.
+
+``--real``: the same on the real demo (SmolLM2-135M-Instruct and its real fine-tunes,
+``.cache/demo/real``), on ``--tasks`` of suite ``real`` (generation tasks with long
+answers, where generation is most of a comparison's time; drift on, no termination probe).
 """
 
 from __future__ import annotations
@@ -29,6 +34,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 from throughput import ENV, machine, record  # noqa: E402
+
+
+def write_real_suite(folder: Path, tasks: list[str]) -> str:
+    import yaml
+
+    raw = yaml.safe_load((REPO / "suites" / "real.yaml").read_text())
+    raw["probes"].pop("termination", None)
+    raw.update(name="bench-drafts-real", tasks=tasks, task_dirs=[str(REPO / "suites" / d) for d in raw["task_dirs"]],
+               data=str((REPO / "suites" / raw["data"]).resolve()))  # fmt: skip
+    raw.pop("metrics", None)
+    path = folder / "bench-drafts-real.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
 
 
 def write_suite(folder: Path) -> str:
@@ -60,17 +78,24 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--candidates", default="copy,ft-answer-only,ft-all-tokens")
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--real", action="store_true", help="SmolLM2 and its real fine-tunes")
+    ap.add_argument("--tasks", default="gsm8k,ifeval,bbh_zeroshot_logical_deduction_three_objects")
     a = ap.parse_args()
     import pandas as pd
 
-    from harness.demo.build import build_demo
+    if a.real:
+        from harness.demo.real import build_real
 
-    demo = build_demo(REPO / ".cache" / "demo")
+        demo = build_real(REPO / ".cache" / "demo" / "real", ("ft-answer-only", "ft-all-tokens"))
+    else:
+        from harness.demo.build import build_demo
+
+        demo = build_demo(REPO / ".cache" / "demo")
     rows: list[list[str]] = []
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="regress-bench-drafts-") as d:
         tmp = Path(d)
-        suite = write_suite(tmp)
+        suite = write_real_suite(tmp, a.tasks.split(",")) if a.real else write_suite(tmp)
         copy = tmp / "copy"
         shutil.copytree(demo["base"], copy)
         (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")  # another fingerprint
@@ -99,10 +124,12 @@ def main() -> int:
                              f"{took['off'] / took['on']:.2f}x", counts, "yes" if same else "NO"])  # fmt: skip
                 print(rows[-1], flush=True)
     header = ["backend", "candidate", "drafting off", "drafting on", "speed-up", "drafted/resumed/generated", "same"]
-    intro = (f"bench/drafts.py --limit {a.limit}: `regress compare` with the base stored, whole process, demo "
-             f"suite without its termination probe; {time.perf_counter() - t_all:.0f} s in all. 'same': "
-             "items.parquet and verdict equal.")  # fmt: skip
-    record(f"drafting from the stored base, {machine()}", intro, header, rows, not a.no_append)
+    where = f"SmolLM2-135M-Instruct, tasks {a.tasks} of suite real" if a.real else "demo suite"
+    intro = (f"bench/drafts.py{' --real' if a.real else ''} --limit {a.limit}: `regress compare` with the base "
+             f"stored, whole process, {where}, without the termination probe; {time.perf_counter() - t_all:.0f} s "
+             "in all. 'same': items.parquet and verdict equal.")  # fmt: skip
+    what = "SmolLM2" if a.real else "the demo"
+    record(f"drafting from the stored base, {what}, {machine()}", intro, header, rows, not a.no_append)
     return 0
 
 
