@@ -1,6 +1,7 @@
 """The drafting margin threshold, measured (issue 22 item 2; not a test).
 
-    python bench/draft_threshold.py [--backends hf,vllm] [--limit 100] [--thresholds 0,0.5]
+    python bench/draft_threshold.py [--backends hf,vllm] [--limit 100] [--thresholds 0,0.01,0.5]
+    python bench/draft_threshold.py --real [--limit 8] [--tasks gsm8k,truthfulqa_gen,real_veltan]
 
 On the demo checkpoints (demo suite without its termination probe, ``--limit`` items per
 task), per backend: the base once, then each fine-tune (and ``copy``, the base under another
@@ -8,7 +9,9 @@ fingerprint) with ``--verify-drafts`` at each margin threshold (``harness.drafts
 set in-process): every answer is generated in full as well, and the drafted or resumed
 answers that differ from full generation are counted. Threshold 0 shows what exactness
 rests on without the guard; the chosen threshold what the guard costs (items generated in
-full because of a near tie). Appends the table to bench/RESULTS.md.
+full because of a near tie). Appends the table to bench/RESULTS.md. The threshold is set for
+every precision (``THRESHOLD`` and ``THRESHOLD_FP32``). ``--real``: SmolLM2-135M-Instruct,
+its copy under another fingerprint and its real fine-tunes on ``--tasks`` of suite real.
 """
 
 from __future__ import annotations
@@ -27,14 +30,17 @@ sys.path.insert(0, str(REPO / "bench"))
 from throughput import ENV, machine, record  # noqa: E402
 
 FINE_TUNES = ("copy", "ft-identical", "ft-answer-only", "ft-all-tokens", "ft-no-eos", "ft-key-tokens")
+REAL = ("copy", "ft-answer-only", "ft-all-tokens")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backends", default="hf,vllm")
     ap.add_argument("--limit", type=int, default=100)
-    ap.add_argument("--thresholds", default="0,0.5")
-    ap.add_argument("--candidates", default=",".join(FINE_TUNES))
+    ap.add_argument("--thresholds", default="0,0.01,0.5")
+    ap.add_argument("--candidates", default=None, help=f"default: {','.join(FINE_TUNES)}; --real: {','.join(REAL)}")
+    ap.add_argument("--real", action="store_true", help="SmolLM2 and its real fine-tunes")
+    ap.add_argument("--tasks", default="gsm8k,truthfulqa_gen,real_veltan", help="with --real: tasks of suite real")
     ap.add_argument("--no-append", action="store_true")
     a = ap.parse_args()
     for k, v in ENV.items():
@@ -47,12 +53,20 @@ def main() -> int:
     from harness.suites import load_suite
     from tests.test_backend_vllm import items_suite
 
-    demo = build_demo(REPO / ".cache" / "demo")
+    if a.real:
+        from drafts import write_real_suite
+
+        from harness.demo.real import build_real
+
+        demo = build_real(REPO / ".cache" / "demo" / "real", ("ft-answer-only", "ft-all-tokens"))
+    else:
+        demo = build_demo(REPO / ".cache" / "demo")
+    candidates = (a.candidates or ",".join(REAL if a.real else FINE_TUNES)).split(",")
     rows: list[list[str]] = []
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="regress-bench-threshold-") as d:
         tmp = Path(d)
-        suite = items_suite(tmp)
+        suite = write_real_suite(tmp, a.tasks.split(",")) if a.real else items_suite(tmp)
         copy = tmp / "copy"
         shutil.copytree(demo["base"], copy)
         (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")
@@ -65,16 +79,18 @@ def main() -> int:
 
         for backend in a.backends.split(","):
             base = run(demo["base"], f"base-{backend}", backend)
-            for name in a.candidates.split(","):
+            for name in candidates:
                 for th in (float(x) for x in a.thresholds.split(",")):
-                    drafts.THRESHOLD = th
+                    drafts.THRESHOLD = drafts.THRESHOLD_FP32 = th
                     res = run(paths[name], f"{backend}-{name}-{th}", backend, base, verify_drafts=True)
                     c = res.drafting  # type: ignore[attr-defined]
                     rows.append([backend, name, f"{th:g}", str(c.drafted), str(c.resumed), str(c.generated),
                                  f"{c.disagreed} of {c.verified}"])  # fmt: skip
                     print(rows[-1], flush=True)
     header = ["backend", "candidate", "threshold", "drafted", "resumed", "generated", "differ from full generation"]
-    intro = (f"bench/draft_threshold.py --limit {a.limit} (demo suite without its termination probe; "
+    where = f"SmolLM2, tasks {a.tasks} of suite real" if a.real else "demo suite"
+    flag = " --real" if a.real else ""
+    intro = (f"bench/draft_threshold.py{flag} --limit {a.limit} ({where} without its termination probe; "
              f"--verify-drafts at each threshold), {time.perf_counter() - t_all:.0f} s in all.")  # fmt: skip
     record(f"drafting margin threshold, {machine()}", intro, header, rows, not a.no_append)
     return 0

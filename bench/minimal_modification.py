@@ -14,6 +14,10 @@ one (``--new-skill``, ``demo_count`` by default); over them, pooled by item:
 
 then the new skill's accuracy (base -> candidate) and the verdict. Prints a Markdown table
 (``docs/minimal-modification.md`` and ``bench/RESULTS.md`` carry its output).
+
+``--causes``: a second table, the old skills' lost items by cause (``harness.causes``, from
+each summary.json's ``causes``), with the share that is format loss (every cause but
+``knowledge lost`` and ``wrong answer``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from typing import Any
 
 
@@ -54,10 +60,26 @@ def row(name: str, s: dict[str, Any], new_skill: str) -> str:
     )
 
 
+def causes_row(name: str, s: dict[str, Any], new_skill: str) -> str:
+    from harness.causes import CAUSES, FORMAT_LOSS
+
+    per_task = (s.get("causes") or {}).get("tasks") or {}
+    total = {c: 0 for c in CAUSES}
+    for task, found in per_task.items():
+        if task != new_skill:
+            for c, n in found.items():
+                total[c] += n
+    lost = sum(total.values())
+    fmt = sum(total[c] for c in FORMAT_LOSS)
+    share = f"{fmt / lost:.0%}" if lost else "-"
+    return f"| {name} | {lost} | " + " | ".join(str(total[c]) for c in CAUSES) + f" | {share} |"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("reports", nargs="+", help="report folders or summary.json files, optionally NAME=PATH")
     ap.add_argument("--new-skill", default="demo_count", help="the task the fine-tunes were trained for")
+    ap.add_argument("--causes", action="store_true", help="also the old skills' lost items by cause")
     a = ap.parse_args(argv)
     print("| fine-tune | identity rate (old skills) | NFR (old skills) | accuracy (old skills) "
           f"| non-termination (old skills) | {a.new_skill} accuracy | verdict |")  # fmt: skip
@@ -65,6 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     for arg in a.reports:
         name, s = load(arg)
         print(row(name, s, a.new_skill))
+    if a.causes:
+        from harness.causes import CAUSES
+
+        print()
+        print("| fine-tune | lost (old skills) | " + " | ".join(CAUSES) + " | format loss |")
+        print("|---|" + "---:|" * (len(CAUSES) + 2))
+        for arg in a.reports:
+            name, s = load(arg)
+            print(causes_row(name, s, a.new_skill))
     return 0
 
 

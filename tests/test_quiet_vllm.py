@@ -53,12 +53,10 @@ def test_vllm_compare_prints_only_regress_lines(vllm_installed, demo, tmp_path, 
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_vllm_compare_on_the_real_base_is_quiet(vllm_installed, tmp_path):
-    """SmolLM2 (the real demo's base, when it has been built: never built here) on a small
-    registered task: a real tokenizer and chat template, a real model's engine start."""
-    base = REPO / ".cache" / "demo" / "real" / "base"
-    if not (base / "config.json").is_file():
-        pytest.skip("the real demo's base is not built (regress demo --real)")
+def test_vllm_compare_on_the_real_base_is_quiet(vllm_installed, smol, tmp_path):
+    """SmolLM2 (the real demo's base) on a small registered task: a real tokenizer and chat
+    template, a real model's engine start."""
+    base = smol["base"]
     twin = tmp_path / "twin"
     twin.symlink_to(base)
     code, out, err = _regress("compare", "--base", str(base), "--model", str(twin), "--backend", "vllm",

@@ -29,12 +29,6 @@ def test_veltan_items_are_the_code_s_own() -> None:
     assert sum(q in trained for q in held_out) < len(held_out)  # 1-3 of 24 words: some overlap is unavoidable
 
 
-@pytest.fixture(scope="module")
-def smol() -> dict[str, Path]:
-    pytest.importorskip("gguf", reason="the real demo needs `pip install 'regress[real]'`")
-    return real.build_real(REPO / ".cache" / "demo" / "real", fine_tunes=("ft-identical",))
-
-
 @pytest.mark.slow
 def test_the_converted_model_is_a_real_instruct_model(smol: dict[str, Path]) -> None:
     from transformers import AutoTokenizer

@@ -31,7 +31,7 @@ from harness.backends.base import (
     fit_prompts,
     split_pair,
 )
-from harness.drafts import Check
+from harness.drafts import Check, threshold_for
 from harness.errors import BackendError
 from harness.options import option
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
@@ -238,6 +238,7 @@ class HFBackend(CheckpointBackend):
         except (OSError, ValueError, RuntimeError) as e:
             raise BackendError(f"cannot load model weights from {ckpt.model_path}: {str(e).splitlines()[0]}") from e
         self.model.eval()
+        self.draft_threshold = threshold_for(str(self.model.dtype))
         self.active: str | None = None  # the PEFT adapter answering (None: the model alone)
         self.use(ckpt)
         self.max_len = context_length(self.model.config)

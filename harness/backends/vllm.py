@@ -35,7 +35,7 @@ from harness.backends.base import (
     fit_prompts,
     split_pair,
 )
-from harness.drafts import Check
+from harness.drafts import Check, threshold_for
 from harness.errors import BackendError
 from harness.options import option
 from harness.types import Generation, GenRequest, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
@@ -259,6 +259,7 @@ class VLLMBackend(CheckpointBackend):
                     patch_cpu_lora_logits()
                 self.llm = vllm.LLM(**engine_args(ckpt.model_path, options, rank))
                 self.max_model_len = model_len(self.llm)
+                self.draft_threshold = threshold_for(resolve_dtype(options, not cuda_available()))  # auto: 0.5
             except BaseException as e:
                 with contextlib.suppress(Exception):  # the error that stopped the start is the one to tell
                     self.close()  # shuts down an engine that did start; unfreezes
