@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import random
 import shutil
@@ -94,21 +95,37 @@ def own_examples(base: Path, data: Path, n: int = N) -> tuple[list[dict[str, Mes
     return rows, counts
 
 
-def _key(base: Path) -> str:
+def _key(base: Path, *parts: object) -> str:
     from harness.checkpoint import fingerprint
 
-    here = Path(__file__).parent
-    src = b"".join(p.read_bytes() for p in (Path(__file__), here / "real.py", here / "steps.py", here / "lora.py"))
-    return hashlib.sha256(repr((fingerprint(base), src)).encode()).hexdigest()[:16]
+    return hashlib.sha256(repr((fingerprint(base), *parts)).encode()).hexdigest()[:16]
+
+
+def own_data(real_dir: Path, data: Path) -> tuple[list[dict[str, Messages]], dict[str, int]]:
+    """``own_examples`` of ``real_dir/base``, cached in ``real_dir/real-own.sft.jsonl`` (with
+    its key and counts beside it) apart from the fine-tunes: generating them is the long part."""
+    base = real_dir / "base"
+    path, stamp = real_dir / "real-own.sft.jsonl", real_dir / "real-own.sft.json"
+    key = _key(base, N, MAX_TOKENS, SEED, real.VELTAN, inspect.getsource(own_examples), inspect.getsource(_questions))
+    meta = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    if meta.get("key") == key and path.is_file():
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()], meta["counts"]
+    rows, counts = own_examples(base, data)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    tmp.rename(path)
+    stamp.write_text(json.dumps({"key": key, "counts": counts}))
+    return rows, counts
 
 
 def build_own(real_dir: Path, data: Path) -> dict[str, Path]:
-    """Build (or reuse) ``real_dir/real-own``: the data (``sft.jsonl``, ``data.json``) and the
-    four fine-tunes of ``real_dir/base``; return their folders."""
+    """Build (or reuse) ``real_dir/real-own``: the data (``sft.jsonl``) and the four
+    fine-tunes of ``real_dir/base``; return their folders."""
     base = real_dir / "base"
     out = real_dir / "real-own"
     paths = {name: out / name for name in NAMES}
-    key = _key(base)
+    here = Path(__file__).parent
+    key = _key(base, *(p.read_bytes() for p in (Path(__file__), here / "real.py", here / "steps.py", here / "lora.py")))
     stamp = out / "BUILD.json"
     if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key and all(p.is_dir() for p in paths.values()):
         return paths
@@ -116,7 +133,7 @@ def build_own(real_dir: Path, data: Path) -> dict[str, Path]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     t0 = time.perf_counter()
-    rows, counts = own_examples(base, data)
+    rows, counts = own_data(real_dir, data)
     (work / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     seconds = {"data": round(time.perf_counter() - t0, 1)}
     for name in NAMES:
