@@ -48,15 +48,17 @@ def write_suite(folder: Path, tasks: list[str]) -> Path:
 def lm_eval_child(suite: str, base: str, limit: int, batch: int) -> None:
     """lm-eval's HF model on the suite's task configs (as ``lm_eval run --model hf`` would run them)."""
     import lm_eval
+    import torch
     from lm_eval.tasks import TaskManager
 
     from harness.suites import load_suite
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # HFLM's default is cuda, which a CPU build refuses
     s = load_suite(suite)
     tasks = [t.config if t.config is not None else t.name for t in s.tasks]
     lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={base},dtype=float32", tasks=tasks, batch_size=batch, limit=limit,
-        apply_chat_template=True, bootstrap_iters=0, task_manager=TaskManager(include_defaults=False),
+        model="hf", model_args=f"pretrained={base},dtype=float32,device={device}", tasks=tasks, batch_size=batch,
+        limit=limit, apply_chat_template=True, bootstrap_iters=0, task_manager=TaskManager(include_defaults=False),
     )  # fmt: skip
 
 
