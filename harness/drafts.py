@@ -13,9 +13,11 @@ greedy token and its top-2 margin at every answer position and the one after it)
 * **resumed** (``hf``): they agree on a prefix, then differ (or the base's answer ended
   where the candidate's runs on): generation resumes after the agreeing prefix, within
   the same budget and stop rules (``Backend.resume``);
-* **generated**: nothing agrees, or the margin between the top two tokens is below
-  ``THRESHOLD`` at a position the decision rests on (a near tie that batching or kernel
-  order can flip), or the backend cannot resume: generated in full, as without drafting.
+* **generated**: nothing agrees, or the margin between the top two tokens is below the
+  threshold for the candidate's precision (``threshold_for``: ``THRESHOLD_FP32`` in float32,
+  else ``THRESHOLD``) at a position the decision rests on (a near tie that batching or
+  kernel order can flip), or the backend cannot resume: generated in full, as without
+  drafting.
 
 Records and the store key are what full generation gives, so runs with and without
 drafting share the store. ``--verify-drafts`` generates everything as well and counts the
