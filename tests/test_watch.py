@@ -78,7 +78,10 @@ def test_watch_gates_each_landed_checkpoint_once_and_resumes_after_sigint(demo, 
     run.mkdir()
     plan = [f"{step}={demo[name]}" for step, name in PLAN]
     argv = [sys.executable, "-m", "harness.cli", *_watch_argv(demo, run, out, session_store)]
-    first = subprocess.Popen(argv, cwd=REPO, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # a background job of a non-interactive shell ignores SIGINT, and Python keeps an
+    # inherited SIG_IGN: the watch gets the default disposition back, as at a terminal
+    first = subprocess.Popen(argv, cwd=REPO, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     assert first.stdout is not None
     assert first.stdout.readline().startswith("watching")  # the base evaluated: now the run starts
     filler = subprocess.Popen([sys.executable, "-c", FILLER, str(run), *plan])
