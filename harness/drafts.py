@@ -256,9 +256,9 @@ def draft(
     return left, counts, made
 
 
-# Drafting pays for its verify pass only where it takes answers from the drafts: it is
-# tried on a sample first (the first SAMPLE items, or 1/SAMPLE_SHARE of them if more), and
-# where the sample saved under PAYS of its drafts' tokens, the rest is generated unverified.
+# Drafting pays for its verify pass only where it takes answers from the drafts: a sample is
+# verified first (the first SAMPLE items, or 1/SAMPLE_SHARE of them if more), and where its
+# drafts would save under PAYS of their tokens, every item is generated, unverified.
 SAMPLE, SAMPLE_SHARE, PAYS = 8, 20, 0.25
 
 
