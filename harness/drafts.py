@@ -207,6 +207,18 @@ def load_base(folder: str | Path) -> dict[str, Generation]:
     return base_generations(rows)
 
 
+def verified_plans(
+    backend: Drafting,
+    mine: Sequence[tuple[str, GenRequest]],
+    base: Mapping[str, Generation],
+    threshold: float | None,
+) -> tuple[list[Generation], list[Plan]]:
+    """The base's drafts of ``mine`` (every key in ``base``) and their plans, from one verify pass."""
+    drafts = [base[k] for k, _ in mine]
+    limit = backend.draft_threshold if threshold is None else threshold
+    return drafts, plan_all(drafts, backend.verify([r for _, r in mine], drafts), backend.can_resume, limit)
+
+
 def draft(
     backend: Drafting,
     items: Sequence[tuple[str, GenRequest]],
@@ -224,10 +236,7 @@ def draft(
     mine = [(k, r) for k, r in items if k in base]
     if not mine:
         return list(items), DraftCounts(generated=len(items)), {}
-    drafts = [base[k] for k, _ in mine]
-    if threshold is None:
-        threshold = backend.draft_threshold
-    plans = plan_all(drafts, backend.verify([r for _, r in mine], drafts), backend.can_resume, threshold)
+    drafts, plans = verified_plans(backend, mine, base, threshold)
     made = {k: d for (k, _), d, p in zip(mine, drafts, plans) if p.kind == "drafted"}
     if not verify_only:
         keep(list(made.items()))
@@ -277,9 +286,7 @@ def draft_sampled(
     n = max(SAMPLE, len(items) // SAMPLE_SHARE)
     head = [(k, r) for k, r in items[:n] if k in base]
     if len(items) > n and head:
-        drafts = [base[k] for k, _ in head]
-        limit = backend.draft_threshold if threshold is None else threshold
-        plans = plan_all(drafts, backend.verify([r for _, r in head], drafts), backend.can_resume, limit)
+        drafts, plans = verified_plans(backend, head, base, threshold)
         would_save, asked = sum(saved(p, d) for p, d in zip(plans, drafts)), sum(d.n_tokens for d in drafts)
         if would_save < PAYS * asked:
             log.info("drafting: the first %d answers would save %d of %d tokens; all %d are generated",
