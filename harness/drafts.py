@@ -11,14 +11,22 @@ greedy token and its top-2 margin at every answer position and the one after it)
   ends the same way (the same end-of-turn token next; the stop string the same tokens
   complete; the same length cap): the candidate's answer is the base's record;
 * **resumed** (``hf``): they agree on a prefix, then differ (or the base's answer ended
-  where the candidate's runs on), or a position the decision rests on is a near tie (the
-  margin between the top two tokens below the threshold for the candidate's precision,
-  ``threshold_for``: ``THRESHOLD_FP32`` in float32, else ``THRESHOLD``; batching or kernel
-  order can flip it): generation resumes after the prefix before the first divergence or
-  near tie, within the same budget and stop rules (``Backend.resume``), so generation
-  makes that decision as it does in a full run;
-* **generated**: nothing agrees, the first position is a near tie, or the backend cannot
-  resume: generated in full, as without drafting.
+  where the candidate's runs on): generation resumes after the prefix, within the same
+  budget and stop rules (``Backend.resume``), so generation makes the deciding token;
+* **generated**: nothing agrees, or the backend cannot resume: generated in full, as
+  without drafting.
+
+**Near ties.** A position the decision rests on whose top two tokens are within the
+threshold for the candidate's precision (``threshold_for``: ``THRESHOLD_FP32`` in float32,
+else ``THRESHOLD``) could go either way under another batch or kernel order. Each is
+decided by generation (``settle``): the backend makes the first token of a generation
+resumed just before it (``Backend.next_tokens``, all ties in one call). Where that is the
+pass's greedy token, the draft holds past the tie (every later position is a clear
+decision); where not, generation resumes before the tie (``hf``) or the item is generated.
+
+The pass is also what the drift probes compute (the base's answer scored under the
+candidate): the backend keeps its log-probs (``backends.base.Forced``) and answers those
+log-likelihood requests from them, so with drafting on the probes cost no forward pass.
 
 ``draft_sampled`` verifies a sample of the requests first and drafts them all only where the
 sample's drafts would save a quarter of their tokens or more; else every item is generated,
@@ -32,7 +40,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -77,20 +85,28 @@ class Check:
 @dataclass(frozen=True)
 class Plan:
     """What to do with one request: ``drafted`` (the base's answer is the candidate's),
-    ``resume`` (generate after ``prefix``, the agreeing tokens) or ``generate``."""
+    ``resume`` (generate after ``prefix``, the agreeing tokens) or ``generate``; ``ties``:
+    the near-tie positions this rests on, each to be decided by generation first (``settle``)."""
 
     kind: str
     prefix: tuple[int, ...] = ()
+    ties: tuple[int, ...] = ()
 
 
 class Drafting(Protocol):
-    """What a backend offers to draft: ``verify`` always; ``resume`` where it can continue a
-    generation after given tokens exactly as full generation would (``can_resume``)."""
+    """What a backend offers to draft: ``verify`` and ``next_tokens`` always; ``resume`` where
+    it can continue a generation after given tokens exactly as full generation would
+    (``can_resume``)."""
 
     can_resume: bool
     draft_threshold: float  # threshold_for the precision it runs in
 
     def verify(self, requests: Sequence[GenRequest], drafts: Sequence[Generation]) -> list[Check]: ...
+
+    def next_tokens(self, requests: Sequence[GenRequest], prefixes: Sequence[tuple[int, ...]]) -> list[int]:
+        """The token generation makes first after each prompt + prefix (greedy, the same pass a
+        resumed generation starts with; no stop rule applies)."""
+        ...
 
     def resume(
         self,
@@ -128,7 +144,7 @@ def ends_alike(draft: Generation, check: Check) -> bool | None:
 
 def decide(draft: Generation, check: Check, threshold: float | None = None) -> Plan:
     """The plan for one request, from the base's answer and the candidate's pass over it
-    (``threshold``: ``THRESHOLD`` unless given)."""
+    (``threshold``: ``THRESHOLD`` unless given), with the near ties it rests on."""
     threshold = THRESHOLD if threshold is None else threshold
     toks = draft.token_ids
     k = agreeing(toks, check.argmax)
@@ -138,17 +154,15 @@ def decide(draft: Generation, check: Check, threshold: float | None = None) -> P
             return Plan("generate")
         # the token after the draft decides, unless the cap or a stop string the draft completes does
         rests_on = k if draft.finish == "length" or (alike and check.stop_fires) else k + 1
-        tie = near_tie(check.margin[:rests_on], threshold)
-        if tie is not None:
-            return _before(toks, tie)
-        return Plan("drafted") if alike else Plan("resume", toks)
-    tie = near_tie(check.margin[: k + 1], threshold)
-    return _before(toks, k if tie is None else tie)
+        ties = near_ties(check.margin[:rests_on], threshold)
+        return Plan("drafted", (), ties) if alike else Plan("resume", toks, ties)
+    # generation decides the first divergence itself: only the ties before it are probed
+    return replace(_before(toks, k), ties=near_ties(check.margin[:k], threshold))
 
 
-def near_tie(margins: Sequence[float], threshold: float) -> int | None:
-    """The first position whose top two tokens are within ``threshold``, if any."""
-    return next((i for i, m in enumerate(margins) if m < threshold), None)
+def near_ties(margins: Sequence[float], threshold: float) -> tuple[int, ...]:
+    """The positions whose top two tokens are within ``threshold``."""
+    return tuple(i for i, m in enumerate(margins) if m < threshold)
 
 
 def _before(toks: tuple[int, ...], j: int) -> Plan:
@@ -157,10 +171,49 @@ def _before(toks: tuple[int, ...], j: int) -> Plan:
     return Plan("resume", toks[:j]) if j > 0 else Plan("generate")
 
 
-def plan_all(
-    drafts: Sequence[Generation], checks: Sequence[Check], can_resume: bool, threshold: float | None = None
+# At most this many near ties of one answer are decided by generation (``settle``); an answer
+# with more resumes before the first one past them.
+MAX_TIES = 4
+
+
+def settle(
+    backend: Drafting | None,
+    requests: Sequence[GenRequest],
+    drafts: Sequence[Generation],
+    checks: Sequence[Check],
+    plans: Sequence[Plan],
 ) -> list[Plan]:
+    """Plans without near ties: at each tie, generation makes its token first (``next_tokens``
+    after the draft's tokens before it, all in one call); where it is the candidate's greedy
+    token of the pass, the draft holds past the tie (the positions after it are clear
+    decisions); where it is not, generation resumes before the tie. Without ``backend``, every
+    plan with a tie resumes before its first."""
+    asks = [(i, j) for i, p in enumerate(plans) for j in p.ties[:MAX_TIES]] if backend is not None else []
+    made: dict[tuple[int, int], int] = {}
+    if asks and backend is not None:
+        tokens = backend.next_tokens([requests[i] for i, _ in asks], [drafts[i].token_ids[:j] for i, j in asks])
+        made = dict(zip(asks, tokens))
+    out = []
+    for i, p in enumerate(plans):
+        toks, argmax = drafts[i].token_ids, checks[i].argmax
+        off = next((j for j in p.ties if made.get((i, j)) != argmax[j]), None)
+        out.append(replace(p, ties=()) if off is None else _before(toks, off))
+    return out
+
+
+def plan_all(
+    drafts: Sequence[Generation],
+    checks: Sequence[Check],
+    can_resume: bool,
+    threshold: float | None = None,
+    settled: Callable[[list[Plan]], list[Plan]] | None = None,
+) -> list[Plan]:
+    """Each request's plan; ``settled`` decides the near ties (else each resumes before its first)."""
     plans = [decide(d, c, threshold) for d, c in zip(drafts, checks)]
+    if settled is not None:
+        plans = settled(plans)
+    else:
+        plans = [_before(d.token_ids, p.ties[0]) if p.ties else p for p, d in zip(plans, drafts)]
     return [p if p.kind != "resume" or can_resume else Plan("generate") for p in plans]
 
 
@@ -212,11 +265,28 @@ def verified_plans(
     mine: Sequence[tuple[str, GenRequest]],
     base: Mapping[str, Generation],
     threshold: float | None,
+    known: Mapping[str, Plan] | None = None,
 ) -> tuple[list[Generation], list[Plan]]:
-    """The base's drafts of ``mine`` (every key in ``base``) and their plans, from one verify pass."""
+    """The base's drafts of ``mine`` (every key in ``base``) and their plans, from one verify
+    pass and one pass deciding the near ties, over the requests ``known`` has no plan for."""
+    known = known or {}
     drafts = [base[k] for k, _ in mine]
+    todo = [i for i, (k, _) in enumerate(mine) if k not in known]
+    plans = {
+        mine[i][0]: p
+        for i, p in zip(todo, _plans(backend, [mine[i][1] for i in todo], [drafts[i] for i in todo], threshold))
+    }
+    return drafts, [known[k] if k in known else plans[k] for k, _ in mine]
+
+
+def _plans(
+    backend: Drafting, requests: Sequence[GenRequest], drafts: Sequence[Generation], threshold: float | None
+) -> list[Plan]:
+    if not requests:
+        return []
+    checks = backend.verify(requests, drafts)
     limit = backend.draft_threshold if threshold is None else threshold
-    return drafts, plan_all(drafts, backend.verify([r for _, r in mine], drafts), backend.can_resume, limit)
+    return plan_all(drafts, checks, backend.can_resume, limit, lambda ps: settle(backend, requests, drafts, checks, ps))
 
 
 def draft(
@@ -226,17 +296,18 @@ def draft(
     keep: Keep,
     verify_only: bool = False,
     threshold: float | None = None,
+    known: Mapping[str, Plan] | None = None,
 ) -> tuple[list[tuple[str, GenRequest]], DraftCounts, dict[str, Generation]]:
     """Draft what the base's answers allow: (items left to generate, counts, the answers made
     here). Where any item resumes, the items to generate in full go in the same pass (one
     decode loop, not two); the answers are ``keep``-ed (stored) as they are made, except with
     ``verify_only``, where only the drafted and resumed answers are made, every item is left
     to generate and the answers are returned to be checked against the full generation's
-    (``disagreements``)."""
+    (``disagreements``). ``known``: plans already made (a sample's), not made again."""
     mine = [(k, r) for k, r in items if k in base]
     if not mine:
         return list(items), DraftCounts(generated=len(items)), {}
-    drafts, plans = verified_plans(backend, mine, base, threshold)
+    drafts, plans = verified_plans(backend, mine, base, threshold, known)
     made = {k: d for (k, _), d, p in zip(mine, drafts, plans) if p.kind == "drafted"}
     if not verify_only:
         keep(list(made.items()))
@@ -282,17 +353,19 @@ def draft_sampled(
     verified alone first (one pass, nothing generated); where its drafts would save under
     ``PAYS`` of their tokens, every item is left to generate, in one decode loop as without
     drafting, so a candidate that diverges early pays for verifying the sample only; else
-    all the items are drafted together (the sample verified again: a few requests)."""
+    all the items are drafted together (the sample's plans kept)."""
     n = max(SAMPLE, len(items) // SAMPLE_SHARE)
     head = [(k, r) for k, r in items[:n] if k in base]
+    known: dict[str, Plan] = {}
     if len(items) > n and head:
         drafts, plans = verified_plans(backend, head, base, threshold)
+        known = {k: p for (k, _), p in zip(head, plans)}
         would_save, asked = sum(saved(p, d) for p, d in zip(plans, drafts)), sum(d.n_tokens for d in drafts)
         if would_save < PAYS * asked:
             log.info("drafting: the first %d answers would save %d of %d tokens; all %d are generated",
                      len(head), would_save, asked, len(items))  # fmt: skip
             return list(items), DraftCounts(generated=len(items))
-    left, counts, _ = draft(backend, items, base, keep, threshold=threshold)
+    left, counts, _ = draft(backend, items, base, keep, threshold=threshold, known=known)
     return left, counts
 
 

@@ -14,6 +14,12 @@ and answers, in bulk:
   returns, and the adapter stores them at once;
 * ``close()``: stop the engine and free its memory.
 
+A backend that verifies drafts (``harness.drafts``) keeps what its teacher-forced pass
+computed (``Forced``: the candidate's log-prob of every answer token and of each
+end-of-turn token after the answer) and answers from it the log-likelihood requests that
+pass already covers (``forced_loglik``): the drift probes score the base's answers under
+the candidate, the same pass, so with drafting on they cost no second forward pass.
+
 Each engine module (``hf``, ``vllm``, ``openai``) owns its knowledge and provides, besides
 its backend class, its options (a dataclass extending ``CommonOptions``) and the functions
 of ``EngineModule``: its defaults resolved into the settings that key the store, the
@@ -108,6 +114,17 @@ class CheckpointBackend:
         self.checkpoint = ckpt.path
         self.tokenizer: Any = ckpt.tokenizer
         self.eot: tuple[int, ...] = ckpt.eot.stop_ids
+        self.forced: dict[tuple[int, ...], Forced] = {}  # the verify passes of the checkpoint answering now
+        self.from_forced = 0  # log-likelihood requests answered from them
+
+    def answer_forced(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[Loglik | None]:
+        """The requests (context, continuation ids) a kept verify pass answers; None for the rest."""
+        got = [forced_loglik(self.forced, c, k) if self.forced else None for c, k in pairs]
+        n = sum(g is not None for g in got)
+        if n:
+            self.from_forced += n
+            log.info("%d of %d log-likelihood requests answered from the drafts' verify pass", n, len(pairs))
+        return got
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
@@ -116,6 +133,63 @@ class CheckpointBackend:
         """The token an empty context stands for: BOS, else the first end-of-turn id."""
         bos = self.tokenizer.bos_token_id
         return bos if bos is not None else self.eot[0]
+
+
+# -- the drafts' teacher-forced pass, kept for the log-likelihoods it answers -------------
+
+# prompt tokens before the answer whose log-probs are kept too (lm-eval moves a context's trailing
+# whitespace, such as a chat template's last newline, to its continuation)
+LEAD = 4
+
+
+@dataclass(frozen=True)
+class Forced:
+    """What a verify pass computed over one sequence (prompt + draft): ``logp[i]`` and
+    ``greedy[i]`` are the log-prob of token ``lo + i`` given the tokens before it and
+    whether it was the greedy token, to the sequence's end; ``after`` maps each end-of-turn
+    id to its log-prob after the whole sequence, whose greedy token is ``after_top``."""
+
+    lo: int
+    logp: Sequence[float]
+    greedy: Sequence[bool]
+    after: dict[int, float]
+    after_top: int
+
+
+def forced_loglik(memo: dict[tuple[int, ...], Forced], ctx: list[int], cont: list[int]) -> Loglik | None:
+    """The log-likelihood of ``cont`` after ``ctx`` from a kept pass over ``ctx + cont`` (or
+    over all of it but a last end-of-turn token); None where no pass covers it."""
+    whole = tuple(ctx + cont)
+    f, extra = memo.get(whole), None
+    if f is None and cont:
+        f, extra = memo.get(whole[:-1]), whole[-1]
+        if f is not None and extra not in f.after:
+            return None
+    if f is None or len(ctx) < f.lo:
+        return None
+    span = range(len(ctx) - f.lo, len(whole) - (extra is not None) - f.lo)
+    vals = [f.logp[i] for i in span]
+    greedy = all(f.greedy[i] for i in span)
+    if extra is not None:
+        vals.append(f.after[extra])
+        greedy = greedy and f.after_top == extra
+    return Loglik(float(sum(vals)), greedy, len(cont))
+
+
+def covering(seqs: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[int, ...]]:
+    """Each sequence -> the longest sequence of ``seqs`` it is a prefix of (itself if none).
+
+    A causal model's log-prob of token ``i`` depends on tokens ``< i`` only, so one forward
+    pass answers every request that is a prefix of it: the drift probes' (prompt, answer)
+    and (prompt + answer, end-of-turn) become one. In lexicographic order the sequences a
+    prefix starts come right after it, so comparing each with its successor finds them all.
+    """
+    order = sorted(set(seqs))
+    cover: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for i in range(len(order) - 1, -1, -1):
+        s, nxt = order[i], order[i + 1] if i + 1 < len(order) else None
+        cover[s] = cover[nxt] if nxt is not None and nxt[: len(s)] == s else s
+    return cover
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:

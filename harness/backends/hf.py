@@ -22,9 +22,12 @@ from dataclasses import dataclass, replace
 from typing import Any, ParamSpec, TypeVar
 
 from harness.backends.base import (
+    LEAD,
     CheckpointBackend,
     CommonOptions,
     Done,
+    Forced,
+    covering,
     cuda_available,
     cut_at_stop,
     fit_pairs,
@@ -288,6 +291,7 @@ class HFBackend(CheckpointBackend):
         loaded once, never merged), or the model alone; one model serves a base and every
         adapter of it (``harness.engines``)."""
         self.checkpoint, self.tokenizer, self.eot = ck.path, ck.tokenizer, ck.eot.stop_ids
+        self.forced = {}  # kept passes were another checkpoint's
         self.active = None if ck.adapter is None else f"a{ck.fingerprint}"
         if self.active is None:
             return
@@ -365,14 +369,8 @@ class HFBackend(CheckpointBackend):
     def _generate_batch(
         self, prompts: list[list[int]], stop: tuple[str, ...], max_tokens: int, prefixes: list[tuple[int, ...]]
     ) -> list[Generation]:
-        import torch
-
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        att = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p) :] = torch.tensor(p)
-            att[i, width - len(p) :] = 1
+        ids, att = self._padded(prompts, left=True)
+        width = ids.shape[1]
         kwargs: dict[str, Any] = {}
         if stop:
             kwargs = {"stop_strings": list(stop), "tokenizer": self.tokenizer}
@@ -398,6 +396,28 @@ class HFBackend(CheckpointBackend):
         """The candidate's teacher-forced pass over each prompt + draft answer, batched by memory."""
         with self._answering():
             return self._verify(requests, drafts)
+
+    def next_tokens(self, requests: Sequence[GenRequest], prefixes: Sequence[tuple[int, ...]]) -> list[int]:
+        """The first token ``generate`` makes after each prompt + prefix, left-padded in batches
+        by memory as a resumed generation is (its first step: the same pass)."""
+        self.calls += 1
+        with self._answering():
+            fed = [p + list(x) for p, x in zip(self._prompts(requests), prefixes)]
+            order = sorted(range(len(fed)), key=lambda i: -len(fed[i]))
+            found: dict[int, int] = {}
+            for batch in self._batches(order, lambda i: self.cost.generate(len(fed[i]), 1)):
+                found.update(zip(batch, self._run(lambda b: self._next_batch([fed[i] for i in b]), batch)))
+            return [found[i] for i in range(len(fed))]
+
+    @_inference
+    def _next_batch(self, prompts: list[list[int]]) -> list[int]:
+        ids, att = self._padded(prompts, left=True)
+        width = ids.shape[1]
+        gen = self.model.generate(
+            input_ids=ids.to(self.device), attention_mask=att.to(self.device), max_new_tokens=1, do_sample=False,
+            eos_token_id=list(self.eot), pad_token_id=self.pad_id,
+        )  # fmt: skip
+        return [int(t) for t in gen[:, width].tolist()]  # the end-of-turn token too, as generate makes it
 
     def _verify(self, requests: Sequence[GenRequest], drafts: Sequence[Generation]) -> list[Check]:
         self.calls += 1
@@ -425,22 +445,43 @@ class HFBackend(CheckpointBackend):
     @_inference
     def _verify_batch(self, rows: list[tuple[int, list[int]]]) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
         """Right-padded (positions as in generation), the greedy token and top-2 margin at each
-        answer position and the one after it."""
+        answer position and the one after it; the log-probs of the answer's tokens (and a few
+        before it) and of each end-of-turn token after it are kept (``Forced``)."""
         import torch
 
-        width = max(len(s) for _, s in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        att = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (_, s) in enumerate(rows):
-            ids[i, : len(s)] = torch.tensor(s)
-            att[i, : len(s)] = 1
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits
+        ids, att = self._padded([s for _, s in rows])
+        firsts = [max(n_prompt - 1 - LEAD, 0) for n_prompt, _ in rows]
+        skip = min(firsts)  # the output layer runs from the first position any row needs
+        logits = self.model(
+            input_ids=ids.to(self.device), attention_mask=att.to(self.device), logits_to_keep=ids.shape[1] - skip
+        ).logits
         out = []
-        for i, (n_prompt, s) in enumerate(rows):
-            top = logits[i, n_prompt - 1 : len(s)].float().topk(2, dim=-1)
+        for i, ((n_prompt, s), first) in enumerate(zip(rows, firsts)):
+            mine = logits[i, first - skip : len(s) - skip].float()
+            top = mine[n_prompt - 1 - first :].topk(2, dim=-1)
             values, indices = top.values.cpu(), top.indices.cpu()
             out.append((tuple(indices[:, 0].tolist()), tuple((values[:, 0] - values[:, 1]).tolist())))
+            logp = torch.log_softmax(mine, dim=-1)
+            target = torch.tensor(s[first + 1 :], device=logp.device)
+            tok = logp[:-1].gather(1, target[:, None])[:, 0].cpu()
+            greedy = (logp[:-1].argmax(-1) == target).cpu()
+            after = {t: float(logp[-1, t]) for t in self.eot}
+            self.forced[tuple(s)] = Forced(first + 1, tok.tolist(), greedy.tolist(), after, int(indices[-1, 0]))
         return out
+
+    def _padded(self, seqs: Sequence[Sequence[int]], left: bool = False) -> tuple[Any, Any]:
+        """(ids, attention mask) of ``seqs`` padded to the longest: on the left to generate (the
+        last position is each row's), else on the right (positions as in generation)."""
+        import torch
+
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        att = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            at = slice(width - len(s), width) if left else slice(0, len(s))
+            ids[i, at] = torch.tensor(s, dtype=torch.long)
+            att[i, at] = 1
+        return ids, att
 
     def _stop_fires(self, seq: list[int], stop: tuple[str, ...]) -> bool:
         """Whether generate's stop-string rule ends a generation whose ids are ``seq`` now."""
@@ -475,35 +516,49 @@ class HFBackend(CheckpointBackend):
             return self._loglikelihood(requests)
 
     def _loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
+        """Each request from a kept verify pass where one covers it, else from one forward pass
+        over the longest request it is a prefix of (``covering``), batched by memory."""
         self.calls += 1
         whole = [split_pair(self.encode, r.context, r.continuation, self.bos_id()) for r in requests]
         pairs = fit_pairs(whole, self.max_len + 1, self.max_len)
-        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-        out: list[Loglik | None] = [None] * len(pairs)
-        for batch in self._batches(order, lambda i: self.cost.score(len(pairs[i][0]) + len(pairs[i][1]))):
-            for i, r in zip(batch, self._run(lambda b: self._loglik_batch([pairs[i] for i in b]), batch)):
-                out[i] = r
+        out = self.answer_forced(pairs)
+        todo = [i for i, got in enumerate(out) if got is None]
+        cover = covering([tuple(pairs[i][0] + pairs[i][1]) for i in todo])
+        roots = sorted(set(cover.values()), key=lambda r: (-len(r), r))
+        # each root from the first position a request it answers scores
+        first = {r: len(r) for r in roots}
+        for i in todo:
+            c, k = pairs[i]
+            root = cover[tuple(c + k)]
+            first[root] = min(first[root], max(len(c) - 1, 0))
+        rows = [(first[r], list(r)) for r in roots]
+        scored: dict[tuple[int, ...], tuple[int, Any, Any]] = {}
+        for batch in self._batches(list(range(len(rows))), lambda j: self.cost.score(len(rows[j][1]))):
+            for j, got in zip(batch, self._run(lambda b: self._loglik_batch([rows[j] for j in b]), batch)):
+                scored[roots[j]] = got
+        for i in todo:
+            c, k = pairs[i]
+            lo, tok, greedy = scored[cover[tuple(c + k)]]
+            a, b = len(c) - 1 - lo, len(c) - 1 - lo + len(k)
+            out[i] = Loglik(float(tok[a:b].sum()), bool(greedy[a:b].all()), len(k)) if k else Loglik(0.0, True, 0)
         return [r for r in out if r is not None]
 
     @_inference
-    def _loglik_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[Loglik]:
+    def _loglik_batch(self, rows: list[tuple[int, list[int]]]) -> list[tuple[int, Any, Any]]:
+        """For each (first, sequence): (first, the log-prob of each token after position
+        ``first`` given those before it, whether each was the greedy token), float32 on CPU."""
         import torch
 
-        seqs = [(c + k)[:-1] for c, k in pairs]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        att = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            att[i, : len(s)] = 1
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits
+        seqs = [s[:-1] for _, s in rows]
+        ids, att = self._padded([x or [self.pad_id] for x in seqs])
+        skip = min(min(first for first, _ in rows), ids.shape[1] - 1)  # keep 0 would keep all
+        logits = self.model(
+            input_ids=ids.to(self.device), attention_mask=att.to(self.device), logits_to_keep=ids.shape[1] - skip
+        ).logits
         logp = torch.log_softmax(logits.float(), dim=-1).cpu()
         res = []
-        for i, (c, k) in enumerate(pairs):
-            start = len(c) - 1
-            lp = logp[i, start : start + len(k)]
-            target = torch.tensor(k)
-            total = float(lp.gather(1, target[:, None]).sum())
-            greedy = bool((lp.argmax(-1) == target).all())
-            res.append(Loglik(total, greedy, len(k)))
+        for i, (first, s) in enumerate(rows):
+            lp = logp[i, first - skip : len(s) - 1 - skip]
+            target = torch.tensor(s[first + 1 :])
+            res.append((first, lp.gather(1, target[:, None])[:, 0], lp.argmax(-1) == target))
         return res

@@ -26,9 +26,12 @@ from typing import Any, TypedDict
 
 from harness import quiet
 from harness.backends.base import (
+    LEAD,
     CheckpointBackend,
     CommonOptions,
     Done,
+    Forced,
+    covering,
     cuda_available,
     cut_at_stop,
     fit_pairs,
@@ -279,6 +282,7 @@ class VLLMBackend(CheckpointBackend):
         """Answer as ``ck`` from now on: each request sent with its adapter's ``LoRARequest``
         (vLLM's CPU build serves them too), or without one for the model alone."""
         self.checkpoint, self.tokenizer, self.eot = ck.path, ck.tokenizer, ck.eot.stop_ids
+        self.forced = {}  # kept passes were another checkpoint's
         if ck.adapter is None:
             self.lora = None
             return
@@ -365,17 +369,18 @@ class VLLMBackend(CheckpointBackend):
 
     def verify(self, requests: Sequence[GenRequest], drafts: Sequence[Generation]) -> list[Check]:
         """The candidate's greedy token and top-2 margin after each prompt + draft prefix, from
-        ``prompt_logprobs`` (answer positions) and one generated token's ``logprobs`` (after it)."""
+        ``prompt_logprobs`` over prompt + draft + an end-of-turn token (its position is the one
+        after the draft); the log-probs it gives are kept (``Forced``) for the drift probes."""
         self.calls += 1
         prompts = fit_prompts(
             self._encode_all([r.prompt for r in requests]), [r.max_tokens for r in requests], self.max_model_len
         )
         seqs = [p + list(d.token_ids) for p, d in zip(prompts, drafts)]
-        fits = [i for i, s in enumerate(seqs) if len(s) < self.max_model_len]  # room for the token after
+        fits = [i for i, s in enumerate(seqs) if len(s) + 1 < self.max_model_len]  # the end token, one after it
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=2, logprobs=2, detokenize=False)
-        outs = dict(zip(fits, self._run([seqs[i] for i in fits], params) if fits else []))
+        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=2, detokenize=False)
+        outs = dict(zip(fits, self._run([seqs[i] + [self.eot[0]] for i in fits], params) if fits else []))
         checks = []
         for i, (r, p, d) in enumerate(zip(requests, prompts, drafts)):
             budget = min(r.max_tokens, self.max_model_len - len(p))
@@ -384,14 +389,26 @@ class VLLMBackend(CheckpointBackend):
                     Check((-1,) * (len(d.token_ids) + 1), (0.0,) * (len(d.token_ids) + 1), budget, None, False)
                 )
                 continue
-            o = outs[i]
-            tops = [top2(o.prompt_logprobs[pos]) for pos in range(len(p), len(seqs[i]))]
-            tops.append(top2(o.outputs[0].logprobs[0]))
+            plp = outs[i].prompt_logprobs  # one dict per prompt position, None for the first
+            tops = [top2(plp[pos]) for pos in range(len(p), len(seqs[i]) + 1)]
             argmax = tuple(t for t, _ in tops)
             end = argmax[-1] in self.eot
             name = self.tokenizer.decode([argmax[-1]], skip_special_tokens=False) if end else None
             checks.append(Check(argmax, tuple(m for _, m in tops), budget, name, d.finish == "stop"))
+            self.forced[tuple(seqs[i])] = kept(plp, seqs[i], max(len(p) - LEAD, 1), self.eot)
         return checks
+
+    def next_tokens(self, requests: Sequence[GenRequest], prefixes: Sequence[tuple[int, ...]]) -> list[int]:
+        """The greedy token generation makes first after each prompt + prefix."""
+        self.calls += 1
+        prompts = fit_prompts(
+            self._encode_all([r.prompt for r in requests]), [r.max_tokens for r in requests], self.max_model_len
+        )
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True, detokenize=False)
+        outs = self._run([p + list(x) for p, x in zip(prompts, prefixes)], params)
+        return [int(o.outputs[0].token_ids[0]) for o in outs]
 
     def resume(
         self, requests: Sequence[GenRequest], prefixes: Sequence[tuple[int, ...]], on_done: Done | None = None
@@ -407,16 +424,20 @@ class VLLMBackend(CheckpointBackend):
         whole = [split_pair(self.encode, r.context, r.continuation, self.bos_id()) for r in requests]
         # vLLM takes a prompt only with room for one token after it: lm-eval's HF cut keeps limit + 1
         pairs = fit_pairs(whole, self.max_model_len - 1, self.max_model_len)
-        seqs = [tuple(c + k) for c, k in pairs]
+        known = self.answer_forced(pairs)
+        seqs = [tuple(c + k) for (c, k), got in zip(pairs, known) if got is None]
         cover = covering(seqs)
         roots = sorted(set(cover.values()), key=len, reverse=True)
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
         by_root = dict(zip(roots, self._run([list(r) for r in roots], params)))
-        outs = [by_root[cover[s]] for s in seqs]
         res = []
-        for (c, k), o in zip(pairs, outs):
+        for (c, k), got in zip(pairs, known):
+            if got is not None:
+                res.append(got)
+                continue
+            o = by_root[cover[tuple(c + k)]]
             if not k:
                 res.append(Loglik(0.0, True, 0))
                 continue
@@ -430,29 +451,21 @@ class VLLMBackend(CheckpointBackend):
         return res
 
 
-def covering(seqs: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[int, ...]]:
-    """Each sequence -> the longest sequence of ``seqs`` it is a prefix of (itself if none).
-
-    A causal model's log-prob of token ``i`` depends on tokens ``< i`` only, so one
-    ``prompt_logprobs`` request answers every request that is a prefix of it: the drift
-    probes' (prompt, answer) and (prompt + answer, end-of-turn) become one request. In
-    lexicographic order the sequences a prefix starts come right after it, so comparing
-    each with its successor finds them all.
-    """
-    order = sorted(set(seqs))
-    cover: dict[tuple[int, ...], tuple[int, ...]] = {}
-    for i in range(len(order) - 1, -1, -1):
-        s, nxt = order[i], order[i + 1] if i + 1 < len(order) else None
-        cover[s] = cover[nxt] if nxt is not None and nxt[: len(s)] == s else s
-    return cover
-
-
 def top2(logprobs: Any) -> tuple[int, float]:
     """(the greedy token, its log-prob margin over the second) from one position's logprobs
     (token id -> vLLM ``Logprob`` with ``rank``; 1 is the greedy token)."""
     ranked = sorted(logprobs.items(), key=lambda kv: kv[1].rank)
     (tok, first), second = ranked[0], ranked[1][1] if len(ranked) > 1 else None
     return int(tok), float(first.logprob) - (float(second.logprob) if second is not None else float("-inf"))
+
+
+def kept(plp: Any, seq: list[int], lo: int, eot: Sequence[int]) -> Forced:
+    """What ``verify`` keeps of one pass over ``seq`` + an end-of-turn token (``prompt_logprobs``
+    from position ``lo``): each token's log-prob and rank, and the end-of-turn tokens' after it."""
+    mine = [plp[pos][seq[pos]] for pos in range(lo, len(seq))]
+    last = plp[len(seq)]
+    after = {t: float(last[t].logprob) for t in eot if t in last}
+    return Forced(lo, [float(x.logprob) for x in mine], [x.rank == 1 for x in mine], after, top2(last)[0])
 
 
 def model_len(llm: Any) -> int:
