@@ -338,8 +338,12 @@ def draft(
 
 # Drafting pays for its verify pass only where it takes answers from the drafts: a sample is
 # verified first (the first SAMPLE items, or 1/SAMPLE_SHARE of them if more), and where its
-# drafts would save under PAYS of their tokens, every item is generated, unverified.
-SAMPLE, SAMPLE_SHARE, PAYS = 8, 20, 0.25
+# drafts would save under PAYS of their tokens, every item is generated, unverified. A sample
+# draft that ended its turn is verified whole (the drift probes score it under the candidate,
+# and the pass answers them: it costs nothing); any other is verified on its first
+# SAMPLE_TOKENS tokens only (a candidate whose own answers are short must not pay for a
+# forward pass over the base's long ones).
+SAMPLE, SAMPLE_SHARE, PAYS, SAMPLE_TOKENS = 8, 20, 0.25, 32
 
 
 def draft_sampled(
@@ -350,17 +354,23 @@ def draft_sampled(
     threshold: float | None = None,
 ) -> tuple[list[tuple[str, GenRequest]], DraftCounts]:
     """``draft`` where a sample says it pays: (items left to generate, counts). The sample is
-    verified alone first (one pass, nothing generated); where its drafts would save under
-    ``PAYS`` of their tokens, every item is left to generate, in one decode loop as without
-    drafting, so a candidate that diverges early pays for verifying the sample only; else
-    all the items are drafted together (the sample's plans kept)."""
+    verified alone first (nothing generated); where its drafts would save under ``PAYS`` of
+    their tokens, every item is left to generate, in one decode loop as without drafting, so
+    a candidate that diverges early pays for verifying the sample only; else all the items
+    are drafted together (the plans of the sample's whole drafts kept)."""
     n = max(SAMPLE, len(items) // SAMPLE_SHARE)
     head = [(k, r) for k, r in items[:n] if k in base]
     known: dict[str, Plan] = {}
     if len(items) > n and head:
-        drafts, plans = verified_plans(backend, head, base, threshold)
-        known = {k: p for (k, _), p in zip(head, plans)}
+        whole = [(k, r) for k, r in head if base[k].finish == "eos"]
+        drafts, plans = verified_plans(backend, whole, base, threshold)
+        known = {k: p for (k, _), p in zip(whole, plans)}
         would_save, asked = sum(saved(p, d) for p, d in zip(plans, drafts)), sum(d.n_tokens for d in drafts)
+        cut = [(r, replace(base[k], token_ids=base[k].token_ids[:SAMPLE_TOKENS])) for k, r in head if k not in known]
+        if cut:  # how far the candidate's greedy path follows each: a share of the tokens, no plan
+            checks = backend.verify([r for r, _ in cut], [d for _, d in cut])
+            would_save += sum(agreeing(d.token_ids, c.argmax) for (_, d), c in zip(cut, checks))
+            asked += sum(len(d.token_ids) for _, d in cut)
         if would_save < PAYS * asked:
             log.info("drafting: the first %d answers would save %d of %d tokens; all %d are generated",
                      len(head), would_save, asked, len(items))  # fmt: skip

@@ -157,10 +157,11 @@ class Verifier:
     can_resume, draft_threshold = True, THRESHOLD
 
     def __init__(self, agree: bool) -> None:
-        self.agree, self.verified = agree, 0
+        self.agree, self.verified, self.tokens = agree, 0, 0
 
     def verify(self, requests, drafts):
         self.verified += len(requests)
+        self.tokens += sum(len(d.token_ids) for d in drafts)
         return [check(d.token_ids + (0,) if self.agree else (9,) * (len(d.token_ids) + 1), end=EOT) for d in drafts]
 
     def next_tokens(self, requests, prefixes):
@@ -174,7 +175,7 @@ class Verifier:
 
 
 def test_drafting_is_tried_on_a_sample_and_kept_only_where_it_pays():
-    from harness.drafts import SAMPLE, draft_sampled
+    from harness.drafts import SAMPLE, SAMPLE_TOKENS, draft_sampled
 
     items = [(f"k{i}", GenRequest(f"p{i}", (), 10)) for i in range(40)]
     base = {k: gen((1, 2, 3), "eos", EOT) for k, _ in items}
@@ -186,6 +187,11 @@ def test_drafting_is_tried_on_a_sample_and_kept_only_where_it_pays():
     keeps = Verifier(agree=True)
     left, counts = draft_sampled(keeps, items, base, kept.extend)
     assert keeps.verified == 40 and left == [] and len(kept) == 40 and counts.drafted == 40  # the sample's checks kept
+    # answers that did not end their turn (no drift probe scores them) are sampled on their first tokens
+    long = {k: gen(tuple(range(1, 201)), "length", n=200) for k, _ in items}
+    diverges = Verifier(agree=False)
+    left, counts = draft_sampled(diverges, items, long, kept.extend)
+    assert diverges.tokens == SAMPLE * SAMPLE_TOKENS and counts.generated == 40
 
 
 def test_batches_fill_the_budget_by_their_longest_row():
