@@ -31,6 +31,7 @@ from typing import Any
 from harness import checkpoint as ckpt
 from harness import hub
 from harness.errors import CheckpointError, RegressError
+from harness.probes import same_drift
 from harness.types import Adapter, Checkpoint, LoadedCheckpoint, RunResult
 
 log = logging.getLogger(__name__)
@@ -327,13 +328,14 @@ def notes(base: Checkpoint, cand: Checkpoint, backend: str) -> tuple[str, ...]:
 
 def no_effect(base: RunResult, cand: RunResult) -> bool:
     """True where the candidate's files differ from the base's but every output, finish
-    reason, generated token, probe answer and log-likelihood equals the base's."""
+    reason, generated token and probe answer equals the base's, and every drift value too
+    (to ``probes.DRIFT_NOISE``: with drafting it is another batch's computation)."""
     if base.checkpoint.fingerprint == cand.checkpoint.fingerprint or not base.records:
         return False
     b = {(r.task, r.item_id): (r.output, r.finish, r.token_ids) for r in base.records}
     c = {(r.task, r.item_id): (r.output, r.finish, r.token_ids) for r in cand.records}
     same_probes = [(g.text, g.finish) for g in base.termination] == [(g.text, g.finish) for g in cand.termination]
-    return b == c and dict(base.drift) == dict(cand.drift) and same_probes
+    return b == c and same_drift(base.drift, cand.drift) and same_probes  # drift to float noise
 
 
 def check_effect(base: RunResult, cand: RunResult, allow: bool) -> None:

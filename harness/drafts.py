@@ -210,10 +210,7 @@ def plan_all(
 ) -> list[Plan]:
     """Each request's plan; ``settled`` decides the near ties (else each resumes before its first)."""
     plans = [decide(d, c, threshold) for d, c in zip(drafts, checks)]
-    if settled is not None:
-        plans = settled(plans)
-    else:
-        plans = [_before(d.token_ids, p.ties[0]) if p.ties else p for p, d in zip(plans, drafts)]
+    plans = settled(plans) if settled is not None else settle(None, (), drafts, checks, plans)
     return [p if p.kind != "resume" or can_resume else Plan("generate") for p in plans]
 
 

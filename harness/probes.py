@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,23 @@ def termination_requests(probe: TerminationProbe, chat: Any) -> list[GenRequest]
 
 
 # -- drift ----------------------------------------------------------------------------
+
+# Two computations of one drift value agree to this (nats): with drafting, a candidate's drift
+# is read from its verify pass (``backends.base.Forced``), the same forward pass in another
+# batch, so float32 noise (measured up to 1e-5 with vllm, 1e-6 with hf) separates it from
+# the value a run without drafting, or the base's own run, computes.
+DRIFT_NOISE = 1e-4
+
+
+def same_drift(a: Mapping[Any, tuple[float, float]], b: Mapping[Any, tuple[float, float]]) -> bool:
+    """Two runs' drift values (per item: stop, answer) equal to ``DRIFT_NOISE``."""
+    if a.keys() != b.keys():
+        return False
+    return all(_close(x, y) for k in a for x, y in zip(a[k], b[k]))
+
+
+def _close(x: float, y: float) -> bool:
+    return (math.isnan(x) and math.isnan(y)) or x == y or abs(x - y) <= DRIFT_NOISE
 
 
 def drift_items(reference: Sequence[Record]) -> list[Record]:

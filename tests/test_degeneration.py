@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
+from harness.probes import DRIFT_NOISE
 
 pytestmark = pytest.mark.slow
 
@@ -55,10 +56,10 @@ def test_identical_has_zero_drift(reports):
     s, d = reports["ft-identical"]
     gen = [t for t in s["tasks"] if t.get("stop_drift_n")]
     assert gen, "drift is measured on generated items"
-    for t in gen:
-        assert t["stop_drift_mean"] == 0.0 and t["answer_drift_mean"] == 0.0, t["name"]
+    for t in gen:  # zero to float noise: with drafting the candidate's drift is read from its verify pass
+        assert abs(t["stop_drift_mean"]) <= DRIFT_NOISE and abs(t["answer_drift_mean"]) <= DRIFT_NOISE, t["name"]
     items = pd.read_parquet(d / "items.parquet")
-    assert (items["stop_drift"].dropna() == 0).all()
+    assert (items["stop_drift"].dropna().abs() <= DRIFT_NOISE).all()
 
 
 def test_no_eos_is_caught_by_probes_and_drift_not_by_config(reports):

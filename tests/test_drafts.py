@@ -24,6 +24,7 @@ from harness.backends.hf import plan_batches
 from harness.config import BackendOptions, RunConfig
 from harness.drafts import THRESHOLD, Check, decide, plan_all, settle
 from harness.pipeline import comparison_of
+from harness.probes import DRIFT_NOISE
 from harness.registry import Policy
 from harness.runner import evaluate
 from harness.suites import load_suite
@@ -284,9 +285,6 @@ def assert_same_records(full: RunResult, drafted: RunResult) -> None:
     for k, (stop, answer) in full.drift.items():  # read from the verify pass: another batch, float noise
         assert drafted.drift[k] == pytest.approx((stop, answer), abs=DRIFT_NOISE, nan_ok=True), k
     assert full.termination == drafted.termination
-
-
-DRIFT_NOISE = 1e-4  # nats: float32 noise across batches is ~1e-6
 
 
 def same_verdict(a, b) -> bool:
