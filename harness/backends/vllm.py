@@ -291,6 +291,12 @@ class VLLMBackend(CheckpointBackend):
         lora_id = self._lora_ids.setdefault(ck.fingerprint, len(self._lora_ids) + 1)
         self.lora = LoRARequest(ck.adapter.name, lora_id, ck.adapter.path)
 
+    def _prompts(self, requests: Sequence[GenRequest]) -> list[list[int]]:
+        """Each request's prompt ids, cut to the context as lm-eval cuts them."""
+        return fit_prompts(
+            self._encode_all([r.prompt for r in requests]), [r.max_tokens for r in requests], self.max_model_len
+        )
+
     def _encode_all(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False).input_ids if texts else []
 
@@ -338,8 +344,7 @@ class VLLMBackend(CheckpointBackend):
         self.calls += 1
         if not requests:
             return []
-        whole = self._encode_all([r.prompt for r in requests])
-        ids = fit_prompts(whole, [r.max_tokens for r in requests], self.max_model_len)
+        ids = self._prompts(requests)
         cache: dict[Any, Any] = {}
         params = [self._params(r.stop, r.max_tokens, cache) for r in requests]
         outs = self._run(ids, params)
@@ -372,9 +377,7 @@ class VLLMBackend(CheckpointBackend):
         ``prompt_logprobs`` over prompt + draft + an end-of-turn token (its position is the one
         after the draft); the log-probs it gives are kept (``Forced``) for the drift probes."""
         self.calls += 1
-        prompts = fit_prompts(
-            self._encode_all([r.prompt for r in requests]), [r.max_tokens for r in requests], self.max_model_len
-        )
+        prompts = self._prompts(requests)
         seqs = [p + list(d.token_ids) for p, d in zip(prompts, drafts)]
         fits = [i for i, s in enumerate(seqs) if len(s) + 1 < self.max_model_len]  # the end token, one after it
         from vllm import SamplingParams
@@ -401,9 +404,7 @@ class VLLMBackend(CheckpointBackend):
     def next_tokens(self, requests: Sequence[GenRequest], prefixes: Sequence[tuple[int, ...]]) -> list[int]:
         """The greedy token generation makes first after each prompt + prefix."""
         self.calls += 1
-        prompts = fit_prompts(
-            self._encode_all([r.prompt for r in requests]), [r.max_tokens for r in requests], self.max_model_len
-        )
+        prompts = self._prompts(requests)
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True, detokenize=False)
