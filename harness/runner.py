@@ -131,6 +131,19 @@ def run_probes(
     return drift, term
 
 
+def seed_scorers() -> None:
+    """Scorers that draw at random give the same text the same score in every run. IFEval's
+    language checks (``english_lowercase``, ``response_language``...) call ``langdetect``, which
+    draws afresh on every call unless seeded: a short answer ("tw") then passed in one run
+    and failed in the next, so byte-identical base and candidate answers could flip. lm-eval
+    leaves it unseeded; regress seeds it with 0."""
+    try:
+        from langdetect import DetectorFactory
+    except ImportError:  # no task here needs it (check_dependencies says so where one does)
+        return
+    DetectorFactory.seed = 0
+
+
 def run_lm_eval(lm: RegressLM, suite: Suite, cfg: RunConfig) -> Mapping[str, list[SampleResult]]:
     """Hand the suite to lm-eval's evaluator with ``lm`` as the model; return its samples."""
     import lm_eval
@@ -144,6 +157,7 @@ def run_lm_eval(lm: RegressLM, suite: Suite, cfg: RunConfig) -> Mapping[str, lis
     lm_eval.evaluator.get_git_commit_hash = lambda: None
     lm_eval.evaluator.add_env_info = lambda storage: None
     _cache_lm_eval_templates()
+    seed_scorers()
     tasks: list[Any] = [t.config if t.config is not None else t.name for t in suite.tasks]
     try:
         out = lm_eval.simple_evaluate(

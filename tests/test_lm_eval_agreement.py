@@ -56,10 +56,18 @@ def _lm_eval_tasks(tmp: Path, suite) -> Path:
     return d
 
 
+# lm-eval's CLI with langdetect seeded as regress seeds it (runner.seed_scorers): unseeded,
+# IFEval's language checks score a short answer at random, in lm-eval's run as in any other
+SEEDED_LM_EVAL = (
+    "from langdetect import DetectorFactory; DetectorFactory.seed = 0; "
+    "from lm_eval.__main__ import cli_evaluate; cli_evaluate()"
+)
+
+
 def _lm_eval(ckpt: Path, tasks: list[str], tasks_dir: Path, out: Path, extra_args: str) -> dict[str, list[dict]]:
     """``lm_eval run --model hf`` on ``tasks``; each task's logged samples."""
     cmd = [
-        sys.executable, "-m", "lm_eval", "run", "--model", "hf",
+        sys.executable, "-c", SEEDED_LM_EVAL, "run", "--model", "hf",
         "--model_args", f"pretrained={ckpt},dtype=float32{extra_args}",
         "--tasks", ",".join(tasks), "--include_path", str(tasks_dir),
         "--apply_chat_template", "--log_samples", "--output_path", str(out), "--batch_size", "64",

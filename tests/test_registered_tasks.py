@@ -409,3 +409,16 @@ def test_task_index_is_kept_on_disk_and_rebuilt_when_a_yaml_changes(tmp_path, mo
     blocked.write_text("")
     (root / "a" / "t2.yaml").write_text("task: t3\ndataset_path: x\noutput_type: generate_until\n")
     assert set(cached_index(root, blocked)) == {"t1", "t3", "g"}
+
+
+def test_ifeval_language_checks_score_the_same_text_the_same_every_time():
+    """IFEval's language checks call langdetect, which draws at random unless seeded ("tw"
+    is English about half the time): regress seeds it before lm-eval scores, so that a
+    byte-identical answer of base and candidate cannot flip."""
+    from lm_eval.tasks.ifeval.instructions import LowercaseLettersEnglishChecker
+
+    from harness.runner import seed_scorers
+
+    seed_scorers()
+    check = LowercaseLettersEnglishChecker("change_case:english_lowercase")
+    assert len({check.check_following("tw") for _ in range(50)}) == 1
