@@ -45,8 +45,9 @@ REQUIRED = ("doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "
             "doc_hash", "prompt_hash", "target_hash")  # fmt: skip
 LM_EVAL_MAX_GEN_TOKS = 256  # lm-eval's default where a task sets none
 ON_LOGS = (
-    "accuracy, flips and McNemar on every metric of every filter; non-termination (response tokens "
-    "against the task's max_gen_toks); tail repetition (from the response's tokens); premature endings"
+    "accuracy, flips and McNemar on every metric of every filter; non-termination (the response "
+    "encoded again against the task's max_gen_toks: a lower bound, as a model that ran to the cap in "
+    "more tokens than the encoding has reads as stopped); tail repetition (from those tokens); premature endings"
 )
 NEED_LIVE = (
     "stop-token and base-answer drift, the termination probe, the end-of-turn configuration lint, "

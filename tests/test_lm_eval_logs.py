@@ -6,7 +6,8 @@ base and fine-tunes over the demo suite's own task YAMLs (copied beside their JS
 lm-eval reads relative to its working folder), with the chat template as regress applies it.
 Imported, the two logs must give what ``regress compare`` gives evaluating both checkpoints
 itself on the same tasks and limit: the verdict, the flips of every task item by item, the
-accuracies and the non-termination and loop rates.
+accuracies, and non-termination and loops item by item wherever a response's encoding has the
+model's token count (a log holds text only: ``_finishes_agree``).
 """
 
 from __future__ import annotations
@@ -79,10 +80,38 @@ def _flips(out: Path) -> dict[str, set[tuple[str, str]]]:
     }  # fmt: skip
 
 
-def _rows(summary: dict) -> dict[str, tuple]:
-    keys = ("n", "acc_base", "acc_candidate", "negative_flips", "positive_flips", "nonterm_rate_base",
-            "nonterm_rate_candidate", "loop_rate_base", "loop_rate_candidate")  # fmt: skip
+SCORES = ("n", "acc_base", "acc_candidate", "negative_flips", "positive_flips")
+RATES = ("nonterm_rate_base", "nonterm_rate_candidate", "loop_rate_base", "loop_rate_candidate")
+
+
+def _rows(summary: dict, keys: tuple[str, ...] = SCORES + RATES) -> dict[str, tuple]:
     return {t["name"]: tuple(t[k] for k in keys) for t in summary["tasks"]}
+
+
+def _finishes_agree(live: Path, logged: Path, tokenizer: Path) -> None:
+    """Finish reasons are not in a log: regress encodes each response again to count its
+    tokens (``lm_eval_logs``). That is the model's own count where the model made the
+    tokenizer's encoding of its text; where it did not (two tokens where the encoding has
+    one, as a looping fine-tune can), the encoding is shorter, and a response that ran to
+    the cap can read as stopped. So: non-termination and loops equal item by item wherever
+    the encoding has the model's count, and never a non-termination the live run did not see."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer))
+    a = pd.read_parquet(live / "items.parquet").set_index(["task", "item_id"])
+    b = pd.read_parquet(logged / "items.parquet").set_index(["task", "item_id"]).loc[a.index]
+    for side in ("base", "cand"):
+        gen = a[a["kind"] == "generate_until"]
+        counted = pd.Series(
+            [len(tok(o, add_special_tokens=False).input_ids) + (f == "eos") == n
+             for o, f, n in zip(gen[f"output_{side}"], gen[f"finish_{side}"], gen[f"ntok_{side}"])],
+            index=gen.index,
+        )  # fmt: skip
+        own = counted[counted].index
+        assert len(own) >= 0.5 * len(gen), (side, len(own), len(gen))  # most responses: the comparison means something
+        for col in (f"nonterm_{side}", f"loop_{side}"):
+            assert b.loc[own, col].equals(a.loc[own, col]), col
+        assert not (b[f"nonterm_{side}"] & ~a[f"nonterm_{side}"]).any()
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +132,14 @@ def test_a_log_reads_every_item_and_filter(logs):
     assert log.configs["demo_add"]["generation_kwargs"]["max_gen_toks"] == 48
 
 
-def test_two_logs_judge_as_regress_judges_both_checkpoints(logs, live, tmp_path):
+def test_two_logs_judge_as_regress_judges_both_checkpoints(demo, logs, live, tmp_path):
     out = tmp_path / "report"
     code = _cli("compare", "--base-samples", str(logs["base"]), "--model-samples", str(logs["cand"]), "--out", str(out))
     ours, theirs = _summary(live), _summary(out)
     assert theirs["verdict"] == ours["verdict"] == "FAIL" and code == 1
-    assert _rows(theirs) == _rows(ours)
+    assert _rows(theirs, SCORES) == _rows(ours, SCORES)
     assert _flips(out) == _flips(live)
+    _finishes_agree(live, out, demo["base"])
     assert any(t["nonterm_rate_candidate"] > 0 for t in theirs["tasks"])  # judged from the response lengths
     src = theirs["sources"]
     assert src["base"]["kind"] == src["candidate"]["kind"] == "lm-eval log"
@@ -251,8 +281,9 @@ def test_registered_task_logs_judge_as_regress_judges(demo, session_store, tmp_p
     code = _cli("compare", "--base-samples", str(base_log), "--model-samples", str(cand_log), "--out", str(logs_out))
     ours, theirs = _summary(live), _summary(logs_out)
     assert (theirs["verdict"], code) == (ours["verdict"], code_live)
-    assert _rows(theirs) == _rows(ours)
+    assert _rows(theirs, SCORES) == _rows(ours, SCORES)
     assert _flips(logs_out) == _flips(live)
+    _finishes_agree(live, logs_out, demo["base"])
     items = pd.read_parquet(logs_out / "items.parquet")
     assert set(items.loc[items.task == "arc_challenge", "kind"]) == {"multiple_choice"}
     gsm = json.loads(items.loc[items.task == "gsm8k", "metrics_base"].iloc[0])
