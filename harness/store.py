@@ -42,9 +42,11 @@ if TYPE_CHECKING:
 
 # 2: multiple-choice targets are the gold choice text; 3: settings keyed per backend,
 # defaults resolved; 4: one record per item across lm-eval's filters, ``metrics`` keyed
-# "metric,filter"; 5: prompts past the model's context cut from the left as lm-eval does
-# (runs stored before are listed as stale and never reused)
-FORMAT_VERSION = 5
+# "metric,filter"; 5: prompts past the model's context cut from the left as lm-eval does;
+# 6: IFEval's language checks scored with langdetect seeded (``runner.seed_scorers``: before,
+# a short answer's score was drawn at random) (runs stored before are listed as stale and
+# never reused)
+FORMAT_VERSION = 6
 # the kinds of answers.jsonl's rows ("t") and what each holds ("v", as its ``to_dict`` writes it)
 ANSWER_KINDS: dict[str, type[Generation] | type[Loglik]] = {"gen": Generation, "ll": Loglik}
 Answer = Generation | Loglik
