@@ -68,7 +68,9 @@ def same_items(a, b) -> bool:  # noqa: ANN001 - two pandas frames
     pass, computed in another batch)."""
     import numpy as np
 
-    close = all(np.allclose(a[c], b[c], atol=1e-4, equal_nan=True) for c in DRIFT)
+    from harness.probes import DRIFT_NOISE
+
+    close = all(np.allclose(a[c], b[c], atol=DRIFT_NOISE, equal_nan=True) for c in DRIFT)
     return a.drop(columns=DRIFT).equals(b.drop(columns=DRIFT)) and close
 
 

@@ -100,8 +100,8 @@ def _finishes_agree(live: Path, logged: Path, tokenizer: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(tokenizer))
     a = pd.read_parquet(live / "items.parquet").set_index(["task", "item_id"])
     b = pd.read_parquet(logged / "items.parquet").set_index(["task", "item_id"]).loc[a.index]
+    gen = a[a["kind"] == "generate_until"]
     for side in ("base", "cand"):
-        gen = a[a["kind"] == "generate_until"]
         counted = pd.Series(
             [len(tok(o, add_special_tokens=False).input_ids) + (f == "eos") == n
              for o, f, n in zip(gen[f"output_{side}"], gen[f"finish_{side}"], gen[f"ntok_{side}"])],
