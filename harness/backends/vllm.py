@@ -389,10 +389,13 @@ class VLLMBackend(CheckpointBackend):
         block = int(cache.block_size or 0) if cache.enable_prefix_caching else 0
         heads = [s[: (max(lo, 1) - 1) // block * block] if block else [] for s, lo in zip(seqs, starts)]
         room = int(cache.num_gpu_blocks or 0) * block // 2 or None
-        outs: list[Any] = []
-        for span in spans(seqs, heads, room):
-            self._warm([heads[i] for i in span])
-            outs += self._run([seqs[i] for i in span], params(True))
+        order = sorted(range(len(seqs)), key=lambda i: heads[i])  # a shared head's sequences together
+        outs: list[Any] = [None] * len(seqs)
+        for span in spans([seqs[i] for i in order], [heads[i] for i in order], room):
+            idx = [order[j] for j in span]
+            self._warm([heads[i] for i in idx])
+            for i, o in zip(idx, self._run([seqs[i] for i in idx], params(True))):
+                outs[i] = o
         again = [i for i, (o, s, lo) in enumerate(zip(outs, seqs, starts)) if not _filled(o, s, lo)]
         for i, o in zip(again, self._run([seqs[i] for i in again], params(False)) if again else []):
             outs[i] = o
