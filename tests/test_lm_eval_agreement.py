@@ -56,10 +56,10 @@ def _lm_eval_tasks(tmp: Path, suite) -> Path:
     return d
 
 
-# lm-eval's CLI with langdetect seeded as regress seeds it (runner.seed_scorers): unseeded,
+# lm-eval's CLI with its scorers seeded as regress seeds them (runner.seed_scorers): unseeded,
 # IFEval's language checks score a short answer at random, in lm-eval's run as in any other
 SEEDED_LM_EVAL = (
-    "from langdetect import DetectorFactory; DetectorFactory.seed = 0; "
+    "from harness.runner import seed_scorers; seed_scorers(); "
     "from lm_eval.__main__ import cli_evaluate; cli_evaluate()"
 )
 

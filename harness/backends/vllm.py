@@ -537,10 +537,10 @@ def spans(seqs: Sequence[Sequence[int]], heads: Sequence[Sequence[int]], room: i
 def _filled(out: Any, seq: Sequence[int], lo: int) -> bool:
     """Whether a ``prompt_logprobs`` output holds real log-probs from position ``lo`` on: the
     prefix cache served fewer than ``lo`` tokens and every position lists its own token."""
-    plp = out.prompt_logprobs
-    if (out.num_cached_tokens or 0) >= max(lo, 1) or plp is None or len(plp) != len(seq):
+    plp, lo = out.prompt_logprobs, max(lo, 1)  # position 0 has none
+    if (out.num_cached_tokens or 0) >= lo or plp is None or len(plp) != len(seq):
         return False
-    return all(plp[pos] is not None and seq[pos] in plp[pos] for pos in range(max(lo, 1), len(seq)))
+    return all(plp[pos] is not None and seq[pos] in plp[pos] for pos in range(lo, len(seq)))
 
 
 def top2(logprobs: Any) -> tuple[int, float]:
