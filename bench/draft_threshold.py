@@ -41,6 +41,7 @@ def main() -> int:
     ap.add_argument("--candidates", default=None, help=f"default: {','.join(FINE_TUNES)}; --real: {','.join(REAL)}")
     ap.add_argument("--real", action="store_true", help="SmolLM2 and its real fine-tunes")
     ap.add_argument("--tasks", default="gsm8k,truthfulqa_gen,real_veltan", help="with --real: tasks of suite real")
+    ap.add_argument("--termination", action="store_true", help="with --real: keep suite real's termination probe")
     ap.add_argument("--no-append", action="store_true")
     a = ap.parse_args()
     for k, v in ENV.items():
@@ -66,7 +67,7 @@ def main() -> int:
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="regress-bench-threshold-") as d:
         tmp = Path(d)
-        suite = write_real_suite(tmp, a.tasks.split(",")) if a.real else items_suite(tmp)
+        suite = write_real_suite(tmp, a.tasks.split(","), a.termination) if a.real else items_suite(tmp)
         copy = tmp / "copy"
         shutil.copytree(demo["base"], copy)
         (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")
@@ -88,9 +89,10 @@ def main() -> int:
                                  f"{c.disagreed} of {c.verified}"])  # fmt: skip
                     print(rows[-1], flush=True)
     header = ["backend", "candidate", "threshold", "drafted", "resumed", "generated", "differ from full generation"]
+    probe = "with" if a.termination else "without"
     where = f"SmolLM2, tasks {a.tasks} of suite real" if a.real else "demo suite"
     flag = " --real" if a.real else ""
-    intro = (f"bench/draft_threshold.py{flag} --limit {a.limit} ({where} without its termination probe; "
+    intro = (f"bench/draft_threshold.py{flag} --limit {a.limit} ({where} {probe} its termination probe; "
              f"--verify-drafts at each threshold), {time.perf_counter() - t_all:.0f} s in all.")  # fmt: skip
     record(f"drafting margin threshold, {machine()}", intro, header, rows, not a.no_append)
     return 0

@@ -36,11 +36,15 @@ sys.path.insert(0, str(REPO / "bench"))
 from throughput import ENV, machine, record  # noqa: E402
 
 
-def write_real_suite(folder: Path, tasks: list[str]) -> str:
+def write_real_suite(folder: Path, tasks: list[str], termination: bool = False) -> str:
+    """Suite real's ``tasks``, without its termination probe unless ``termination``."""
     import yaml
 
     raw = yaml.safe_load((REPO / "suites" / "real.yaml").read_text())
-    raw["probes"].pop("termination", None)
+    if not termination:
+        raw["probes"].pop("termination", None)
+    else:
+        raw["probes"]["termination"]["prompts"] = str(REPO / "suites" / raw["probes"]["termination"]["prompts"])
     raw.update(name="bench-drafts-real", tasks=tasks, task_dirs=[str(REPO / "suites" / d) for d in raw["task_dirs"]],
                data=str((REPO / "suites" / raw["data"]).resolve()))  # fmt: skip
     raw.pop("metrics", None)
