@@ -1,7 +1,7 @@
 """The drafting margin threshold, measured (issue 22 item 2; not a test).
 
     python bench/draft_threshold.py [--backends hf,vllm] [--limit 100] [--thresholds 0,0.01,0.5]
-    python bench/draft_threshold.py --real [--limit 8] [--tasks gsm8k,truthfulqa_gen,real_veltan]
+    python bench/draft_threshold.py --real [--limit 8] [--tasks gsm8k,truthfulqa_gen,real_veltan] [--termination]
 
 On the demo checkpoints (demo suite without its termination probe, ``--limit`` items per
 task), per backend: the base once, then each fine-tune (and ``copy``, the base under another
@@ -11,7 +11,8 @@ answers that differ from full generation are counted. Threshold 0 shows what exa
 rests on without the guard; the chosen threshold what the guard costs (items generated in
 full because of a near tie). Appends the table to bench/RESULTS.md. The threshold is set for
 every precision (``THRESHOLD`` and ``THRESHOLD_FP32``). ``--real``: SmolLM2-135M-Instruct,
-its copy under another fingerprint and its real fine-tunes on ``--tasks`` of suite real.
+its copy under another fingerprint and its real fine-tunes on ``--tasks`` of suite real
+(``--termination``: with suite real's termination probe, as the real demo runs it).
 """
 
 from __future__ import annotations
