@@ -3,11 +3,11 @@
 * The decision, position by position, on hand-made checks: every way an answer can end
   (end-of-turn, stop string, length cap), divergence, near ties, backends that cannot resume.
 * Exactness on every demo fine-tune, SmolLM2's copy and the real demo's ``ft-answer-only``,
-  hf and vllm: a candidate drafted from the stored
-  base has records (outputs, finish reasons, token counts, token ids, scores), flips and
-  verdict equal to those of the same candidate generated in full, and drift probes equal
-  to float noise (with drafting they are read from the verify pass, another batch); with
-  ``--verify-drafts`` no drafted or resumed answer differs from full generation.
+  hf and vllm: a candidate drafted from the stored base has records (outputs, finish
+  reasons, token counts, token ids, scores), flips and verdict equal to those of the same
+  candidate generated in full, and drift probes equal to float noise (with drafting they
+  are read from the verify pass, another batch); with ``--verify-drafts`` no drafted or
+  resumed answer differs from full generation.
 * The hf backend's batches sized by memory: the plan, and a batch that runs out of memory
   run in halves with every answer kept.
 """
