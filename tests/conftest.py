@@ -1,8 +1,9 @@
 """Shared fixtures: the real demo checkpoints (built once, cached) and a session store.
 
 ``demo`` builds (or reuses) the demo checkpoints under ``.cache/demo`` — the same cache
-``make regress`` uses — so the first test session pays the ~4 minute build once; ``smol``
-the real demo's SmolLM2 (about a minute).
+``make regress`` uses — so the first test session pays the ~4 minute build once; ``planted``
+adds the planted causes' fine-tunes beside them; ``smol`` the real demo's SmolLM2 (about a
+minute). ``real_slice`` writes a suite of some of suite real's tasks.
 ``session_store`` is one record store for the whole session, so a checkpoint evaluated
 by one test is reused by the next (the baseline reuse regress itself relies on).
 """
@@ -45,18 +46,37 @@ def smol() -> dict[str, Path]:
 SMOL_SLICE = ("real_veltan", "truthfulqa_gen", "arc_easy")
 
 
+def real_slice(folder: Path, name: str, tasks: tuple[str, ...], probes: dict | None = None) -> Path:
+    """``folder/name.yaml``: ``tasks`` of suite real as it runs them (its task folder, the
+    chat template, the shared benchmarks), with ``probes`` only (none: the suite default)."""
+    import yaml
+
+    raw = {"name": name, "version": 1, "task_dirs": [str(REPO / "suites" / "real")], "chat_template": True,
+           "data": str((REPO.parent / "shared" / "benchmarks").resolve()), "tasks": list(tasks)}  # fmt: skip
+    if probes is not None:
+        raw["probes"] = probes
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 @pytest.fixture(scope="session")
 def smol_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A suite of ``SMOL_SLICE`` as suite real runs them (chat template, drift probes, the
     shared benchmarks), without the termination probe: for SmolLM2 in every CI run."""
-    import yaml
+    return real_slice(tmp_path_factory.mktemp("smol-slice"), "real-slice", SMOL_SLICE, {"drift": True})
 
-    raw = {"name": "real-slice", "version": 1, "task_dirs": [str(REPO / "suites" / "real")], "chat_template": True,
-           "data": str((REPO / "suites" / "../../shared/benchmarks").resolve()), "tasks": list(SMOL_SLICE),
-           "probes": {"drift": True}}  # fmt: skip
-    path = tmp_path_factory.mktemp("smol-slice") / "real-slice.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+
+@pytest.fixture(scope="session")
+def planted(demo: dict[str, Path]) -> dict[str, Path]:
+    """The demo checkpoints and the planted causes' fine-tunes (``ft-early-eot``, ``ft-format``,
+    ``ft-overwrite``), each built once from the demo base and cached beside it."""
+    from harness.demo.early_eot import build_early_eot
+    from harness.demo.planted import build_planted
+
+    out = demo["base"].parent
+    return {**demo, "ft-early-eot": build_early_eot(out),
+            **{n: build_planted(out, n) for n in ("ft-format", "ft-overwrite")}}  # fmt: skip
 
 
 @pytest.fixture(scope="session")

