@@ -10,9 +10,9 @@ greedy token and its top-2 margin at every answer position and the one after it)
 * **drafted**: the candidate's greedy token is the base's at every position and the answer
   ends the same way (the same end-of-turn token next; the stop string the same tokens
   complete; the same length cap): the candidate's answer is the base's record;
-* **resumed** (``hf``): they agree on a prefix, then differ (or the base's answer ended
-  where the candidate's runs on): generation resumes after the prefix, within the same
-  budget and stop rules (``Backend.resume``), so generation makes the deciding token;
+* **resumed** (``hf``, ``vllm``): they agree on a prefix, then differ (or the base's answer
+  ended where the candidate's runs on): generation resumes after the prefix, within the
+  same budget and stop rules (``Backend.resume``), so generation makes the deciding token;
 * **generated**: nothing agrees, or the backend cannot resume: generated in full, as
   without drafting.
 
@@ -22,7 +22,7 @@ else ``THRESHOLD``) could go either way under another batch or kernel order. Eac
 decided by generation (``settle``): the backend makes the first token of a generation
 resumed just before it (``Backend.next_tokens``, all ties in one call). Where that is the
 pass's greedy token, the draft holds past the tie (every later position is a clear
-decision); where not, generation resumes before the tie (``hf``) or the item is generated.
+decision); where not, generation resumes before the tie.
 
 The pass is also what the drift probes compute (the base's answer scored under the
 candidate): the backend keeps its log-probs (``backends.base.Forced``) and answers those

@@ -135,6 +135,81 @@ def test_stop_strings_budgets_and_finish_reasons_match_hf(vllm_installed, demo):
 
 
 @pytest.mark.vllm
+def test_resumed_after_a_prefix_as_full_generation_even_where_a_stop_string_starts_in_it(vllm_installed, demo):
+    """Drafting's resume: prompt + prefix fed as the prompt, generation on within the rest of
+    the budget. A prefix whose text ends with the start of a stop string is cut back before
+    it (vLLM finds stop strings only in the text it generates), so the answer stops where a
+    full generation's does; elsewhere the answer is the full one, token for token, as hf's
+    resume gives it."""
+    from harness.backends.hf import HFBackend
+    from harness.backends.vllm import VLLMBackend
+
+    ft = checkpoint.load(demo["ft-no-eos"])  # its answers run on to the budget: long texts to cut
+    vl = VLLMBackend(ft, BackendOptions())
+    hf = HFBackend(ft, BackendOptions())
+    try:
+        prompts = [
+            ft.tokenizer.apply_chat_template(
+                [{"role": "user", "content": f"what is {a}+{a + 7}?"}], tokenize=False, add_generation_prompt=True
+            )
+            for a in range(10, 16)
+        ]
+        cases = []
+        for p, full in zip(prompts, vl.generate([GenRequest(p, (), 40) for p in prompts])):
+            toks, text = full.token_ids, full.text
+            # a two-character stop string first found past the answer's 4th token
+            i = next((i for i in range(4, len(text) - 1) if text.find(text[i : i + 2]) == i), None)
+            if i is None:
+                continue
+            j = next(j for j in range(len(toks)) if len(ft.tokenizer.decode(toks[:j])) > i)  # ends with text[i]
+            assert ft.tokenizer.decode(toks[:j]).endswith(text[i])
+            stop = GenRequest(p, (text[i : i + 2],), 40)
+            cases += [(stop, toks[:j]), (stop, toks[: j - 2]), (GenRequest(p, (), 40), toks[:j]), (stop, ())]
+        assert len(cases) >= 8
+        reqs, prefixes = [r for r, _ in cases], [x for _, x in cases]
+        got, want = vl.resume(reqs, prefixes), vl.generate(reqs)
+        assert any(g.finish == "stop" for g in want) and any(g.finish != "stop" for g in want)
+        assert got == want
+        assert hf.resume(reqs, prefixes) == want
+        assert vl.rejoined == 0
+        # an answer whose texts would not join (a tokenizer whose text of a token depends on
+        # the next) is generated again in full
+        vl._joins = lambda *a: False  # type: ignore[method-assign]
+        assert vl.resume(reqs, prefixes) == want and vl.rejoined == sum(1 for r, x in cases if vl._resumable(x, r))
+    finally:
+        vl.close()
+        hf.close()
+
+
+def test_a_resumed_prefix_ends_on_a_whole_character_before_any_start_of_a_stop_string(smol):
+    """``_resumable`` on SmolLM2's byte-level tokens: a prefix that splits a character across
+    tokens, or whose text ends with the start of a stop string (or holds one), is cut back to
+    the last token where neither holds; one token of the budget is always left."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from harness.backends.vllm import VLLMBackend
+
+    tok = AutoTokenizer.from_pretrained(smol["base"])
+    me = SimpleNamespace(tokenizer=tok)
+    ids = tuple(tok("Answer: 日本語 ok\nDone", add_special_tokens=False).input_ids)
+    cut = [j for j in range(1, len(ids)) if tok.decode(ids[:j]).endswith("\ufffd")]
+    assert cut, "語 is one character over several tokens"
+
+    def resumable(prefix: tuple[int, ...], stop: tuple[str, ...] = (), budget: int = 64) -> str:
+        return tok.decode(VLLMBackend._resumable(me, prefix, GenRequest("", stop, budget)))  # type: ignore[arg-type]
+
+    assert resumable(ids) == "Answer: 日本語 ok\nDone"
+    assert not resumable(ids[: cut[-1]]).endswith("\ufffd") and resumable(ids[: cut[-1]]) == "Answer: 日本"
+    assert resumable(ids, ("\nDone!",)) == "Answer: 日本語 ok"  # "\nDone" starts the stop string
+    assert resumable(ids, ("ok",)) == "Answer: 日本語"  # holds it
+    assert resumable(ids, ("!",)) == "Answer: 日本語 ok\nDone"
+    assert len(VLLMBackend._resumable(me, ids, GenRequest("", (), 3))) == 2  # type: ignore[arg-type]
+    assert VLLMBackend._resumable(me, ids[:1], GenRequest("", ("Answer",), 64)) == ()  # type: ignore[arg-type]
+
+
+@pytest.mark.vllm
 def test_scoring_reads_a_shared_context_from_the_prefix_cache_and_equals_hf(vllm_installed, demo):
     """A context requests share (few-shot examples, a multiple-choice item's choices) is
     computed once, into vLLM's prefix cache ahead of the scoring pass, even where the requests

@@ -362,9 +362,9 @@ def test_smollm2_drafted_from_its_own_answers_equals_full_generation(smol, smol_
 
 
 # BBH tasks of suite real where the real demo's ft-answer-only starts its first answer as
-# SmolLM2 does (measured, one item a task: hf drafts 1, resumes 3 after an agreeing prefix of
-# 1-13 tokens and generates 1; vllm, which does not resume, drafts 1 and generates 4). On the
-# Veltan and TruthfulQA items of ``smol_slice`` its first token already differs.
+# SmolLM2 does (measured, one item a task, hf and vllm alike: drafts 1, resumes 3 after an
+# agreeing prefix of 1-13 tokens and generates 1). On the Veltan and TruthfulQA items of
+# ``smol_slice`` its first token already differs.
 REAL_FT_TASKS = ("bbh_zeroshot_tracking_shuffled_objects_five_objects", "bbh_zeroshot_temporal_sequences",
                  "bbh_zeroshot_snarks", "bbh_zeroshot_tracking_shuffled_objects_seven_objects",
                  "bbh_zeroshot_salient_translation_error_detection")  # fmt: skip
@@ -382,8 +382,8 @@ def test_the_real_demos_fine_tune_drafted_equals_its_full_generation(smol, real_
     """The real demo's ``ft-answer-only`` (SmolLM2 fine-tuned on Veltan by ``regress demo
     --real``'s recipe, built once and cached beside the real demo) on BBH tasks where its
     answers start as SmolLM2's. With ``--verify-drafts`` every item is verified against
-    SmolLM2's stored answers and generated in full as well: some are drafted or resumed (hf
-    resumes; vllm drafts only), and none differs from its full generation. The default run
+    SmolLM2's stored answers and generated in full as well: some are drafted and some resumed,
+    and none differs from its full generation. The default run
     (fewer items than drafting's sample: every answer from drafts where they hold) has the
     records, items and verdict of that full generation."""
     from harness.demo import real
@@ -395,8 +395,7 @@ def test_the_real_demos_fine_tune_drafted_equals_its_full_generation(smol, real_
     v = full.drafting
     assert v is not None and v.disagreed == 0 and v.verified == v.drafted + v.resumed > 0, v
     assert v.drafted + v.resumed + v.generated == sum(1 for r in full.records if r.finish), v  # every generated item
-    if backend == "hf":
-        assert v.resumed > 0, v
+    assert v.resumed > 0, v
     drafted = smol_candidate(ft, real_ft_slice, tmp_path / "drafted", backend, base, limit=REAL_FT_LIMIT)
     assert drafted.drafting is not None and drafted.drafting.drafted > 0, drafted.drafting
     assert_same_records(full, drafted)

@@ -282,6 +282,7 @@ class VLLMBackend(CheckpointBackend):
         self.rescored = 0  # scoring passes run again because the prefix cache served too much
         self.cached_tokens = 0  # tokens of the scoring passes the prefix cache served
         self.warmed_tokens = 0  # tokens computed into the prefix cache ahead of scoring passes
+        self.rejoined = 0  # resumed answers generated again in full (their texts did not join)
         self._lora_ids: dict[str, int] = {}
         self.lora: Any = None  # the LoRARequest every request is sent with (None: the model alone)
         self.use(ckpt)
@@ -415,12 +416,14 @@ class VLLMBackend(CheckpointBackend):
         self._run([list(r) for r in roots], SamplingParams(temperature=0.0, max_tokens=1, detokenize=False))
         self.warmed_tokens += sum(len(r) for r in roots)
 
-    def _finish(self, out: Any, stop: tuple[str, ...]) -> Generation:
-        toks = list(out.token_ids)
+    def _finish(self, out: Any, stop: tuple[str, ...], head: tuple[int, ...] = (), said: str = "") -> Generation:
+        """The record of one finished request; ``head``/``said``: the answer's tokens fed with
+        its prompt (a resumed draft's prefix) and their text, which the answer starts with."""
+        toks = list(head) + list(out.token_ids)
         n_tokens = len(toks)  # the eos token counts, as with hf; token_ids leave it out
         reason = finish_of(out.finish_reason, out.stop_reason)
-        eot = toks.pop() if reason == "eos" and toks and toks[-1] in self.eot else None
-        text, hit = cut_at_stop(out.text, stop)
+        eot = toks.pop() if reason == "eos" and len(toks) > len(head) and toks[-1] in self.eot else None
+        text, hit = cut_at_stop(said + out.text, stop)
         if reason == "stop" or hit is not None:
             return Generation(text, n_tokens, "stop", hit or str(out.stop_reason), tuple(toks))
         if reason == "eos":
@@ -433,9 +436,7 @@ class VLLMBackend(CheckpointBackend):
 
     # -- drafting (harness.drafts) ------------------------------------------------------
 
-    # vLLM finds stop strings in the text it generated, not in a prompt: a prefix fed as
-    # prompt would hide a stop string that spans it, so a draft is taken whole or not at all
-    can_resume = False
+    can_resume = True
 
     def verify(self, requests: Sequence[GenRequest], drafts: Sequence[Generation]) -> list[Check]:
         """The candidate's greedy token and top-2 margin after each prompt + draft prefix, from
@@ -477,9 +478,57 @@ class VLLMBackend(CheckpointBackend):
     def resume(
         self, requests: Sequence[GenRequest], prefixes: Sequence[tuple[int, ...]], on_done: Done | None = None
     ) -> list[Generation]:
-        raise BackendError("the vllm backend does not resume drafts (can_resume is False)")
+        """Each request's greedy answer given that it starts with its prefix (drafting): prompt +
+        prefix go in as the prompt, and generation goes on within the rest of the same budget,
+        under the same stop rules; the answer is prefix + what follows, as one record.
 
-    # -- log-likelihood ---------------------------------------------------------------
+        vLLM looks for stop strings in the text it generates, not in its prompt, and writes
+        that text starting from the prompt's last tokens. So a prefix is cut back (``_resumable``)
+        until its text is whole (no character split across tokens) and no stop string could
+        begin in it; and an answer whose joined text is not the tokenizer's text of its tokens
+        (``_joins``) is generated again in full. Stored as each chunk of ``chunk_size`` finishes."""
+        self.calls += 1
+        out: list[Generation] = []
+        for lo in range(0, len(requests), self.chunk_size):
+            reqs, heads = requests[lo : lo + self.chunk_size], prefixes[lo : lo + self.chunk_size]
+            gens = self._resumed(reqs, heads)
+            if on_done is not None:
+                on_done(list(range(lo, lo + len(gens))), gens)
+            out += gens
+        return out
+
+    def _resumed(self, requests: Sequence[GenRequest], prefixes: Sequence[tuple[int, ...]]) -> list[Generation]:
+        prompts = self._prompts(requests)
+        heads = [self._resumable(x, r) for r, x in zip(requests, prefixes)]
+        said = [self.tokenizer.decode(list(x), skip_special_tokens=True) if x else "" for x in heads]
+        cache: dict[Any, Any] = {}
+        params = [self._params(r.stop, r.max_tokens - len(x), cache) for r, x in zip(requests, heads)]
+        outs = self._run([p + list(x) for p, x in zip(prompts, heads)], params)
+        gens = [self._finish(o.outputs[0], r.stop, x, t) for o, r, x, t in zip(outs, requests, heads, said)]
+        again = [i for i, (o, x, t) in enumerate(zip(outs, heads, said)) if x and not self._joins(x, t, o.outputs[0])]
+        self.rejoined += len(again)
+        for i, g in zip(again, self.generate([requests[i] for i in again]) if again else []):
+            gens[i] = g
+        return gens
+
+    def _resumable(self, prefix: tuple[int, ...], request: GenRequest) -> tuple[int, ...]:
+        """The longest start of ``prefix`` that generation can resume after as it would run on
+        through it: its text ends on a whole character, and neither holds a stop string nor
+        ends with the start of one (vLLM would not see a stop string that begins in the
+        prompt); room is left for one token. () where none is."""
+        j = min(len(prefix), request.max_tokens - 1)
+        while j > 0:
+            text = self.tokenizer.decode(list(prefix[:j]), skip_special_tokens=True)
+            if not text.endswith("\ufffd") and not any(s and _meets(text, s) for s in request.stop):
+                return prefix[:j]
+            j -= 1
+        return ()
+
+    def _joins(self, head: tuple[int, ...], said: str, out: Any) -> bool:
+        """Whether the prefix's text and the text vLLM generated after it are the start of the
+        tokenizer's text of all the answer's tokens (as a full generation's text is)."""
+        whole = self.tokenizer.decode(list(head) + list(out.token_ids), skip_special_tokens=True)
+        return whole.startswith(said + out.text)
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
         self.calls += 1
@@ -516,6 +565,11 @@ class VLLMBackend(CheckpointBackend):
                 greedy = greedy and lp.rank == 1
             res.append(Loglik(total, greedy, len(k)))
         return res
+
+
+def _meets(text: str, stop: str) -> bool:
+    """Whether ``text`` holds ``stop`` or ends with a start of it."""
+    return stop in text or any(text.endswith(stop[:k]) for k in range(1, len(stop)))
 
 
 def spans(seqs: Sequence[Sequence[int]], heads: Sequence[Sequence[int]], room: int | None) -> list[list[int]]:
