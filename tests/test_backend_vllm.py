@@ -175,16 +175,80 @@ def test_resumed_after_a_prefix_as_full_generation_even_where_a_stop_string_star
         # an answer whose texts would not join (a tokenizer whose text of a token depends on
         # the next) is generated again in full
         vl._joins = lambda *a: False  # type: ignore[method-assign]
-        assert vl.resume(reqs, prefixes) == want and vl.rejoined == sum(1 for r, x in cases if vl._resumable(x, r))
+        heads = [vl._resumable(p, x, r)[0] for p, (r, x) in zip(vl._prompts(reqs), cases)]
+        assert vl.resume(reqs, prefixes) == want and vl.rejoined == sum(1 for x in heads if x)
     finally:
         vl.close()
         hf.close()
 
 
+@pytest.fixture(scope="module")
+def metaspace_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Llama whose tokenizer writes a word's leading space in its first token
+    (``▁word``, Metaspace, as Llama's and Mistral's do): a token's text then depends on
+    whether it starts the text."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from harness.demo.tokenizer import CHAT_TEMPLATE
+
+    specials = ["<pad>", "<s>", "<|end|>", "<unk>", "<|user|>", "<|assistant|>"]
+    words = ["▁" + w for w in "the a sum of two is four ten one and then".split()]
+    vocab = {t: i for i, t in enumerate([*specials, *words, "▁", *"abcdefghijklmnopqrstuvwxyz0123456789?+."])}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.add_special_tokens(specials)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|end|>", pad_token="<pad>",
+                                   unk_token="<unk>", model_max_length=256)  # fmt: skip
+    fast.chat_template = CHAT_TEMPLATE
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                      eos_token_id=fast.eos_token_id, bos_token_id=fast.bos_token_id, pad_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("metaspace")
+    LlamaForCausalLM(cfg).save_pretrained(str(path))
+    fast.save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.vllm
+def test_resumed_text_is_full_generations_with_a_tokenizer_whose_text_depends_on_context(vllm_installed,
+                                                                                          metaspace_model):  # fmt: skip
+    """With Metaspace tokens (``▁the``: " the" after other text, "the" at the start of a
+    decoded string) a resumed answer's prefix is written as vLLM writes it after the prompt,
+    so prefix + continuation is a full generation's text, stop strings included; none needs
+    generating again."""
+    from harness.backends.vllm import VLLMBackend
+
+    ck = checkpoint.load(metaspace_model)
+    vl = VLLMBackend(ck, BackendOptions())
+    try:
+        prompts = [ck.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                                   add_generation_prompt=True)
+                   for q in ("the sum of two and two?", "ten and one?", "a sum?", "one and then four?")]  # fmt: skip
+        cases, fulls = [], vl.generate([GenRequest(p, (), 24) for p in prompts])
+        assert any(f.text.startswith(" ") for f in fulls), fulls  # a first ▁word written after the prompt
+        for p, full in zip(prompts, fulls):
+            toks = full.token_ids
+            spaced = [j for j in range(1, len(toks) - 1) if ck.tokenizer.convert_ids_to_tokens(toks[j]).startswith("▁")]
+            cases += [(GenRequest(p, (), 24), toks[:j]) for j in (1, *spaced[:3])]
+            cases.append((GenRequest(p, (full.text[8:11],), 24), toks[:12]))  # a stop string the answer holds
+        reqs, prefixes = [r for r, _ in cases], [x for _, x in cases]
+        want = vl.generate(reqs)
+        assert any(g.finish == "stop" for g in want)
+        assert vl.resume(reqs, prefixes) == want
+        assert vl.rejoined == 0
+    finally:
+        vl.close()
+
+
 def test_a_resumed_prefix_ends_on_a_whole_character_before_any_start_of_a_stop_string(smol):
     """``_resumable`` on SmolLM2's byte-level tokens: a prefix that splits a character across
     tokens, or whose text ends with the start of a stop string (or holds one), is cut back to
-    the last token where neither holds; one token of the budget is always left."""
+    the last token where neither holds; one token of the budget is always left. Its text is
+    the one vLLM writes after the prompt (a leading space kept)."""
     from types import SimpleNamespace
 
     from transformers import AutoTokenizer
@@ -193,20 +257,24 @@ def test_a_resumed_prefix_ends_on_a_whole_character_before_any_start_of_a_stop_s
 
     tok = AutoTokenizer.from_pretrained(smol["base"])
     me = SimpleNamespace(tokenizer=tok)
-    ids = tuple(tok("Answer: 日本語 ok\nDone", add_special_tokens=False).input_ids)
+    me._written = VLLMBackend._written.__get__(me)
+    prompt = tok("Say it:", add_special_tokens=False).input_ids
+    ids = tuple(tok(" Answer: 日本語 ok\nDone", add_special_tokens=False).input_ids)
     cut = [j for j in range(1, len(ids)) if tok.decode(ids[:j]).endswith("\ufffd")]
     assert cut, "語 is one character over several tokens"
 
     def resumable(prefix: tuple[int, ...], stop: tuple[str, ...] = (), budget: int = 64) -> str:
-        return tok.decode(VLLMBackend._resumable(me, prefix, GenRequest("", stop, budget)))  # type: ignore[arg-type]
+        head, text = VLLMBackend._resumable(me, prompt, prefix, GenRequest("", stop, budget))  # type: ignore[arg-type]
+        assert text == tok.decode(head)
+        return text
 
-    assert resumable(ids) == "Answer: 日本語 ok\nDone"
-    assert not resumable(ids[: cut[-1]]).endswith("\ufffd") and resumable(ids[: cut[-1]]) == "Answer: 日本"
-    assert resumable(ids, ("\nDone!",)) == "Answer: 日本語 ok"  # "\nDone" starts the stop string
-    assert resumable(ids, ("ok",)) == "Answer: 日本語"  # holds it
-    assert resumable(ids, ("!",)) == "Answer: 日本語 ok\nDone"
-    assert len(VLLMBackend._resumable(me, ids, GenRequest("", (), 3))) == 2  # type: ignore[arg-type]
-    assert VLLMBackend._resumable(me, ids[:1], GenRequest("", ("Answer",), 64)) == ()  # type: ignore[arg-type]
+    assert resumable(ids) == " Answer: 日本語 ok\nDone"
+    assert resumable(ids[: cut[-1]]) == " Answer: 日本"
+    assert resumable(ids, ("\nDone!",)) == " Answer: 日本語 ok"  # "\nDone" starts the stop string
+    assert resumable(ids, ("ok",)) == " Answer: 日本語"  # holds it
+    assert resumable(ids, ("!",)) == " Answer: 日本語 ok\nDone"
+    assert len(VLLMBackend._resumable(me, prompt, ids, GenRequest("", (), 3))[0]) == 2  # type: ignore[arg-type]
+    assert VLLMBackend._resumable(me, prompt, ids[:1], GenRequest("", (" Ans",), 64)) == ((), "")  # type: ignore[arg-type]
 
 
 @pytest.mark.vllm

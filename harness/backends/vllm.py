@@ -483,15 +483,15 @@ class VLLMBackend(CheckpointBackend):
         under the same stop rules; the answer is prefix + what follows, as one record.
 
         vLLM looks for stop strings in the text it generates, not in its prompt, and writes
-        that text starting from the prompt's last tokens. So a prefix is cut back (``_resumable``)
-        until its text is whole (no character split across tokens) and no stop string could
-        begin in it; and an answer whose joined text is not the tokenizer's text of its tokens
-        (``_joins``) is generated again in full. Stored as each chunk of ``chunk_size`` finishes."""
+        that text on from the prompt's tokens. So a prefix is cut back (``_resumable``) until
+        its text, as vLLM would have written it after the prompt, ends on a whole character
+        and neither holds a stop string nor ends with the start of one; and an answer whose
+        joined text is not the one vLLM would write for all its tokens (``_joins``) is
+        generated again in full. Stored as each chunk of ``chunk_size`` finishes."""
         self.calls += 1
         out: list[Generation] = []
         for lo in range(0, len(requests), self.chunk_size):
-            reqs, heads = requests[lo : lo + self.chunk_size], prefixes[lo : lo + self.chunk_size]
-            gens = self._resumed(reqs, heads)
+            gens = self._resumed(requests[lo : lo + self.chunk_size], prefixes[lo : lo + self.chunk_size])
             if on_done is not None:
                 on_done(list(range(lo, lo + len(gens))), gens)
             out += gens
@@ -499,35 +499,55 @@ class VLLMBackend(CheckpointBackend):
 
     def _resumed(self, requests: Sequence[GenRequest], prefixes: Sequence[tuple[int, ...]]) -> list[Generation]:
         prompts = self._prompts(requests)
-        heads = [self._resumable(x, r) for r, x in zip(requests, prefixes)]
-        said = [self.tokenizer.decode(list(x), skip_special_tokens=True) if x else "" for x in heads]
+        cut = [self._resumable(p, x, r) for p, x, r in zip(prompts, prefixes, requests)]
         cache: dict[Any, Any] = {}
-        params = [self._params(r.stop, r.max_tokens - len(x), cache) for r, x in zip(requests, heads)]
-        outs = self._run([p + list(x) for p, x in zip(prompts, heads)], params)
-        gens = [self._finish(o.outputs[0], r.stop, x, t) for o, r, x, t in zip(outs, requests, heads, said)]
-        again = [i for i, (o, x, t) in enumerate(zip(outs, heads, said)) if x and not self._joins(x, t, o.outputs[0])]
+        params = [self._params(r.stop, r.max_tokens - len(x), cache) for r, (x, _) in zip(requests, cut)]
+        outs = self._run([p + list(x) for p, (x, _) in zip(prompts, cut)], params)
+        gens = [self._finish(o.outputs[0], r.stop, x, t) for o, r, (x, t) in zip(outs, requests, cut)]
+        again = [
+            i
+            for i, (o, p, (x, t)) in enumerate(zip(outs, prompts, cut))
+            if x and not self._joins(p, x, t, o.outputs[0])
+        ]
         self.rejoined += len(again)
         for i, g in zip(again, self.generate([requests[i] for i in again]) if again else []):
             gens[i] = g
         return gens
 
-    def _resumable(self, prefix: tuple[int, ...], request: GenRequest) -> tuple[int, ...]:
-        """The longest start of ``prefix`` that generation can resume after as it would run on
-        through it: its text ends on a whole character, and neither holds a stop string nor
-        ends with the start of one (vLLM would not see a stop string that begins in the
-        prompt); room is left for one token. () where none is."""
-        j = min(len(prefix), request.max_tokens - 1)
-        while j > 0:
-            text = self.tokenizer.decode(list(prefix[:j]), skip_special_tokens=True)
-            if not text.endswith("\ufffd") and not any(s and _meets(text, s) for s in request.stop):
-                return prefix[:j]
-            j -= 1
-        return ()
+    def _written(self, prompt: list[int], ids: Sequence[int]) -> list[str | None] | None:
+        """The text vLLM's detokenizer writes as each of ``ids`` is generated after ``prompt``
+        (a ``DecodeStream`` primed with the prompt, as vLLM's ``FastIncrementalDetokenizer``):
+        None where a token ends inside a character; None without a fast tokenizer."""
+        fast = getattr(self.tokenizer, "_tokenizer", None)
+        if fast is None:
+            return None
+        from tokenizers.decoders import DecodeStream
 
-    def _joins(self, head: tuple[int, ...], said: str, out: Any) -> bool:
+        stream = DecodeStream(ids=list(prompt), skip_special_tokens=True)
+        return [stream.step(fast, int(t)) for t in ids]
+
+    def _resumable(
+        self, prompt: list[int], prefix: tuple[int, ...], request: GenRequest
+    ) -> tuple[tuple[int, ...], str]:
+        """The longest start of ``prefix`` that generation can resume after as it would run on
+        through it, and its text: one whose text ends on a whole character and neither holds
+        a stop string nor ends with the start of one (vLLM would not see a stop string that
+        begins in the prompt); room is left for one token. ((), "") where none is."""
+        steps = self._written(prompt, prefix[: max(request.max_tokens - 1, 0)]) or []
+        texts, text = [], ""
+        for piece in steps:
+            text += piece or ""
+            texts.append(text if piece is not None else None)
+        for j in range(len(texts), 0, -1):
+            t = texts[j - 1]
+            if t is not None and not any(s and _meets(t, s) for s in request.stop):
+                return prefix[:j], t
+        return (), ""
+
+    def _joins(self, prompt: list[int], head: tuple[int, ...], said: str, out: Any) -> bool:
         """Whether the prefix's text and the text vLLM generated after it are the start of the
-        tokenizer's text of all the answer's tokens (as a full generation's text is)."""
-        whole = self.tokenizer.decode(list(head) + list(out.token_ids), skip_special_tokens=True)
+        text vLLM writes for all the answer's tokens after the prompt, as in a full generation."""
+        whole = "".join(piece or "" for piece in self._written(prompt, list(head) + list(out.token_ids)) or [])
         return whole.startswith(said + out.text)
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
