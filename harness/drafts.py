@@ -82,6 +82,11 @@ class Check:
     stop_fires: bool
 
 
+class NoDrafts(Exception):
+    """The backend cannot verify drafts here (a server that does not give the prompt's
+    log-probs by token id): every answer is generated, as without drafting."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """What to do with one request: ``drafted`` (the base's answer is the candidate's),

@@ -29,7 +29,7 @@ from lm_eval.api.model import LM
 
 from harness import defaults
 from harness.backends.base import Backend
-from harness.drafts import disagreements, draft, draft_sampled
+from harness.drafts import NoDrafts, disagreements, draft, draft_sampled
 from harness.errors import BackendError
 from harness.progress import Progress
 from harness.store import Answer, RunStore, atomic_write
@@ -204,11 +204,13 @@ class RegressLM(LM):
         done_at: set[int] = set()
         made: dict[str, Generation] = {}
         if kind == "gen" and self.drafts and self.draft_mode != "off":
-            if hasattr(backend, "verify"):
+            try:
+                if not hasattr(backend, "verify"):
+                    raise NoDrafts("the backend has no verify pass")
                 items, made = self._draft(items, backend, memo, progress)
-            else:  # a server without prompt log-probs: every answer generated
-                log.info("%s: this backend cannot verify drafts; generating every answer", self.label)
-                self.draft_mode = "off"
+            except NoDrafts as e:  # a server without prompt log-probs by token id: every answer generated
+                log.info("%s: cannot verify drafts (%s); generating every answer", self.label, e)
+                items, self.draft_mode = [(k, r) for k, r in items if k not in memo], "off"
 
         def keep(chunk: list[tuple[str, Any]], positions: list[int], answers: Sequence[Any]) -> None:
             self.store.append(kind, [(chunk[i][0], a) for i, a in zip(positions, answers)])

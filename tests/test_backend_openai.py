@@ -7,6 +7,9 @@
   same command resumes, asking only for what is missing.
 * A request the server refuses (4xx) fails at once; no server at all fails after the
   retries. Neither is ever recorded as an (empty) answer.
+* Drafting over the server: a candidate drafted from the base's stored answers (verified
+  by the server's echoed log-probs) has its full generation's records; a server that does
+  not name log-prob tokens by id generates every answer.
 """
 
 from __future__ import annotations
@@ -224,3 +227,64 @@ def test_finish_reason_mapping(base, choice, stops, want):
     g = b._finish(choice, usage, GenRequest("<s><|user|>what is 20+22?<|end|><|assistant|>", stops, 8))
     assert (g.text, g.finish, g.stop_reason, g.n_tokens, g.token_ids) == want
     b.close()
+
+
+# -- drafting over the server (harness.drafts) ------------------------------------------
+
+
+def test_drafts_verified_over_the_server_equal_full_generation(demo, server, tmp_path, monkeypatch):
+    """A copy of the base (another fingerprint, the weights the server serves) drafted from
+    the base's stored answers over the server (echoed log-probs by token id): records and
+    drift equal its full generation's, most answers drafted, none resumed; with
+    ``--verify-drafts`` none differs. Where the server does not name log-prob tokens by id
+    (``NoDrafts``), every answer is generated and the records are the same."""
+    from harness.backends.openai import OpenAIBackend
+    from harness.config import RunConfig
+    from harness.drafts import NoDrafts
+    from harness.runner import evaluate
+    from harness.suites import load_suite
+    from tests.test_backend_vllm import items_suite
+    from tests.test_drafts import assert_same_records, copy_of_base
+
+    suite, opts = items_suite(tmp_path), BackendOptions(base_urls=(server.url,))
+
+    def run_of(path, name, base=None, **cfg):
+        config = RunConfig(suite=suite, backend="openai", store_dir=str(tmp_path / name), limit=8, options=opts, **cfg)
+        ref = (base.records, base.store_path) if base is not None else (None, None)
+        return evaluate(checkpoint.load(path), load_suite(suite), config, *ref)
+
+    base = run_of(demo["base"], "base")
+    copy = copy_of_base(demo, tmp_path)
+    full = run_of(copy, "full", base, no_drafts=True)
+    drafted = run_of(copy, "drafted", base)
+    assert_same_records(full, drafted)
+    c = drafted.drafting
+    assert c is not None and c.resumed == 0 and c.drafted >= 0.9 * (c.drafted + c.generated) > 0, c
+    v = run_of(copy, "verified", base, verify_drafts=True).drafting
+    assert v is not None and v.disagreed == 0 and v.verified == v.drafted >= c.drafted, v
+
+    def no_ids(self, requests, drafts):
+        raise NoDrafts("the server does not name log-prob tokens by id")
+
+    monkeypatch.setattr(OpenAIBackend, "verify", no_ids)
+    plain = run_of(copy, "no-ids", base)
+    assert plain.drafting is None  # drafting off, every answer generated
+    assert_same_records(full, plain)
+
+
+@pytest.mark.parametrize(
+    "top",
+    [{"3": -0.1, "4": -2.0}, {"token_id:3": "x"}, None],  # token text (a digit), a value not a number, nothing
+)
+def test_a_server_that_does_not_give_log_probs_by_token_id_cannot_verify(top):
+    from harness.backends.openai import _echoed, _top2
+    from harness.drafts import NoDrafts
+
+    with pytest.raises(NoDrafts):
+        _top2(_echoed({"logprobs": {"top_logprobs": [None, top]}}, 2)[1])
+    assert _echoed({"logprobs": {"top_logprobs": [None, {"token_id:3": -0.1, "token_id:4": -2.0}]}}, 2)[1] == {
+        3: -0.1,
+        4: -2.0,
+    }
+    with pytest.raises(NoDrafts, match="did not echo"):
+        _echoed({"logprobs": {"top_logprobs": [None]}}, 2)

@@ -13,6 +13,12 @@ chat template (the adapter does that) and sent as token ids, tokenized exactly a
   re-tokenized from the text; token counts from ``usage``.
 * Log-likelihood: ``echo`` + ``logprobs=1`` over context + continuation, summing the
   continuation's positions (lm-eval's split, as every backend).
+* Drafting (``harness.drafts``): the verify pass is ``echo`` + ``logprobs=2`` over prompt +
+  draft + an end-of-turn token, with the top tokens named by id (vLLM's
+  ``return_tokens_as_token_ids``); a server that does not name them by id cannot verify, and
+  every answer is generated (``NoDrafts``). A draft is taken whole or the item generated:
+  a server's text for a prefix fed as prompt, and whether it sees a stop string that
+  begins in it, are out of sight, so nothing resumes.
 * Scale and failure: requests run on a bounded thread pool (``concurrency`` per URL),
   item ``i`` goes to URL ``i mod n`` and moves to the next URL on each retry. Connection
   errors, 429 and 5xx are retried with exponential backoff; after ``max_retries`` the
@@ -38,6 +44,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from harness.backends.base import CheckpointBackend, CommonOptions, Done, cut_at_stop, split_pair
+from harness.drafts import THRESHOLD, Check, NoDrafts
 from harness.errors import BackendError
 from harness.options import option
 from harness.types import Generation, GenRequest, JsonObject, LoadedCheckpoint, Loglik, LoglikRequest, StoreSettings
@@ -287,6 +294,46 @@ class OpenAIBackend(CheckpointBackend):
         return [_loglik(a.choice, len(c), len(k)) for a, (c, k) in zip(answers, pairs)]
 
 
+    # -- drafting (harness.drafts) ------------------------------------------------------
+
+    can_resume = False  # a server's text after a prefix fed as prompt is out of sight
+    draft_threshold = THRESHOLD  # the server's precision is out of sight
+
+    def verify(self, requests: Sequence[GenRequest], drafts: Sequence[Generation]) -> list[Check]:
+        """The candidate's greedy token and top-2 margin after each prompt + draft prefix, from
+        the server's echoed log-probs over prompt + draft + an end-of-turn token (its position
+        is the one after the draft)."""
+        self.calls += 1
+        prompts = [self.encode(r.prompt) for r in requests]
+        seqs = [p + list(d.token_ids) + [self.eot[0]] for p, d in zip(prompts, drafts)]
+        body = {"max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 2, "return_tokens_as_token_ids": True}
+        answers = self._map([{**body, "prompt": s} for s in seqs])
+        checks = []
+        for r, p, s, d, a in zip(requests, prompts, seqs, drafts, answers):
+            tops = [_top2(x) for x in _echoed(a.choice, len(s))[len(p) :]]
+            argmax = tuple(t for t, _ in tops)
+            name = self.tokenizer.decode([argmax[-1]], skip_special_tokens=False) if argmax[-1] in self.eot else None
+            checks.append(Check(argmax, tuple(m for _, m in tops), r.max_tokens, name, d.finish == "stop"))
+        return checks
+
+    def next_tokens(self, requests: Sequence[GenRequest], prefixes: Sequence[tuple[int, ...]]) -> list[int]:
+        """The greedy token generation makes first after each prompt + prefix (-1 where the
+        server does not return token ids: the draft does not hold past that tie)."""
+        self.calls += 1
+        body = {"max_tokens": 1, "temperature": 0.0, "ignore_eos": True, "return_token_ids": True}
+        answers = self._map([{**body, "prompt": self.encode(r.prompt) + list(x)} for r, x in zip(requests, prefixes)])
+        out = []
+        for a in answers:
+            ids = a.choice.get("token_ids")
+            out.append(int(ids[0]) if isinstance(ids, list) and ids else -1)
+        return out
+
+    def resume(
+        self, requests: Sequence[GenRequest], prefixes: Sequence[tuple[int, ...]], on_done: Done | None = None
+    ) -> list[Generation]:
+        raise BackendError("the openai backend does not resume drafts (can_resume is False)")
+
+
 class _Answer(NamedTuple):
     """A completion's first choice and its usage, as the server sent them (checked to be objects)."""
 
@@ -314,6 +361,38 @@ def _loglik(choice: Mapping[str, Any], n_ctx: int, n_cont: int) -> Loglik:
         top = tops[pos] if pos < len(tops) and tops[pos] else {}
         greedy = greedy and x >= max(top.values(), default=x)
     return Loglik(total, greedy, n_cont)
+
+
+def _echoed(choice: Mapping[str, Any], n: int) -> list[dict[int, float]]:
+    """The top log-probs the server echoed for each of a prompt's ``n`` positions (the first,
+    which nothing predicts, empty), by token id."""
+    tops = (choice.get("logprobs") or {}).get("top_logprobs") or []
+    if len(tops) < n:
+        raise NoDrafts("the server did not echo the prompt's log-probabilities")
+    out: list[dict[int, float]] = []
+    for top in tops[:n]:
+        try:
+            out.append({_token_id(k): float(v) for k, v in (top or {}).items()})
+        except (AttributeError, TypeError, ValueError):
+            why = "the server does not name log-prob tokens by id (vLLM's return_tokens_as_token_ids)"
+            raise NoDrafts(why) from None
+    return out
+
+
+def _token_id(name: object) -> int:
+    """``token_id:N`` -> N (a token named by its text raises ValueError: its id is not known)."""
+    text = str(name)
+    if not text.startswith("token_id:"):
+        raise ValueError(text)
+    return int(text.removeprefix("token_id:"))
+
+
+def _top2(top: Mapping[int, float]) -> tuple[int, float]:
+    """(the greedy token, its log-prob margin over the second) at one position."""
+    if not top:
+        raise NoDrafts("the server echoed no log-probabilities for an answer's position")
+    ranked = sorted(top.items(), key=lambda kv: -kv[1])
+    return ranked[0][0], ranked[0][1] - (ranked[1][1] if len(ranked) > 1 else float("-inf"))
 
 
 def _message(resp: httpx.Response) -> str:

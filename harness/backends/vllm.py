@@ -550,6 +550,8 @@ class VLLMBackend(CheckpointBackend):
         whole = "".join(piece or "" for piece in self._written(prompt, list(head) + list(out.token_ids)) or [])
         return whole.startswith(said + out.text)
 
+    # -- log-likelihood ---------------------------------------------------------------
+
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
         self.calls += 1
         if not requests:
