@@ -232,12 +232,14 @@ def test_finish_reason_mapping(base, choice, stops, want):
 # -- drafting over the server (harness.drafts) ------------------------------------------
 
 
-def test_drafts_verified_over_the_server_equal_full_generation(demo, server, tmp_path, monkeypatch):
+def test_drafts_verified_over_the_server_equal_full_generation(demo, server, tmp_path, monkeypatch, caplog):
     """A copy of the base (another fingerprint, the weights the server serves) drafted from
     the base's stored answers over the server (echoed log-probs by token id): records and
     drift equal its full generation's, most answers drafted, none resumed; with
-    ``--verify-drafts`` none differs. Where the server does not name log-prob tokens by id
-    (``NoDrafts``), every answer is generated and the records are the same."""
+    ``--verify-drafts`` none differs. The drift probes are answered from the verify pass.
+    Where the server does not name log-prob tokens by id (``NoDrafts``), every answer is
+    generated and the records are the same."""
+    import logging
     from harness.backends.openai import OpenAIBackend
     from harness.config import RunConfig
     from harness.drafts import NoDrafts
@@ -256,8 +258,10 @@ def test_drafts_verified_over_the_server_equal_full_generation(demo, server, tmp
     base = run_of(demo["base"], "base")
     copy = copy_of_base(demo, tmp_path)
     full = run_of(copy, "full", base, no_drafts=True)
-    drafted = run_of(copy, "drafted", base)
-    assert_same_records(full, drafted)
+    with caplog.at_level(logging.INFO, logger="harness"):
+        drafted = run_of(copy, "drafted", base)
+    assert "log-likelihood requests answered from the drafts' verify pass" in caplog.text
+    assert_same_records(full, drafted)  # drift from the verify pass: equal to float noise
     c = drafted.drafting
     assert c is not None and c.resumed == 0 and c.drafted >= 0.9 * (c.drafted + c.generated) > 0, c
     v = run_of(copy, "verified", base, verify_drafts=True).drafting

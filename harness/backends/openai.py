@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from harness.backends.base import CheckpointBackend, CommonOptions, Done, cut_at_stop, split_pair
+from harness.backends.base import LEAD, CheckpointBackend, CommonOptions, Done, Forced, cut_at_stop, split_pair
 from harness.drafts import THRESHOLD, Check, NoDrafts
 from harness.errors import BackendError
 from harness.options import option
@@ -289,10 +289,14 @@ class OpenAIBackend(CheckpointBackend):
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
         self.calls += 1
         pairs = [split_pair(self.encode, r.context, r.continuation, self.bos_id()) for r in requests]
+        known = self.answer_forced(pairs)  # the drift probes: the drafts' verify pass answers them
+        todo = [(c, k) for (c, k), got in zip(pairs, known) if got is None]
         body = {"max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
-        answers = self._map([{**body, "prompt": c + k} for c, k in pairs])
-        return [_loglik(a.choice, len(c), len(k)) for a, (c, k) in zip(answers, pairs)]
-
+        answers = iter(self._map([{**body, "prompt": c + k} for c, k in todo]))
+        return [
+            got if got is not None else _loglik(next(answers).choice, len(c), len(k))
+            for (c, k), got in zip(pairs, known)
+        ]
 
     # -- drafting (harness.drafts) ------------------------------------------------------
 
@@ -310,10 +314,12 @@ class OpenAIBackend(CheckpointBackend):
         answers = self._map([{**body, "prompt": s} for s in seqs])
         checks = []
         for r, p, s, d, a in zip(requests, prompts, seqs, drafts, answers):
-            tops = [_top2(x) for x in _echoed(a.choice, len(s))[len(p) :]]
+            echoed = _echoed(a.choice, len(s))
+            tops = [_top2(x) for x in echoed[len(p) :]]
             argmax = tuple(t for t, _ in tops)
             name = self.tokenizer.decode([argmax[-1]], skip_special_tokens=False) if argmax[-1] in self.eot else None
             checks.append(Check(argmax, tuple(m for _, m in tops), r.max_tokens, name, d.finish == "stop"))
+            self.forced[tuple(s[:-1])] = _kept(a.choice, echoed, s, max(len(p) - LEAD, 1), self.eot)
         return checks
 
     def next_tokens(self, requests: Sequence[GenRequest], prefixes: Sequence[tuple[int, ...]]) -> list[int]:
@@ -385,6 +391,23 @@ def _token_id(name: object) -> int:
     if not text.startswith("token_id:"):
         raise ValueError(text)
     return int(text.removeprefix("token_id:"))
+
+
+def _kept(
+    choice: Mapping[str, Any], echoed: list[dict[int, float]], seq: list[int], lo: int, eot: Sequence[int]
+) -> Forced:
+    """What ``verify`` keeps of one pass over ``seq`` (prompt + draft + an end-of-turn token)
+    for the drift probes: each token's log-prob from ``lo`` on and whether it was the greedy
+    one (as ``_loglik`` judges it), and the end-of-turn tokens' log-probs after the draft."""
+    raw = (choice.get("logprobs") or {}).get("token_logprobs") or []
+    if len(raw) < len(seq):
+        raise NoDrafts("the server did not echo the prompt's log-probabilities")
+    lps = [float(x) for x in raw[lo : len(seq)]]
+    n = len(seq) - 1
+    mine = lps[: n - lo]
+    greedy = [x >= max(echoed[lo + i].values(), default=x) for i, x in enumerate(mine)]
+    after = {t: v for t, v in echoed[n].items() if t in eot} | {seq[n]: lps[n - lo]}
+    return Forced(lo, mine, greedy, after, _top2(echoed[n])[0])
 
 
 def _top2(top: Mapping[int, float]) -> tuple[int, float]:
