@@ -240,6 +240,7 @@ def test_drafts_verified_over_the_server_equal_full_generation(demo, server, tmp
     Where the server does not name log-prob tokens by id (``NoDrafts``), every answer is
     generated and the records are the same."""
     import logging
+
     from harness.backends.openai import OpenAIBackend
     from harness.config import RunConfig
     from harness.drafts import NoDrafts
