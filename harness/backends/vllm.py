@@ -533,6 +533,8 @@ class VLLMBackend(CheckpointBackend):
         through it, and its text: one whose text ends on a whole character and neither holds
         a stop string nor ends with the start of one (vLLM would not see a stop string that
         begins in the prompt); room is left for one token. ((), "") where none is."""
+        if not prefix:  # an item generated in full in the same pass
+            return (), ""
         steps = self._written(prompt, prefix[: max(request.max_tokens - 1, 0)]) or []
         texts, text = [], ""
         for piece in steps:
