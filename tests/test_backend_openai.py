@@ -32,7 +32,7 @@ from harness import checkpoint
 from harness.cli import main
 from harness.config import BackendOptions
 from harness.errors import BackendError
-from harness.types import GenRequest
+from harness.types import Generation, GenRequest
 from tests.test_backend_vllm import LIMIT, assert_agree, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -270,6 +270,14 @@ def test_drafts_verified_over_the_server_equal_full_generation(demo, server, tmp
 
     def no_ids(self, requests, drafts):
         raise NoDrafts("the server does not name log-prob tokens by id")
+
+    # a verify request the server refuses (a capped answer and the end-of-turn after it, past
+    # the server's context, where generation fits): no drafts, not an error
+    ob = OpenAIBackend(checkpoint.load(copy), opts)
+    long = GenRequest("1" * 492, (), 20)  # 492 + 20 tokens fit the 512 of the demo; + the end-of-turn do not
+    with pytest.raises(NoDrafts, match="refused"):
+        ob.verify([long], [Generation("2" * 20, 20, "length", None, tuple(ob.encode("2" * 20)))])
+    ob.close()
 
     monkeypatch.setattr(OpenAIBackend, "verify", no_ids)
     plain = run_of(copy, "no-ids", base)

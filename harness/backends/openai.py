@@ -311,7 +311,10 @@ class OpenAIBackend(CheckpointBackend):
         prompts = [self.encode(r.prompt) for r in requests]
         seqs = [p + list(d.token_ids) + [self.eot[0]] for p, d in zip(prompts, drafts)]
         body = {"max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 2, "return_tokens_as_token_ids": True}
-        answers = self._map([{**body, "prompt": s} for s in seqs])
+        try:
+            answers = self._map([{**body, "prompt": s} for s in seqs])
+        except _Refused as e:  # e.g. a capped answer + 2 tokens past the server's context: generate them all
+            raise NoDrafts(str(e)) from e
         checks = []
         for r, p, s, d, a in zip(requests, prompts, seqs, drafts, answers):
             echoed = _echoed(a.choice, len(s))
