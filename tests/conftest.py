@@ -11,9 +11,14 @@ by one test is reused by the next (the baseline reuse regress itself relies on).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -77,6 +82,15 @@ def planted(demo: dict[str, Path]) -> dict[str, Path]:
     out = demo["base"].parent
     return {**demo, "ft-early-eot": build_early_eot(out),
             **{n: build_planted(out, n) for n in ("ft-format", "ft-overwrite")}}  # fmt: skip
+
+
+def concurrently(*jobs: Callable[[], T], workers: int = 2) -> list[T]:
+    """Each job's result, in order, the jobs run ``workers`` at a time in threads: for tests
+    whose subprocesses (lm-eval, the CLI) spend most of their time importing on one core.
+    The first job to raise raises here, after every job has ended."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        return [f.result() for f in futures]
 
 
 @pytest.fixture(scope="session")

