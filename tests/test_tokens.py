@@ -329,7 +329,7 @@ def test_ft_key_tokens_builds_and_compares(demo, session_store, tmp_path):
     info = json.loads((ft.parent / "BUILD.json").read_text())["train"]["ft-key-tokens"]
     assert info["steps"] == 60 and info["kept"] == s["kept"]
     out = tmp_path / "rep"
-    code = main(["compare", "--base", str(demo["base"]), "--model", str(ft), "--suite", "demo",
+    code = main(["compare", "--base", str(demo["base"]), "--model", str(ft), "--suite", "demo", "--limit", "100",
                  "--store", str(session_store), "--out", str(out)])  # fmt: skip
     assert code in (0, 1)
     summary = json.loads((out / "summary.json").read_text())
