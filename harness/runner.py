@@ -158,8 +158,8 @@ def quick_rouge() -> None:
     except ImportError:  # lm-eval without TruthfulQA's extras: its check_dependencies says so
         return
     slow = utils.rouge
-    if getattr(slow, "regress_quick", False):
-        return
+    if getattr(slow, "regress_quick", False) or not hasattr(utils, "ROUGE_SCORER"):
+        return  # done already, or a TruthfulQA module not shaped as the one this was checked against
     types = ["rouge1", "rouge2", "rougeLsum"]
 
     def rouge(refs: list[str], preds: list[str]) -> dict[str, Any]:
