@@ -19,7 +19,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: regress test check venv demo bench clean
+.PHONY: regress test test-full check venv demo bench clean
 
 venv: $(STAMP)
 
@@ -60,6 +60,11 @@ regress: venv
 # ruff and mypy first: a lint or type error fails the tests.
 test: check
 	$(BIN)/python -m pytest -q -rs --durations=30 $(ARGS)
+
+# The full-size checks CI leaves out (tests marked `full`: the real demo at its limit, both
+# backends; hours on 2 CPU cores, minutes on a GPU). ARGS narrows them, e.g. ARGS='-k vllm'.
+test-full: $(STAMP)
+	REGRESS_FULL_TESTS=1 $(BIN)/python -m pytest -q -rs -m full --durations=0 $(ARGS)
 
 check: $(STAMP)
 	$(BIN)/ruff check harness tests bench setup.py

@@ -28,6 +28,20 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
+FULL = "REGRESS_FULL_TESTS"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``full`` (issue-sized checks that take an hour or more on 2 CPU cores) run
+    only with REGRESS_FULL_TESTS=1 (``make test-full``); otherwise each is skipped, saying so."""
+    if os.environ.get(FULL) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"full size, an hour or more on 2 CPU cores: {FULL}=1 (make test-full) runs it")
+    for item in items:
+        if "full" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def demo() -> dict[str, Path]:
     from harness.demo.build import build_demo
