@@ -2,6 +2,7 @@
 
     python bench/drafts.py [--backends hf,vllm] [--limit 100] [--candidates copy,ft-answer-only,ft-all-tokens]
     python bench/drafts.py --real [--limit 8] [--tasks gsm8k,ifeval,bbh_zeroshot_logical_deduction_three_objects]
+                           [--termination]
 
 On the demo checkpoints, per backend: the base is run once into a store; then, for each
 candidate, ``regress compare`` (a whole process: candidate run, drift probes, comparison,
@@ -15,7 +16,8 @@ costs at most 10% more. Appends to bench/RESULTS.md.
 
 ``--real``: the same on the real demo (SmolLM2-135M-Instruct and its real fine-tunes,
 ``.cache/demo/real``), on ``--tasks`` of suite ``real`` (generation tasks with long
-answers, where generation is most of a comparison's time; drift on, no termination probe).
+answers, where generation is most of a comparison's time; drift on, no termination probe
+unless ``--termination``: suite real's, as the real demo runs it).
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def main() -> int:
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--real", action="store_true", help="SmolLM2 and its real fine-tunes")
     ap.add_argument("--tasks", default="gsm8k,ifeval,bbh_zeroshot_logical_deduction_three_objects")
+    ap.add_argument("--termination", action="store_true", help="with --real: keep suite real's termination probe")
     a = ap.parse_args()
     import pandas as pd
 
@@ -121,7 +124,7 @@ def main() -> int:
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="regress-bench-drafts-") as d:
         tmp = Path(d)
-        suite = write_real_suite(tmp, a.tasks.split(",")) if a.real else write_suite(tmp)
+        suite = write_real_suite(tmp, a.tasks.split(","), a.termination) if a.real else write_suite(tmp)
         copy = tmp / "copy"
         shutil.copytree(demo["base"], copy)
         (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")  # another fingerprint
@@ -156,7 +159,8 @@ def main() -> int:
     header = ["backend", "candidate", "drafting off", "drafting on", "speed-up", "drafted/resumed/generated", "same"]
     where = f"SmolLM2-135M-Instruct, tasks {a.tasks} of suite real" if a.real else "demo suite"
     intro = (f"bench/drafts.py{' --real' if a.real else ''} --limit {a.limit}: `regress compare` with the base "
-             f"stored, whole process, {where}, without the termination probe; {time.perf_counter() - t_all:.0f} s "
+             f"stored, whole process, {where}, {'with' if a.termination else 'without'} the termination probe; "
+             f"{time.perf_counter() - t_all:.0f} s "
              "in all. 'same': items.parquet (drift to 1e-4 nats) and verdict equal.")  # fmt: skip
     what = "SmolLM2" if a.real else "the demo"
     record(f"drafting from the stored base, {what}, {machine()}", intro, header, rows, not a.no_append)

@@ -7,7 +7,9 @@
   reasons, token counts, token ids, scores), flips and verdict equal to those of the same
   candidate generated in full, and drift probes equal to float noise (with drafting they
   are read from the verify pass, another batch); with ``--verify-drafts`` no drafted or
-  resumed answer differs from full generation.
+  resumed answer differs from full generation. At full size (the real demo's fine-tunes on
+  every generation task of suite real at its limit, with its termination probe): tests
+  marked ``full``, run by ``make test-full``, not in CI.
 * The hf backend's batches sized by memory: the plan, and a batch that runs out of memory
   run in halves with every answer kept.
 """
