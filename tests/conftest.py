@@ -3,7 +3,7 @@
 ``demo`` builds (or reuses) the demo checkpoints under ``.cache/demo`` — the same cache
 ``make regress`` uses — so the first test session pays the ~4 minute build once; ``planted``
 adds the planted causes' fine-tunes beside them; ``smol`` the real demo's SmolLM2 (about a
-minute). ``real_slice`` writes a suite of some of suite real's tasks.
+minute) and ``real_lora`` LoRAs of it. ``real_slice`` writes a suite of some of suite real's tasks.
 ``session_store`` is one record store for the whole session, so a checkpoint evaluated
 by one test is reused by the next (the baseline reuse regress itself relies on).
 """
@@ -57,6 +57,16 @@ def smol() -> dict[str, Path]:
     from harness.demo import real
 
     return real.build_real(REPO / ".cache" / "demo" / "real", fine_tunes=("ft-identical",))
+
+
+@pytest.fixture(scope="session")
+def real_lora(smol: dict[str, Path]) -> dict[str, Path]:
+    """A rank-8 LoRA of SmolLM2 trained with the real demo's careless recipe, its merged copy
+    and its adapter after 5 of the 40 steps (``demo.lora.build_real_lora``: about a minute,
+    built once under ``.cache/demo-lora-real``)."""
+    from harness.demo.lora import build_real_lora
+
+    return build_real_lora(smol["base"], REPO / ".cache" / "demo-lora-real")
 
 
 # Tasks of suite real where the real demo's careless fine-tunes show their loss in 10 items

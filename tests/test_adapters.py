@@ -209,14 +209,12 @@ def test_a_hub_id_resolves_through_the_cache(demo, loras, session_store, tmp_pat
 
 
 @pytest.mark.slow
-def test_real_lora_fails_like_its_merged_copy(smol, smol_slice, session_store, tmp_path):
+def test_real_lora_fails_like_its_merged_copy(smol, real_lora, smol_slice, session_store, tmp_path):
     """A rank-8 LoRA of SmolLM2 trained here with the careless all-token loss on Veltan
     (``demo.lora.build_real_lora``, cached) and its ``merge_and_unload`` copy, each compared
     with SmolLM2 by hf (the adapter applied by peft): both FAIL, on the same tasks and
     rules, with per-item outputs equal on at least 99% of items."""
-    from harness.demo.lora import build_real_lora
-
-    lora = build_real_lora(smol["base"], REPO / ".cache" / "demo-lora-real")
+    lora = real_lora
     summaries, items = [], []
     for name in ("lora-all-tokens", "lora-all-tokens-merged"):
         out = tmp_path / name

