@@ -214,11 +214,10 @@ def test_real_lora_fails_like_its_merged_copy(smol, real_lora, smol_slice, sessi
     (``demo.lora.build_real_lora``, cached) and its ``merge_and_unload`` copy, each compared
     with SmolLM2 by hf (the adapter applied by peft): both FAIL, on the same tasks and
     rules, with per-item outputs equal on at least 99% of items."""
-    lora = real_lora
     summaries, items = [], []
     for name in ("lora-all-tokens", "lora-all-tokens-merged"):
         out = tmp_path / name
-        argv = ["compare", "--base", str(smol["base"]), "--model", str(lora[name]), "--suite", str(smol_slice),
+        argv = ["compare", "--base", str(smol["base"]), "--model", str(real_lora[name]), "--suite", str(smol_slice),
                 "--limit", "10", "--store", str(session_store), "--out", str(out)]  # fmt: skip
         assert main(argv) == 1
         summaries.append(json.loads((out / "summary.json").read_text()))

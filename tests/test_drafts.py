@@ -401,8 +401,9 @@ def test_a_real_fine_tune_drafted_equals_its_full_generation(smol, real_lora, re
         return RunConfig(suite=str(real_ft_slice), backend=backend, store_dir=str(tmp_path / store),  # type: ignore[arg-type]
                          limit=REAL_FT_LIMIT, **kw)  # fmt: skip
 
-    early = real_lora["lora-all-tokens-step5"]
-    base_ck, ft = preflight([str(smol["base"]), str(early)], suite, config("base"))
+    from harness.demo.lora import REAL_EARLY_NAME
+
+    base_ck, ft = preflight([str(smol["base"]), str(real_lora[REAL_EARLY_NAME])], suite, config("base"))
     assert ft.adapter is not None
     with engines.shared((base_ck, ft)):  # the adapter in SmolLM2's engine, as `regress compare` runs it
         base = evaluate(base_ck, suite, config("base"))

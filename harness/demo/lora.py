@@ -130,6 +130,7 @@ def _other_base(dest: Path) -> None:
 
 REAL_LORA = Recipe(steps=40, lr=3e-3, batch_size=8, seed=3, warmup=4)  # the real demo's FT, trained hotter
 REAL_EARLY = 5  # the step of the checkpoint saved on the way (its answers start as SmolLM2's)
+REAL_EARLY_NAME = f"lora-all-tokens-step{REAL_EARLY}"
 
 
 def build_real_lora(base: Path, out: Path) -> dict[str, Path]:
@@ -138,8 +139,7 @@ def build_real_lora(base: Path, out: Path) -> dict[str, Path]:
     as it was after ``REAL_EARLY`` of the 40 steps (``-step5``: a checkpoint landing during
     training, most of its first tokens still SmolLM2's), once per key."""
     key = build_key(base)
-    early = f"lora-all-tokens-step{REAL_EARLY}"
-    paths = {n: out / n for n in ("lora-all-tokens", "lora-all-tokens-merged", early)}
+    paths = {n: out / n for n in ("lora-all-tokens", "lora-all-tokens-merged", REAL_EARLY_NAME)}
     stamp = out / "BUILD.json"
     if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key and all(p.is_dir() for p in paths.values()):
         return paths
@@ -157,7 +157,7 @@ def build_real_lora(base: Path, out: Path) -> dict[str, Path]:
 
     def save_early(step: int, loss: float) -> None:
         if step + 1 == REAL_EARLY:
-            model.save_pretrained(str(work / early))
+            model.save_pretrained(str(work / REAL_EARLY_NAME))
 
     real.train(model, real._batches(rows, r.batch_size, r.seed), r.steps, r.lr, r.warmup, save_early)
     model.save_pretrained(str(work / "lora-all-tokens"))
